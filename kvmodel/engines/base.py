@@ -1,0 +1,477 @@
+"""The engine boundary: a small protocol of passive records, bytes only.
+
+An engine stores encoded keys (bytes, ordered bytewise) with tagged values and
+commits atomic writes. It never sees Python keys, values or models; the Kv
+facade encodes, validates and enforces limits before it calls the engine.
+
+The protocol follows denokv's five operations (``proto/interface.rs``):
+
+* :meth:`Engine.snapshot_read` reads several ranges at one consistent point.
+* :meth:`Engine.atomic_write` evaluates checks and applies mutations and
+  enqueues all-or-nothing, returning a :class:`CommitOutcome`.
+* :meth:`Engine.dequeue_next_message` leases the next ready queue message;
+  the caller settles it with :meth:`QueueMessage.finish`.
+* :meth:`Engine.watch` returns a :class:`WatchStream` of the current entries of
+  some keys, woken whenever they may have changed.
+* :meth:`Engine.close` releases everything and wakes every blocked caller.
+
+To write an engine, implement :class:`Engine` and run
+``kvmodel.testing.run_conformance`` (or the pytest suite in
+``kvmodel.testing.conformance``) against it. The helpers at the end of this
+module (versionstamps, KvU64 arithmetic, :class:`ChangeSignal`,
+:class:`PollingWatchStream`) are there so an engine only writes its storage.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from kvmodel.errors import KvClosedError, KvTypeError
+from kvmodel.limits import EngineLimits
+
+__all__ = [
+    "VALUE_ENCODING_BYTES",
+    "VALUE_ENCODING_LE64",
+    "VALUE_ENCODING_MSGPACK",
+    "AtomicWrite",
+    "ChangeSignal",
+    "Check",
+    "Clock",
+    "CommitOutcome",
+    "Consistency",
+    "Engine",
+    "EngineCapabilities",
+    "EngineLimits",
+    "Enqueue",
+    "Mutation",
+    "MutationKind",
+    "PollingWatchStream",
+    "QueueMessage",
+    "RawEntry",
+    "ReadRange",
+    "WatchStream",
+    "apply_numeric_mutation",
+    "next_backoff",
+    "versionstamp_from_counter",
+    "versionstamp_to_counter",
+    "versionstamped_key",
+]
+
+# Value encodings, numbered as Deno's (denokv proto: V8 = 1, LE64 = 2, BYTES = 3);
+# kvmodel stores msgpack where Deno stores V8.
+VALUE_ENCODING_MSGPACK = 1
+VALUE_ENCODING_LE64 = 2
+VALUE_ENCODING_BYTES = 3
+
+VERSIONSTAMP_SIZE = 10
+_U64 = struct.Struct("<Q")
+
+Clock = Callable[[], float]
+"""A source of wall-clock time in seconds since the epoch (``time.time`` by default).
+
+Engines read expiry deadlines, queue ready times and leases from it, so tests can
+inject a controllable clock.
+"""
+
+
+class Consistency(enum.Enum):
+    """How fresh a read must be."""
+
+    STRONG = "strong"
+    EVENTUAL = "eventual"
+
+
+# ---------------------------------------------------------------------------
+# Records. All are frozen attrs classes holding bytes and ints only.
+
+
+@attrs.frozen
+class RawEntry:
+    """A stored key: its encoded key, tagged value and 10-byte versionstamp."""
+
+    key: bytes
+    value: bytes
+    encoding: int
+    versionstamp: bytes
+
+
+@attrs.frozen
+class ReadRange:
+    """Keys ``start <= k < end`` in byte order, at most ``limit`` of them.
+
+    With ``reverse`` the engine returns the *last* ``limit`` keys of the range,
+    highest first.
+    """
+
+    start: bytes
+    end: bytes
+    limit: int
+    reverse: bool = False
+
+
+@attrs.frozen
+class Check:
+    """Passes iff the key's current versionstamp equals ``versionstamp`` (None: absent).
+
+    An expired key counts as absent.
+    """
+
+    key: bytes
+    versionstamp: bytes | None
+
+
+class MutationKind(enum.Enum):
+    """What a :class:`Mutation` does to its key."""
+
+    SET = "set"
+    DELETE = "delete"
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+    # Set at ``key + versionstamp part``: the engine appends the commit's
+    # versionstamp as a str key part (see :func:`versionstamped_key`).
+    SET_SUFFIX_VERSIONSTAMPED_KEY = "set_suffix_versionstamped_key"
+
+
+@attrs.frozen
+class Mutation:
+    """One change to one key.
+
+    ``value``/``encoding`` are the stored value for SET, and the LE64 operand for
+    SUM/MIN/MAX; both are ignored for DELETE. ``expire_at_ms`` (SET only) is an
+    absolute deadline in milliseconds since the epoch; SUM/MIN/MAX and SET
+    without it clear any expiry.
+    """
+
+    key: bytes
+    kind: MutationKind
+    value: bytes = b""
+    encoding: int = VALUE_ENCODING_MSGPACK
+    expire_at_ms: int | None = None
+
+
+@attrs.frozen
+class Enqueue:
+    """A queue message written by a commit.
+
+    ``ready_at_ms`` is when it may first be delivered. ``backoff_schedule_ms``
+    holds the delays before each retry (the Kv fills in the default schedule);
+    when a delivery fails and no delay is left, the engine writes the payload to
+    every key of ``keys_if_undelivered`` in one commit and drops the message.
+    """
+
+    payload: bytes
+    encoding: int
+    ready_at_ms: int
+    keys_if_undelivered: tuple[bytes, ...] = ()
+    backoff_schedule_ms: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class AtomicWrite:
+    """Everything one commit does: checks first, then mutations in order, then enqueues."""
+
+    checks: tuple[Check, ...] = ()
+    mutations: tuple[Mutation, ...] = ()
+    enqueues: tuple[Enqueue, ...] = ()
+
+
+@attrs.frozen
+class CommitOutcome:
+    """The result of :meth:`Engine.atomic_write`.
+
+    ``versionstamp`` is the commit's versionstamp, or None when a check failed
+    (then nothing was written). ``failed_checks`` holds the indexes (into
+    ``AtomicWrite.checks``) of the checks that failed, when the engine can tell.
+    """
+
+    versionstamp: bytes | None
+    failed_checks: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the commit was applied."""
+        return self.versionstamp is not None
+
+
+@attrs.frozen
+class EngineCapabilities:
+    """What an engine can do; the conformance suite picks its tests by these flags."""
+
+    durable: bool = False
+    """Data survives closing and reopening (a file or a server)."""
+    cross_process: bool = False
+    """Several processes can share the data, including queue and watch."""
+    eventual_reads: bool = False
+    """``Consistency.EVENTUAL`` may read a replica instead of the leader."""
+
+
+# ---------------------------------------------------------------------------
+# Protocols
+
+
+@runtime_checkable
+class QueueMessage(Protocol):
+    """A leased queue message; exactly one of the callers settles it with ``finish``."""
+
+    @property
+    def payload(self) -> bytes:
+        """The encoded value."""
+        ...
+
+    @property
+    def encoding(self) -> int:
+        """The value's encoding (``VALUE_ENCODING_*``)."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first delivery, 2 for the first retry, ..."""
+        ...
+
+    def renew_lease(self) -> bool:
+        """Extends the lease while a handler runs; False if the lease was lost."""
+        ...
+
+    def finish(self, success: bool) -> None:
+        """Settles the message: drop it on success; on failure retry or dead-letter it."""
+        ...
+
+
+@runtime_checkable
+class WatchStream(Protocol):
+    """The current entries of a fixed list of keys, each time they may have changed."""
+
+    def next(self, timeout: float | None = None) -> list[RawEntry | None] | None:
+        """Returns the entries (None for an absent key), in the order of the keys.
+
+        The first call returns at once. Later calls block until a commit or an
+        expiry may have changed one of the keys (spurious wake-ups are allowed;
+        the Kv filters them by versionstamp), and return None if ``timeout``
+        seconds pass first. Raises :class:`KvClosedError` once the stream or the
+        engine is closed, which also wakes a blocked call.
+        """
+        ...
+
+    def close(self) -> None:
+        """Ends the stream; a blocked ``next`` raises KvClosedError."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A transactional ordered byte store with a queue; see the module docstring."""
+
+    @property
+    def limits(self) -> EngineLimits:
+        """The engine's limits; ``DEFAULT_LIMITS`` unless it holds less."""
+        ...
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        """What the engine can do."""
+        ...
+
+    def snapshot_read(
+        self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
+    ) -> list[list[RawEntry]]:
+        """Reads every range at one consistent point, hiding expired keys."""
+        ...
+
+    def atomic_write(self, write: AtomicWrite) -> CommitOutcome:
+        """Applies a write all-or-nothing, or reports the failed checks.
+
+        Raises :class:`kvmodel.KvTypeError` (and writes nothing) when SUM, MIN
+        or MAX meets a stored value that is not LE64.
+        """
+        ...
+
+    def dequeue_next_message(self, timeout: float) -> QueueMessage | None:
+        """Leases the next ready message, waiting up to ``timeout`` seconds for one.
+
+        Returns None on timeout or once the engine is closed.
+        """
+        ...
+
+    def watch(self, keys: Sequence[bytes]) -> WatchStream:
+        """Starts watching ``keys``."""
+        ...
+
+    def collect_expired(self) -> float | None:
+        """Deletes expired keys (waking watchers); returns the next deadline in epoch seconds."""
+        ...
+
+    def close(self) -> None:
+        """Releases the engine; blocked calls return or raise KvClosedError."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by engines.
+
+
+def versionstamp_from_counter(counter: int) -> bytes:
+    """Deno's versionstamp layout: an 8-byte big-endian commit counter, then 2 zero bytes."""
+    return counter.to_bytes(8, "big") + b"\x00\x00"
+
+
+def versionstamp_to_counter(versionstamp: bytes) -> int:
+    """The commit counter inside a versionstamp made by :func:`versionstamp_from_counter`."""
+    return int.from_bytes(versionstamp[:8], "big")
+
+
+def versionstamped_key(key_prefix: bytes, versionstamp: bytes) -> bytes:
+    """The key a SET_SUFFIX_VERSIONSTAMPED_KEY mutation writes.
+
+    The versionstamp becomes a last str key part of 20 lowercase hex characters,
+    so the key decodes to ``(*prefix, "0000000000000001" "0000")``.
+    """
+    return key_prefix + b"\x02" + versionstamp.hex().encode("ascii") + b"\x00"
+
+
+_U64_MASK = (1 << 64) - 1
+
+
+def apply_numeric_mutation(
+    kind: MutationKind, current: tuple[bytes, int] | None, operand: bytes
+) -> bytes:
+    """The LE64 bytes a SUM, MIN or MAX leaves, given the current ``(value, encoding)``.
+
+    A missing key takes the operand. Raises :class:`KvTypeError` when the stored
+    value is not a KvU64 (the engine must then write nothing).
+    """
+    if current is None:
+        return operand
+    value, encoding = current
+    if encoding != VALUE_ENCODING_LE64 or len(value) != 8:
+        raise KvTypeError(
+            f"Cannot apply {kind.value} to a stored value that is not a KvU64; "
+            "store a KvU64 at that key first."
+        )
+    old = _U64.unpack(value)[0]
+    new = _U64.unpack(operand)[0]
+    if kind is MutationKind.SUM:
+        result = (old + new) & _U64_MASK
+    elif kind is MutationKind.MIN:
+        result = min(old, new)
+    elif kind is MutationKind.MAX:
+        result = max(old, new)
+    else:  # pragma: no cover - callers pass numeric kinds only
+        raise ValueError(f"{kind} is not a numeric mutation")
+    return _U64.pack(result)
+
+
+def next_backoff(schedule_ms: Sequence[int]) -> tuple[int, tuple[int, ...]] | None:
+    """Splits a backoff schedule into (next delay, rest), or None when it is exhausted."""
+    if not schedule_ms:
+        return None
+    return schedule_ms[0], tuple(schedule_ms[1:])
+
+
+class ChangeSignal:
+    """A counter that engines bump on every commit and waiters block on.
+
+    Watch streams and queue listeners wait for the counter to move instead of
+    polling, so an idle waiter costs no CPU. ``close`` wakes every waiter for good.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._closed = False
+
+    @property
+    def seq(self) -> int:
+        """The current value of the counter."""
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def bump(self) -> None:
+        """Moves the counter and wakes every waiter."""
+        with self._cond:
+            self._seq += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float | None) -> int:
+        """Blocks until the counter differs from ``seen``, the timeout passes, or close.
+
+        Returns the counter's value at return (equal to ``seen`` on timeout).
+        """
+        with self._cond:
+            if self._seq == seen and not self._closed:
+                self._cond.wait_for(lambda: self._seq != seen or self._closed, timeout)
+            return self._seq
+
+    def close(self) -> None:
+        """Wakes every waiter; later waits return at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class PollingWatchStream:
+    """A :class:`WatchStream` for engines that signal every commit with a ChangeSignal.
+
+    Each wake-up re-reads the watched keys with ``read`` (one snapshot read);
+    the Kv drops wake-ups that changed nothing. ``deadline`` (optional) returns
+    the earliest expiry deadline among the keys so an expiry also wakes the
+    stream, even before the collector deletes the key.
+    """
+
+    def __init__(
+        self,
+        signal: ChangeSignal,
+        read: Callable[[], list[RawEntry | None]],
+        *,
+        clock: Clock = time.time,
+        expiry_deadline: Callable[[], float | None] | None = None,
+    ) -> None:
+        self._signal = signal
+        self._read = read
+        self._clock = clock
+        self._expiry_deadline = expiry_deadline
+        self._seen: int | None = None
+        self._closed = False
+
+    def next(self, timeout: float | None = None) -> list[RawEntry | None] | None:
+        """See :meth:`WatchStream.next`."""
+        self._raise_if_closed()
+        if self._seen is None:
+            self._seen = self._signal.seq
+            return self._read()
+        # Sleep until a commit bumps the signal, the caller's timeout passes, or
+        # the earliest expiry among the keys arrives (an expiry is a change too).
+        wait = timeout
+        woken_by_expiry = False
+        if self._expiry_deadline is not None:
+            deadline = self._expiry_deadline()
+            if deadline is not None:
+                until = max(0.0, deadline - self._clock())
+                if wait is None or until < wait:
+                    wait, woken_by_expiry = until, True
+        seq = self._signal.wait(self._seen, wait)
+        self._raise_if_closed()
+        if seq == self._seen and not woken_by_expiry:
+            return None
+        self._seen = seq
+        return self._read()
+
+    def close(self) -> None:
+        """See :meth:`WatchStream.close`."""
+        self._closed = True
+        self._signal.bump()  # wake a next() blocked in another thread
+
+    def _raise_if_closed(self) -> None:
+        if self._closed or self._signal.closed:
+            raise KvClosedError("The watch stream is closed.")
