@@ -46,6 +46,7 @@ from kvmodel.errors import DecodeError, InvalidKeyError
 __all__ = [
     "KeyPart",
     "Key",
+    "KeyPartLike",
     "BYTES_CODE",
     "STRING_CODE",
     "NEG_INT_START_CODE",
@@ -67,6 +68,8 @@ KeyPart: TypeAlias = bytes | str | int | float | bool
 """One element of a key."""
 Key: TypeAlias = tuple[KeyPart, ...]
 """A key as reads return it: a tuple of parts."""
+KeyPartLike: TypeAlias = KeyPart | bytearray | memoryview
+"""What a key part may be on input: bytes-likes are taken as ``bytes``."""
 
 BYTES_CODE = 0x01
 STRING_CODE = 0x02
@@ -209,7 +212,7 @@ def _encode_slow_part(part: object, key: object) -> bytes:
     raise _bad_part(part, key)
 
 
-def encode_key_part(part: KeyPart) -> bytes:
+def encode_key_part(part: KeyPartLike) -> bytes:
     """Encodes one key part; ``encode_key(k)`` is the concatenation of its parts' encodings.
 
     Raises:
@@ -220,7 +223,7 @@ def encode_key_part(part: KeyPart) -> bytes:
     return encode_key((part,))
 
 
-def encode_key(key: Sequence[KeyPart]) -> bytes:
+def encode_key(key: Sequence[KeyPartLike]) -> bytes:
     """Encodes a key (a tuple or list of parts) into Deno KV's ordered bytes.
 
     Bytes-like parts (``bytearray``, ``memoryview``) encode as ``bytes``. The
@@ -306,7 +309,7 @@ def _read_escaped(data: bytes, pos: int) -> tuple[bytes, int]:
             return _NUL.join(pieces), end + 1
 
 
-def decode_key(data: bytes) -> Key:
+def decode_key(data: bytes | bytearray | memoryview) -> Key:
     """Decodes bytes made by :func:`encode_key` back into a tuple of parts.
 
     The decoder is strict: it accepts exactly the canonical encodings, so
@@ -416,7 +419,7 @@ def _decode_long_int(data: bytes, pos: int, tag: int, append: object) -> int:
 # Ranges
 
 
-def prefix_range(prefix: Sequence[KeyPart]) -> tuple[bytes, bytes]:
+def prefix_range(prefix: Sequence[KeyPartLike]) -> tuple[bytes, bytes]:
     """The byte range ``[enc(P) + 00, enc(P) + FF)`` of the keys strictly under ``prefix``.
 
     The prefix key itself is not in the range (as in Deno); ``prefix=()``
