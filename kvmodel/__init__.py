@@ -1,0 +1,66 @@
+"""kvmodel: Deno KV's data model for Python, with an object mapper on top.
+
+>>> import kvmodel as km
+>>> kv = km.open_kv()                       # in memory; "app.db" for a SQLite file
+>>> kv.set(("users", "ada"), {"name": "Ada"}).ok
+True
+>>> kv.get(("users", "ada")).value
+{'name': 'Ada'}
+>>> kv.close()
+"""
+
+from __future__ import annotations
+
+from kvmodel._atomic import AtomicOperation
+from kvmodel._kv import Kv, open_kv
+from kvmodel._list import ListIterator
+from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
+from kvmodel._values import KvU64
+from kvmodel._watch import WatchIterator
+from kvmodel.errors import (
+    ConflictError,
+    DecodeError,
+    EncodeError,
+    EngineError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    KvClosedError,
+    KvError,
+    KvTypeError,
+    LimitExceededError,
+    ModelDefinitionError,
+    UniqueViolationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VERSIONSTAMP",
+    "AtomicOperation",
+    "CommitResult",
+    "ConflictError",
+    "DecodeError",
+    "EncodeError",
+    "EngineError",
+    "Entry",
+    "InvalidArgumentError",
+    "InvalidKeyError",
+    "Kv",
+    "KvClosedError",
+    "KvError",
+    "KvTypeError",
+    "KvU64",
+    "LimitExceededError",
+    "ListIterator",
+    "ModelDefinitionError",
+    "UniqueViolationError",
+    "WatchIterator",
+    "open_kv",
+]
+
+# Reprs and tracebacks read kvmodel.Kv, not kvmodel._kv.Kv.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "kvmodel"
+del _name, _obj

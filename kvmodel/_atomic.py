@@ -1,0 +1,325 @@
+"""``kv.atomic()``: the builder of one all-or-nothing commit.
+
+Every call validates and encodes its arguments at once, so a bad key or value
+raises where it was written and leaves the operation as it was. Limits that
+depend on the whole commit (counts and total sizes, computed as Deno's
+``ext/kv`` computes them) are checked in :meth:`AtomicBuilder.build`, before
+anything reaches the engine. The builder is shared by the sync
+:class:`AtomicOperation` and the async one in :mod:`kvmodel.aio`; only
+``commit`` differs.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kvmodel._options import QueueLimitError, duration_ms
+from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
+from kvmodel._values import KvU64
+from kvmodel.engines.base import (
+    VALUE_ENCODING_LE64,
+    AtomicWrite,
+    Check,
+    Enqueue,
+    Mutation,
+    MutationKind,
+)
+from kvmodel.errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    KvTypeError,
+    LimitExceededError,
+)
+from kvmodel.limits import (
+    MAX_BACKOFF_INTERVAL_SECONDS,
+    MAX_BACKOFF_INTERVALS,
+    MAX_QUEUE_DELAY_SECONDS,
+    EngineLimits,
+)
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from kvmodel._kv import Kv as KvCore
+
+__all__ = ["DEFAULT_BACKOFF_SCHEDULE_MS", "AtomicBuilder", "AtomicOperation"]
+
+DEFAULT_BACKOFF_SCHEDULE_MS = (100, 1000, 5000, 30000, 60000)
+"""Deno's default retry delays for a failing queue handler."""
+
+_LE64 = struct.Struct("<Q")
+# A versionstamp suffix adds a str key part: tag, 20 hex digits, terminator.
+_VERSIONSTAMP_PART_SIZE = 22
+
+
+def _hex_versionstamp(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) == 20:
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    raise InvalidArgumentError(
+        f"A versionstamp is a string of 20 hex digits or None, not {value!r}."
+    )
+
+
+def _u64_operand(op: str, n: object) -> bytes:
+    if isinstance(n, KvU64):
+        return _LE64.pack(n.value)
+    if isinstance(n, int) and not isinstance(n, bool):
+        if 0 <= n < 2**64:
+            return _LE64.pack(n)
+        raise InvalidArgumentError(
+            f"The operand of {op} must be in [0, 2**64), not {n!r}; it is a KvU64."
+        )
+    raise KvTypeError(f"The operand of {op} must be an int or a KvU64, not {n!r}.")
+
+
+class AtomicBuilder:
+    """Collects checks, mutations and enqueues; see :class:`AtomicOperation`."""
+
+    __slots__ = ("_check_keys", "_checks", "_core", "_enqueues", "_mutations")
+
+    def __init__(self, core: KvCore) -> None:
+        self._core = core
+        self._checks: list[Check] = []
+        self._check_keys: list[tuple[Any, ...]] = []
+        self._mutations: list[Mutation] = []
+        self._enqueues: list[Enqueue] = []
+
+    # -- building ------------------------------------------------------------
+
+    def check(self, *checks: Entry[Any] | tuple[Sequence[Any], str | None]) -> Self:
+        """Commits only if each key's versionstamp is still the given one (None: absent).
+
+        Args:
+            checks: Entries as read, or ``(key, versionstamp_or_None)`` pairs.
+        """
+        new: list[Check] = []
+        keys: list[tuple[Any, ...]] = []
+        for check in checks:
+            key: Sequence[Any]
+            if isinstance(check, Entry):
+                key, versionstamp = check.key, check.versionstamp
+            elif isinstance(check, tuple | list) and len(check) == 2:
+                key, versionstamp = check
+            else:
+                raise InvalidArgumentError(
+                    f"A check is an Entry or a (key, versionstamp) pair, not {check!r}."
+                )
+            encoded = self._core.write_key(key)
+            new.append(Check(encoded, _hex_versionstamp(versionstamp)))
+            keys.append(tuple(key))
+        self._checks.extend(new)
+        self._check_keys.extend(keys)
+        return self
+
+    def set(self, key: Sequence[Any], value: object, *, expire_in: object = None) -> Self:
+        """Sets ``key`` to ``value``; ``expire_in`` (seconds or timedelta) makes it expire.
+
+        A key whose last part is :data:`kvmodel.VERSIONSTAMP` gets the commit's
+        versionstamp as that part.
+        """
+        kind = MutationKind.SET
+        if isinstance(key, tuple | list) and key and key[-1] is VERSIONSTAMP:
+            kind = MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY
+            encoded = self._core.write_key(key[:-1], extra=_VERSIONSTAMP_PART_SIZE)
+        else:
+            encoded = self._core.write_key(key)
+        data, encoding = self._core.encode_value(value)
+        expire_at_ms = None
+        if expire_in is not None:
+            expire_at_ms = self._core.now_ms() + duration_ms("expire_in", expire_in)
+        self._mutations.append(Mutation(encoded, kind, data, encoding, expire_at_ms))
+        return self
+
+    def delete(self, key: Sequence[Any]) -> Self:
+        """Deletes ``key`` (a missing key is fine)."""
+        self._mutations.append(Mutation(self._core.write_key(key), MutationKind.DELETE))
+        return self
+
+    def _numeric(self, kind: MutationKind, key: Sequence[Any], n: int | KvU64) -> Self:
+        encoded = self._core.write_key(key)
+        operand = _u64_operand(kind.value, n)
+        self._mutations.append(Mutation(encoded, kind, operand, VALUE_ENCODING_LE64))
+        return self
+
+    def sum(self, key: Sequence[Any], n: int | KvU64) -> Self:
+        """Adds ``n`` to the KvU64 at ``key``, wrapping modulo 2**64 (a missing key takes n)."""
+        return self._numeric(MutationKind.SUM, key, n)
+
+    def min(self, key: Sequence[Any], n: int | KvU64) -> Self:
+        """Keeps the smaller of the KvU64 at ``key`` and ``n`` (a missing key takes n)."""
+        return self._numeric(MutationKind.MIN, key, n)
+
+    def max(self, key: Sequence[Any], n: int | KvU64) -> Self:
+        """Keeps the larger of the KvU64 at ``key`` and ``n`` (a missing key takes n)."""
+        return self._numeric(MutationKind.MAX, key, n)
+
+    def enqueue(
+        self,
+        value: object,
+        *,
+        delay: object = 0,
+        keys_if_undelivered: Iterable[Sequence[Any]] = (),
+        backoff_schedule: Sequence[object] | None = None,
+    ) -> Self:
+        """Queues ``value`` for delivery if (and only if) the commit succeeds.
+
+        Args:
+            value: any storable value.
+            delay: seconds (or timedelta) before the first delivery, at most 30 days.
+            keys_if_undelivered: keys that receive the value if every delivery fails.
+            backoff_schedule: seconds to wait before each retry (at most 5 intervals
+                of at most 1 hour); None for Deno's default (0.1, 1, 5, 30, 60).
+        """
+        self._enqueues.append(
+            self._core.make_enqueue(
+                value,
+                delay=delay,
+                keys_if_undelivered=keys_if_undelivered,
+                backoff_schedule=backoff_schedule,
+            )
+        )
+        return self
+
+    # -- finishing -----------------------------------------------------------
+
+    def build(self) -> AtomicWrite:
+        """The engine record of this commit, after checking the commit-wide limits."""
+        check_commit_limits(self._checks, self._mutations, self._enqueues, self._core.limits)
+        return AtomicWrite(tuple(self._checks), tuple(self._mutations), tuple(self._enqueues))
+
+    def check_keys(self) -> list[tuple[Any, ...]]:
+        """The keys of the checks, in order (to name the failed ones)."""
+        return self._check_keys
+
+
+class AtomicOperation(AtomicBuilder):
+    """One all-or-nothing commit: checks, then mutations in order, then enqueues.
+
+    Build it with the chainable methods and finish with :meth:`commit`:
+
+        >>> import kvmodel as km
+        >>> kv = km.open_kv()
+        >>> entry = kv.get(("balance", "ada"))
+        >>> kv.atomic().check(entry).set(("balance", "ada"), 10).commit().ok
+        True
+        >>> kv.atomic().check(entry).set(("balance", "ada"), 20).commit().ok
+        False
+    """
+
+    __slots__ = ()
+
+    def commit(self) -> CommitResult:
+        """Applies the operation, or returns ``CommitResult(ok=False)`` if a check failed.
+
+        Raises:
+            LimitExceededError: the commit is too large (nothing is written).
+            KvTypeError: sum/min/max met a value that is not a KvU64 (nothing is written).
+        """
+        write = self.build()
+        return self._core.commit_write(write, self._check_keys)
+
+
+def check_commit_limits(
+    checks: Sequence[Check],
+    mutations: Sequence[Mutation],
+    enqueues: Sequence[Enqueue],
+    limits: EngineLimits,
+) -> None:
+    """Raises LimitExceededError if the commit breaks a count or size limit.
+
+    Sizes follow Deno's ``ext/kv`` accounting: every checked and mutated key
+    counts once, a valued mutation's key counts again with its value, and an
+    enqueue counts its payload plus 4 bytes per backoff interval. The key total
+    counts the keys of valued mutations.
+    """
+    engine = limits.name
+    if len(checks) > limits.max_checks:
+        _too_many("checks", len(checks), limits.max_checks, engine)
+    n_writes = len(mutations) + len(enqueues)
+    if n_writes > limits.max_mutations:
+        _too_many("mutations and enqueues", n_writes, limits.max_mutations, engine)
+    if limits.max_operations is not None:
+        n_ops = len(checks) + n_writes
+        if n_ops > limits.max_operations:
+            _too_many(
+                "operations (checks, mutations and enqueues)", n_ops, limits.max_operations, engine
+            )
+    payload = 0
+    key_total = 0
+    for c in checks:
+        payload += len(c.key)
+    for m in mutations:
+        payload += len(m.key)
+        if m.kind is not MutationKind.DELETE:
+            payload += len(m.key) + len(m.value)
+            key_total += len(m.key)
+    for e in enqueues:
+        payload += len(e.payload) + 4 * len(e.backoff_schedule_ms)
+        payload += sum(len(k) for k in e.keys_if_undelivered)
+    if payload > limits.max_total_mutation_size:
+        raise LimitExceededError(
+            f"The commit's total mutation size is {payload} bytes; "
+            f"{engine} allows at most {limits.max_total_mutation_size}.",
+            limit=limits.max_total_mutation_size,
+            actual=payload,
+        )
+    if key_total > limits.max_total_key_size:
+        raise LimitExceededError(
+            f"The commit's total key size is {key_total} bytes; "
+            f"{engine} allows at most {limits.max_total_key_size}.",
+            limit=limits.max_total_key_size,
+            actual=key_total,
+        )
+    if limits.max_request_size is not None and payload > limits.max_request_size:
+        raise LimitExceededError(
+            f"The commit is about {payload} bytes; "
+            f"{engine} accepts requests of at most {limits.max_request_size}.",
+            limit=limits.max_request_size,
+            actual=payload,
+        )
+
+
+def _too_many(what: str, actual: int, limit: int, engine: str) -> None:
+    raise LimitExceededError(
+        f"The commit has {actual} {what}; {engine} allows at most {limit}.",
+        limit=limit,
+        actual=actual,
+    )
+
+
+def validate_backoff_schedule(schedule: Sequence[object] | None) -> tuple[int, ...]:
+    """The backoff schedule in milliseconds (Deno's default for None)."""
+    if schedule is None:
+        return DEFAULT_BACKOFF_SCHEDULE_MS
+    if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
+        raise InvalidArgumentError(
+            f"backoff_schedule must be a sequence of durations, not {schedule!r}."
+        )
+    if len(schedule) > MAX_BACKOFF_INTERVALS:
+        raise QueueLimitError(
+            f"backoff_schedule has {len(schedule)} intervals; "
+            f"at most {MAX_BACKOFF_INTERVALS} are allowed.",
+            limit=MAX_BACKOFF_INTERVALS,
+            actual=len(schedule),
+        )
+    return tuple(
+        duration_ms("backoff_schedule interval", s, maximum_s=MAX_BACKOFF_INTERVAL_SECONDS)
+        for s in schedule
+    )
+
+
+def validate_delay(delay: object) -> int:
+    """A queue delay in milliseconds (at most 30 days)."""
+    return duration_ms("delay", delay, maximum_s=MAX_QUEUE_DELAY_SECONDS)
+
+
+def reject_empty_key(key: Sequence[Any]) -> None:
+    """Writes need at least one key part (as in Deno)."""
+    raise InvalidKeyError(f"Key {key!r} is empty; a written key needs at least one part.")

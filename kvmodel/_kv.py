@@ -1,0 +1,514 @@
+"""The Kv facade: Deno KV's API in Python over any engine.
+
+The Kv validates and encodes everything, enforces the limits, and hands the
+engine passive records (:mod:`kvmodel.engines.base`). The asyncio facade
+(:mod:`kvmodel.aio`) runs these same methods off the event loop, so the
+semantics live here once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from kvmodel._atomic import (
+    AtomicOperation,
+    reject_empty_key,
+    validate_backoff_schedule,
+    validate_delay,
+)
+from kvmodel._list import ListIterator, ListState
+from kvmodel._options import parse_consistency, positive_int
+from kvmodel._records import CommitResult, Entry
+from kvmodel._values import decode_value, encode_value
+from kvmodel.engines.base import (
+    AtomicWrite,
+    Consistency,
+    Engine,
+    Enqueue,
+    RawEntry,
+    ReadRange,
+)
+from kvmodel.errors import (
+    InvalidArgumentError,
+    KvClosedError,
+    LimitExceededError,
+)
+from kvmodel.keys import encode_key
+from kvmodel.limits import (
+    DEFAULT_LIMITS,
+    MAX_GET_MANY_KEYS,
+    MAX_READ_KEY_SIZE,
+    MAX_WATCH_KEYS,
+    EngineLimits,
+)
+
+__all__ = ["Kv", "open_kv"]
+
+_STRONG = Consistency.STRONG
+_PLAIN_PARTS = frozenset((str, int, bytes, float, bool))
+
+
+def _tighter(engine: EngineLimits) -> EngineLimits:
+    """The tighter of Deno's limits and the engine's, named after the engine."""
+    d = DEFAULT_LIMITS
+    return EngineLimits(
+        name=engine.name,
+        max_key_size=min(d.max_key_size, engine.max_key_size),
+        max_value_size=min(d.max_value_size, engine.max_value_size),
+        max_checks=min(d.max_checks, engine.max_checks),
+        max_mutations=min(d.max_mutations, engine.max_mutations),
+        max_total_mutation_size=min(d.max_total_mutation_size, engine.max_total_mutation_size),
+        max_total_key_size=min(d.max_total_key_size, engine.max_total_key_size),
+        max_list_batch=min(d.max_list_batch, engine.max_list_batch),
+        max_operations=engine.max_operations,
+        max_request_size=engine.max_request_size,
+    )
+
+
+def _key_tuple(key: Sequence[Any]) -> tuple[Any, ...]:
+    """The key as it reads back: a tuple with bytes-like parts as bytes."""
+    t = tuple(key)
+    for part in t:
+        if type(part) not in _PLAIN_PARTS:
+            return tuple(bytes(p) if isinstance(p, bytearray | memoryview) else p for p in t)
+    return t
+
+
+class Kv:
+    """A Deno KV database: ordered keys, versionstamps, atomic commits, a queue and watches.
+
+    Open one with :func:`open_kv`, or wrap an engine: ``Kv(MemoryEngine())``.
+
+        >>> import kvmodel as km
+        >>> with km.open_kv() as kv:
+        ...     kv.set(("users", "ada"), {"name": "Ada"}).ok
+        ...     kv.get(("users", "ada")).value
+        True
+        {'name': 'Ada'}
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] | None = None) -> None:
+        self._engine = engine
+        engine_clock: Callable[[], float] = getattr(engine, "clock", time.time)
+        self._clock = clock or engine_clock
+        self.limits = _tighter(engine.limits)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._collector: _ExpiryCollector | None = None
+        self._listeners: list[Any] = []
+
+    # -- helpers shared with the atomic builder and the async facade ---------------
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this Kv runs on."""
+        return self._engine
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KvClosedError("This Kv is closed; open a new one with kvmodel.open_kv().")
+
+    def now_ms(self) -> int:
+        """The clock's current time in milliseconds since the epoch."""
+        return int(self._clock() * 1000)
+
+    def write_key(self, key: Sequence[Any], *, extra: int = 0) -> bytes:
+        """Encodes a key to be written: non-empty and within the key size limit."""
+        encoded = encode_key(key)
+        if not encoded:
+            reject_empty_key(key)
+        limit = self.limits.max_key_size
+        if len(encoded) + extra > limit:
+            raise LimitExceededError(
+                f"Key {tuple(key)!r} is {len(encoded) + extra} bytes encoded; "
+                f"{self.limits.name} allows at most {limit} for a written key.",
+                limit=limit,
+                actual=len(encoded) + extra,
+            )
+        return encoded
+
+    def read_key(self, key: Sequence[Any]) -> bytes:
+        """Encodes a key to be read: within the read key size limit."""
+        encoded = encode_key(key)
+        if len(encoded) > MAX_READ_KEY_SIZE:
+            raise LimitExceededError(
+                f"Key {tuple(key)!r} is {len(encoded)} bytes encoded; "
+                f"reads allow at most {MAX_READ_KEY_SIZE}.",
+                limit=MAX_READ_KEY_SIZE,
+                actual=len(encoded),
+            )
+        return encoded
+
+    def encode_value(self, value: object) -> tuple[bytes, int]:
+        """Encodes a value and checks the value size limit."""
+        data, encoding = encode_value(value)
+        limit = self.limits.max_value_size
+        if len(data) > limit:
+            raise LimitExceededError(
+                f"The value is {len(data)} bytes encoded; "
+                f"{self.limits.name} allows at most {limit}.",
+                limit=limit,
+                actual=len(data),
+            )
+        return data, encoding
+
+    def make_enqueue(
+        self,
+        value: object,
+        *,
+        delay: object,
+        keys_if_undelivered: Iterable[Sequence[Any]],
+        backoff_schedule: Sequence[object] | None,
+    ) -> Enqueue:
+        """Validates the options of an enqueue and builds its engine record."""
+        data, encoding = self.encode_value(value)
+        delay_ms = validate_delay(delay)
+        schedule = validate_backoff_schedule(backoff_schedule)
+        if isinstance(keys_if_undelivered, str | bytes) or not isinstance(
+            keys_if_undelivered, Iterable
+        ):
+            raise InvalidArgumentError(
+                f"keys_if_undelivered must be a sequence of keys, not {keys_if_undelivered!r}."
+            )
+        dead_letter_keys = tuple(self.write_key(k) for k in keys_if_undelivered)
+        return Enqueue(data, encoding, self.now_ms() + delay_ms, dead_letter_keys, schedule)
+
+    def commit_write(self, write: AtomicWrite, check_keys: Sequence[Any]) -> CommitResult:
+        """Sends a built commit to the engine and reports the outcome."""
+        self._check_open()
+        outcome = self._engine.atomic_write(write)
+        if outcome.versionstamp is None:
+            failed = tuple(tuple(check_keys[i]) for i in outcome.failed_checks)
+            return CommitResult(False, None, failed)
+        if self._collector is None and any(m.expire_at_ms is not None for m in write.mutations):
+            self._start_collector()
+        elif self._collector is not None:
+            for m in write.mutations:
+                if m.expire_at_ms is not None:
+                    self._collector.wake(m.expire_at_ms / 1000)
+        return CommitResult(True, outcome.versionstamp.hex())
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, key: Sequence[Any], *, consistency: str = "strong") -> Entry[Any]:
+        """Reads one key; a missing key gives ``Entry(key, None, None)``."""
+        self._check_open()
+        encoded = self.read_key(key)
+        level = _STRONG if consistency == "strong" else parse_consistency(consistency)
+        found = self._engine.snapshot_read(
+            (ReadRange(encoded, encoded + b"\x00", 1),), consistency=level
+        )[0]
+        if not found:
+            return Entry(_key_tuple(key), None, None)
+        raw = found[0]
+        return Entry(_key_tuple(key), decode_value(raw.value, raw.encoding), raw.versionstamp.hex())
+
+    def get_many(
+        self, keys: Sequence[Sequence[Any]], *, consistency: str = "strong"
+    ) -> list[Entry[Any]]:
+        """Reads up to 10 keys at one consistent point, in the order given."""
+        self._check_open()
+        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+            raise InvalidArgumentError(f"get_many takes a sequence of keys, not {keys!r}.")
+        if len(keys) > MAX_GET_MANY_KEYS:
+            raise LimitExceededError(
+                f"get_many was given {len(keys)} keys; at most {MAX_GET_MANY_KEYS} are allowed.",
+                limit=MAX_GET_MANY_KEYS,
+                actual=len(keys),
+            )
+        level = _STRONG if consistency == "strong" else parse_consistency(consistency)
+        encoded = [self.read_key(k) for k in keys]
+        if not encoded:
+            return []
+        results = self._engine.snapshot_read(
+            [ReadRange(e, e + b"\x00", 1) for e in encoded], consistency=level
+        )
+        out: list[Entry[Any]] = []
+        for key, found in zip(keys, results, strict=True):
+            if found:
+                raw = found[0]
+                out.append(
+                    Entry(
+                        _key_tuple(key),
+                        decode_value(raw.value, raw.encoding),
+                        raw.versionstamp.hex(),
+                    )
+                )
+            else:
+                out.append(Entry(_key_tuple(key), None, None))
+        return out
+
+    def list_state(
+        self,
+        prefix: Sequence[Any] | None,
+        start: Sequence[Any] | None,
+        end: Sequence[Any] | None,
+        limit: int | None,
+        reverse: bool,
+        cursor: str | None,
+        batch_size: int | None,
+        consistency: str,
+    ) -> ListState:
+        """Validates the arguments of :meth:`list` into a paging state."""
+        if limit is not None:
+            limit = positive_int("limit", limit)
+        if batch_size is not None:
+            batch_size = positive_int("batch_size", batch_size)
+        return ListState(
+            prefix,
+            start,
+            end,
+            limit=limit,
+            reverse=reverse,
+            cursor=cursor,
+            batch_size=batch_size,
+            consistency=parse_consistency(consistency),
+            max_batch=self.limits.max_list_batch,
+        )
+
+    def read_range(self, read: ReadRange, consistency: Consistency) -> list[RawEntry]:
+        """One engine read of one range (used by the list iterators)."""
+        self._check_open()
+        return self._engine.snapshot_read((read,), consistency=consistency)[0]
+
+    def list(
+        self,
+        prefix: Sequence[Any] | None = None,
+        *,
+        start: Sequence[Any] | None = None,
+        end: Sequence[Any] | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+        batch_size: int | None = None,
+        consistency: str = "strong",
+    ) -> ListIterator:
+        """Lists the entries of a prefix or a range in key order, fetched in batches.
+
+        Args:
+            prefix: list the keys that start with these parts (the prefix itself excluded).
+            start: first key (inclusive); with a prefix it must lie inside it.
+            end: end key (exclusive); with a prefix it must lie inside it.
+            limit: stop after this many entries.
+            reverse: highest keys first.
+            cursor: resume where an earlier listing's ``.cursor`` left off.
+            batch_size: entries per engine read (at most 1000).
+            consistency: "strong" or "eventual".
+
+        Returns:
+            An iterator of :class:`Entry`; its ``.cursor`` says where to resume.
+        """
+        self._check_open()
+        state = self.list_state(prefix, start, end, limit, reverse, cursor, batch_size, consistency)
+        return ListIterator(state, self.read_range, cursor)
+
+    # -- writes ------------------------------------------------------------------
+
+    def atomic(self) -> AtomicOperation:
+        """Starts an atomic operation: checks, mutations and enqueues in one commit."""
+        self._check_open()
+        return AtomicOperation(self)
+
+    def set(self, key: Sequence[Any], value: object, *, expire_in: object = None) -> CommitResult:
+        """Sets one key; ``expire_in`` (seconds or timedelta) makes it expire."""
+        return self.atomic().set(key, value, expire_in=expire_in).commit()
+
+    def delete(self, key: Sequence[Any]) -> None:
+        """Deletes one key; deleting a missing key is fine."""
+        self.atomic().delete(key).commit()
+
+    def enqueue(
+        self,
+        value: object,
+        *,
+        delay: object = 0,
+        keys_if_undelivered: Iterable[Sequence[Any]] = (),
+        backoff_schedule: Sequence[object] | None = None,
+    ) -> CommitResult:
+        """Queues a value for ``listen_queue`` (see :meth:`AtomicOperation.enqueue`)."""
+        return (
+            self.atomic()
+            .enqueue(
+                value,
+                delay=delay,
+                keys_if_undelivered=keys_if_undelivered,
+                backoff_schedule=backoff_schedule,
+            )
+            .commit()
+        )
+
+    # -- queue and watch ---------------------------------------------------------
+
+    def listen_queue(self, handler: Callable[[Any], object], *, concurrency: int = 1) -> None:
+        """Delivers queued values to ``handler`` until the Kv is closed.
+
+        A handler that raises is retried after each interval of the message's
+        backoff schedule; when the schedule is exhausted the value is written to
+        the message's ``keys_if_undelivered``. Delivery is at least once: a
+        message whose listener died is delivered again after the engine's lease
+        timeout. With ``concurrency`` > 1, up to that many handlers run at once in
+        worker threads.
+        """
+        from kvmodel._queue import QueueListener
+
+        self._check_open()
+        concurrency = positive_int("concurrency", concurrency)
+        listener = QueueListener(self, handler, concurrency=concurrency)
+        listener.run()
+
+    def watch(self, keys: Sequence[Sequence[Any]], *, raw: bool = False) -> Any:
+        """Streams the entries of up to 10 keys: now, then after every change.
+
+        Returns an iterator of ``list[Entry]`` (also a context manager with
+        ``close()``); it ends when the Kv closes.
+        """
+        from kvmodel._watch import WatchIterator
+
+        self._check_open()
+        encoded, key_tuples = self.watch_keys(keys)
+        if not isinstance(raw, bool):
+            raise InvalidArgumentError(f"raw must be a bool, not {raw!r}.")
+        return WatchIterator(self._engine.watch(encoded), key_tuples, raw=raw)
+
+    def watch_keys(
+        self, keys: Sequence[Sequence[Any]]
+    ) -> tuple[builtins.list[bytes], builtins.list[tuple[Any, ...]]]:
+        """Validates the keys of a watch."""
+        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+            raise InvalidArgumentError(f"watch takes a sequence of keys, not {keys!r}.")
+        if len(keys) > MAX_WATCH_KEYS:
+            raise LimitExceededError(
+                f"watch was given {len(keys)} keys; at most {MAX_WATCH_KEYS} are allowed.",
+                limit=MAX_WATCH_KEYS,
+                actual=len(keys),
+            )
+        return [self.read_key(k) for k in keys], [_key_tuple(k) for k in keys]
+
+    # -- expiry ------------------------------------------------------------------
+
+    def _start_collector(self) -> None:
+        with self._close_lock:
+            if self._collector is None and not self._closed:
+                self._collector = _ExpiryCollector(self._engine, self._clock)
+                self._collector.start()
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the Kv: watches and listeners end, later calls raise KvClosedError."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            collector = self._collector
+        if collector is not None:
+            collector.stop()
+        self._engine.close()
+
+    def __enter__(self) -> Kv:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<kvmodel.Kv {type(self._engine).__name__} {state}>"
+
+
+class _ExpiryCollector(threading.Thread):
+    """Deletes expired keys in the background, sleeping until the next deadline."""
+
+    # Without a known deadline, look again now and then for keys that other
+    # processes wrote.
+    IDLE_INTERVAL = 60.0
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        super().__init__(name="kvmodel-expiry", daemon=True)
+        self._engine = engine
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._next: float | None = None
+        self._stopped = False
+
+    def wake(self, deadline: float) -> None:
+        """Makes sure the collector runs by ``deadline`` (epoch seconds)."""
+        with self._cond:
+            if self._next is None or deadline < self._next:
+                self._next = deadline
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            try:
+                next_deadline = self._engine.collect_expired()
+            except Exception:  # closed or failing engine: the next Kv will collect
+                return
+            with self._cond:
+                if self._stopped:
+                    return
+                self._next = next_deadline
+                wait = self.IDLE_INTERVAL
+                if next_deadline is not None:
+                    wait = min(wait, max(0.0, next_deadline - self._clock()) + 0.001)
+                self._cond.wait(wait)
+                if self._stopped:
+                    return
+
+
+def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
+    """Opens a Kv: in memory (``None`` or ``":memory:"``), a SQLite file, or ``etcd://...``.
+
+    Args:
+        path: where the data lives.
+        options: engine options, e.g. ``synchronous="NORMAL"`` for SQLite,
+            ``clock=`` or ``lease_timeout=`` for any engine.
+
+    Raises:
+        InvalidArgumentError: an option the engine does not take.
+        EngineError: the file or the cluster cannot be used.
+    """
+    target = None if path is None else os.fspath(path)
+    factory: Callable[..., Engine]
+    if target is None or target == ":memory:":
+        from kvmodel.engines.memory import MemoryEngine
+
+        factory = MemoryEngine
+        args: tuple[Any, ...] = ()
+    elif target.startswith("etcd://"):
+        from kvmodel.engines.etcd import EtcdEngine
+
+        factory = EtcdEngine.from_url
+        args = (target,)
+    else:
+        from kvmodel.engines.sqlite import SqliteEngine
+
+        factory = SqliteEngine
+        args = (target,)
+    accepted = inspect.signature(factory).parameters
+    for name in options:
+        if name not in accepted or accepted[name].kind is not inspect.Parameter.KEYWORD_ONLY:
+            raise InvalidArgumentError(f"open_kv({target!r}) does not take the option {name!r}.")
+    return Kv(factory(*args, **options))

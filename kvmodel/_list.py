@@ -1,0 +1,245 @@
+"""``kv.list``: selector validation, Deno's cursors, and the batched iterator.
+
+The paging state (:class:`ListState`) is pure: it says which range to read next
+and turns raw entries into :class:`Entry` objects. The sync :class:`ListIterator`
+and the async one in :mod:`kvmodel.aio` only differ in how they fetch.
+
+Deno's rules (ext/kv ``RawSelector``): a selector is a prefix, a prefix with a
+start or an end, or a start and an end. A prefix ``P`` covers
+``[enc(P)+00, enc(P)+FF)``, so ``P`` itself is not listed. The cursor is the
+base64url (padded) encoding of the last yielded key minus the selector's common
+prefix; a forward resume starts strictly after it, a reverse one strictly
+before.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from kvmodel._records import Entry
+from kvmodel._values import decode_value
+from kvmodel.engines.base import Consistency, RawEntry, ReadRange
+from kvmodel.errors import InvalidArgumentError, LimitExceededError
+from kvmodel.keys import decode_key, encode_key
+from kvmodel.limits import MAX_READ_KEY_SIZE
+
+__all__ = ["ListIterator", "ListState"]
+
+DEFAULT_BATCH_SIZE = 500
+
+
+def _common_prefix(a: bytes, b: bytes) -> bytes:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
+def _encode_cursor(suffix: bytes) -> str:
+    return base64.urlsafe_b64encode(suffix).decode("ascii")
+
+
+def _decode_cursor(cursor: object) -> bytes:
+    if not isinstance(cursor, str):
+        raise InvalidArgumentError(f"cursor must be a str, not {cursor!r}.")
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        return base64.b64decode(padded, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgumentError(f"cursor {cursor!r} is not valid base64url.") from exc
+
+
+def _bound(name: str, key: object) -> bytes:
+    encoded = encode_key(key)  # type: ignore[arg-type]
+    if len(encoded) > MAX_READ_KEY_SIZE:
+        raise LimitExceededError(
+            f"The {name} key is {len(encoded)} bytes encoded; "
+            f"read bounds are limited to {MAX_READ_KEY_SIZE} bytes.",
+            limit=MAX_READ_KEY_SIZE,
+            actual=len(encoded),
+        )
+    return encoded
+
+
+class ListState:
+    """Where a listing stands: the remaining byte range, the count, and the cursor."""
+
+    __slots__ = (
+        "_common",
+        "_first",
+        "_last",
+        "batch_size",
+        "consistency",
+        "done",
+        "remaining",
+        "reverse",
+    )
+
+    def __init__(
+        self,
+        prefix: Sequence[Any] | None,
+        start: Sequence[Any] | None,
+        end: Sequence[Any] | None,
+        *,
+        limit: int | None,
+        reverse: bool,
+        cursor: str | None,
+        batch_size: int | None,
+        consistency: Consistency,
+        max_batch: int,
+    ) -> None:
+        if not isinstance(reverse, bool):
+            raise InvalidArgumentError(f"reverse must be a bool, not {reverse!r}.")
+        if batch_size is not None and batch_size > max_batch:
+            raise LimitExceededError(
+                f"batch_size {batch_size} is over the limit of {max_batch} entries per batch.",
+                limit=max_batch,
+                actual=batch_size,
+            )
+        self.reverse = reverse
+        self.consistency = consistency
+        self.remaining = limit
+        self.batch_size = batch_size or (
+            min(limit, max_batch) if limit is not None else min(DEFAULT_BATCH_SIZE, max_batch)
+        )
+        self.done = False
+
+        # Range bounds [first, last) and the explicit bounds a cursor must respect.
+        explicit_start: bytes | None = None
+        explicit_end: bytes | None = None
+        if prefix is not None:
+            p = _bound("prefix", prefix)
+            first, last = p + b"\x00", p + b"\xff"
+            self._common = p
+            if start is not None and end is not None:
+                raise InvalidArgumentError(
+                    "list() takes a prefix with a start or an end, not both; "
+                    "use start and end without a prefix for a closed range."
+                )
+            if start is not None:
+                explicit_start = first = _bound("start", start)
+                if not (first.startswith(p) and first > p):
+                    raise InvalidArgumentError(
+                        f"start key {tuple(start)!r} is not inside prefix {tuple(prefix)!r}."
+                    )
+            if end is not None:
+                explicit_end = last = _bound("end", end)
+                if not (last.startswith(p) and last > p):
+                    raise InvalidArgumentError(
+                        f"end key {tuple(end)!r} is not inside prefix {tuple(prefix)!r}."
+                    )
+        else:
+            if start is None or end is None:
+                raise InvalidArgumentError(
+                    "list() needs a prefix, a prefix with a start or an end, "
+                    "or both a start and an end."
+                )
+            explicit_start = first = _bound("start", start)
+            explicit_end = last = _bound("end", end)
+            if first > last:
+                raise InvalidArgumentError(
+                    f"start key {tuple(start)!r} sorts after end key {tuple(end)!r}."
+                )
+            self._common = _common_prefix(first, last)
+
+        if cursor is not None:
+            position = self._common + _decode_cursor(cursor)
+            if reverse:
+                last = position
+            else:
+                first = position + b"\x00"
+            if (explicit_start is not None and first < explicit_start) or (
+                explicit_end is not None and last > explicit_end
+            ):
+                raise InvalidArgumentError(
+                    f"cursor {cursor!r} points outside the range of the selector."
+                )
+        self._first = first
+        self._last = last
+        if first >= last:
+            self.done = True
+
+    def cursor_for(self, key: bytes) -> str:
+        """Deno's cursor for a position just past (or, reversed, before) ``key``."""
+        return _encode_cursor(key[len(self._common) :])
+
+    def next_read(self) -> ReadRange:
+        """The next range to read (call only while not :meth:`stopped`)."""
+        n = self.batch_size
+        if self.remaining is not None:
+            n = min(n, self.remaining)
+        return ReadRange(self._first, self._last, n, self.reverse)
+
+    def consume(self, read: ReadRange, raw: list[RawEntry]) -> list[Entry[Any]]:
+        """Decodes a batch and moves the range past it."""
+        entries = [
+            Entry(decode_key(r.key), decode_value(r.value, r.encoding), r.versionstamp.hex())
+            for r in raw
+        ]
+        if raw:
+            if self.reverse:
+                self._last = raw[-1].key
+            else:
+                self._first = raw[-1].key + b"\x00"
+        if self.remaining is not None:
+            self.remaining -= len(raw)
+        # A short batch means the range is exhausted. A batch cut by the limit
+        # is not: the cursor then resumes after it (as in Deno).
+        if len(raw) < read.limit:
+            self.done = True
+        return entries
+
+    def stopped(self) -> bool:
+        """True when no further read is needed."""
+        return self.done or (self.remaining is not None and self.remaining <= 0)
+
+
+class ListIterator(Iterator[Entry[Any]]):
+    """The entries of a ``kv.list`` call, fetched in batches; ``.cursor`` resumes it."""
+
+    def __init__(
+        self,
+        state: ListState,
+        fetch: Callable[[ReadRange, Consistency], list[RawEntry]],
+        cursor: str | None = None,
+    ) -> None:
+        self._state = state
+        self._fetch = fetch
+        self._raw: list[RawEntry] = []
+        self._buffer: list[Entry[Any]] = []
+        self._pos = 0
+        self._initial_cursor = cursor or ""
+
+    @property
+    def cursor(self) -> str:
+        """Where to resume: "" once exhausted, else just past the last entry yielded."""
+        if self._state.done and self._pos >= len(self._buffer):
+            return ""
+        if self._pos == 0:  # nothing yielded yet
+            return self._initial_cursor
+        return self._state.cursor_for(self._raw[self._pos - 1].key)
+
+    def needs_fetch(self) -> bool:
+        """True when the next entry needs an engine read first."""
+        return self._pos >= len(self._buffer) and not self._state.stopped()
+
+    def __iter__(self) -> ListIterator:
+        return self
+
+    def __next__(self) -> Entry[Any]:
+        while self._pos >= len(self._buffer):
+            if self._state.stopped():
+                raise StopIteration
+            read = self._state.next_read()
+            raw = self._fetch(read, self._state.consistency)
+            self._buffer = self._state.consume(read, raw)
+            self._raw = raw
+            self._pos = 0
+        entry = self._buffer[self._pos]
+        self._pos += 1
+        return entry

@@ -1,0 +1,29 @@
+"""kvmodel for asyncio: the same API with ``await``.
+
+>>> import asyncio
+>>> from kvmodel import aio
+>>> async def main():
+...     async with await aio.open_kv() as kv:
+...         await kv.set(("greeting",), "hello")
+...         return (await kv.get(("greeting",))).value
+>>> asyncio.run(main())
+'hello'
+"""
+
+from __future__ import annotations
+
+from kvmodel.aio._kv import (
+    AsyncAtomicOperation,
+    AsyncKv,
+    AsyncListIterator,
+    AsyncWatchIterator,
+    open_kv,
+)
+
+__all__ = [
+    "AsyncAtomicOperation",
+    "AsyncKv",
+    "AsyncListIterator",
+    "AsyncWatchIterator",
+    "open_kv",
+]

@@ -1,0 +1,342 @@
+"""The in-memory engine: a SortedDict of encoded keys, thread-safe, for tests and caches.
+
+Nothing is durable and nothing is shared between processes. It is also the
+reference the conformance suite holds the other engines to, so it favours
+obviously-correct code under one lock over cleverness.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+from sortedcontainers import SortedDict, SortedList
+
+from kvmodel.engines.base import (
+    AtomicWrite,
+    ChangeSignal,
+    Clock,
+    CommitOutcome,
+    Consistency,
+    EngineCapabilities,
+    Enqueue,
+    MutationKind,
+    PollingWatchStream,
+    RawEntry,
+    ReadRange,
+    apply_numeric_mutation,
+    versionstamp_from_counter,
+    versionstamped_key,
+)
+from kvmodel.errors import KvClosedError
+from kvmodel.limits import DEFAULT_LIMITS, EngineLimits
+
+__all__ = ["MemoryEngine"]
+
+_NUMERIC = (MutationKind.SUM, MutationKind.MIN, MutationKind.MAX)
+
+# A stored record: (value, encoding, versionstamp, expire_at_ms or None).
+_Record = tuple[bytes, int, bytes, int | None]
+
+
+class _Message:
+    """A queued message; ``available_ms`` is its ready time or its lease deadline."""
+
+    __slots__ = (
+        "attempt",
+        "available_ms",
+        "backoff_ms",
+        "dead_letter_keys",
+        "encoding",
+        "lease_token",
+        "payload",
+        "seq",
+    )
+
+    def __init__(self, enqueue: Enqueue, seq: int) -> None:
+        self.seq = seq
+        self.payload = enqueue.payload
+        self.encoding = enqueue.encoding
+        self.available_ms = enqueue.ready_at_ms
+        self.dead_letter_keys = enqueue.keys_if_undelivered
+        self.backoff_ms = enqueue.backoff_schedule_ms
+        self.attempt = 1
+        self.lease_token: str | None = None
+
+
+class _MemoryQueueMessage:
+    """The handle a listener gets for a leased message."""
+
+    def __init__(self, engine: MemoryEngine, message: _Message, token: str) -> None:
+        self._engine = engine
+        self._message = message
+        self._token = token
+        self.payload = message.payload
+        self.encoding = message.encoding
+        self.attempt = message.attempt
+
+    def renew_lease(self) -> bool:
+        return self._engine._renew(self._message, self._token)
+
+    def finish(self, success: bool) -> None:
+        self._engine._finish(self._message, self._token, success)
+
+
+class MemoryEngine:
+    """A thread-safe in-memory engine on sortedcontainers.
+
+    Args:
+        clock: the time source for expiry, queue delays and leases.
+        lease_timeout: seconds a listener holds a message before it is delivered again.
+    """
+
+    def __init__(self, *, clock: Clock = time.time, lease_timeout: float = 30.0) -> None:
+        self.clock = clock
+        self._lease_ms = int(lease_timeout * 1000)
+        self._lock = threading.RLock()
+        self._data: SortedDict = SortedDict()
+        self._counter = 0
+        self._signal = ChangeSignal()
+        # Expiry deadlines as a lazy heap: an item is stale when the record's
+        # deadline no longer matches it.
+        self._expiries: list[tuple[int, bytes]] = []
+        # Queue: messages ordered by (available_ms, seq), which is FIFO for equal ready times.
+        self._queue: SortedList = SortedList()
+        self._messages: dict[int, _Message] = {}
+        self._queue_seq = 0
+        self._closed = False
+
+    @property
+    def limits(self) -> EngineLimits:
+        """Deno's limits: the memory engine holds anything they allow."""
+        return DEFAULT_LIMITS
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        """Neither durable nor shared across processes."""
+        return EngineCapabilities()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KvClosedError("The in-memory engine is closed.")
+
+    # -- reads ---------------------------------------------------------------
+
+    def _live(self, key: bytes, now_ms: int) -> _Record | None:
+        record: _Record | None = self._data.get(key)
+        if record is not None and record[3] is not None and record[3] <= now_ms:
+            return None
+        return record
+
+    def _versionstamp(self, key: bytes, now_ms: int) -> bytes | None:
+        rec = self._live(key, now_ms)
+        return None if rec is None else rec[2]
+
+    def snapshot_read(
+        self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
+    ) -> list[list[RawEntry]]:
+        """Reads every range under the lock, so all see one state."""
+        with self._lock:
+            self._check_open()
+            now_ms = self._now_ms()
+            out: list[list[RawEntry]] = []
+            for r in ranges:
+                entries: list[RawEntry] = []
+                if r.end == r.start + b"\x00":  # a point read: skip the tree walk
+                    rec = self._live(r.start, now_ms)
+                    if rec is not None and r.limit > 0:
+                        entries.append(RawEntry(r.start, rec[0], rec[1], rec[2]))
+                    out.append(entries)
+                    continue
+                if r.start >= r.end or r.limit <= 0:
+                    out.append(entries)
+                    continue
+                data = self._data
+                for key in data.irange(r.start, r.end, (True, False), reverse=r.reverse):
+                    rec = data[key]
+                    if rec[3] is not None and rec[3] <= now_ms:
+                        continue
+                    entries.append(RawEntry(key, rec[0], rec[1], rec[2]))
+                    if len(entries) >= r.limit:
+                        break
+                out.append(entries)
+            return out
+
+    # -- writes --------------------------------------------------------------
+
+    def atomic_write(self, write: AtomicWrite) -> CommitOutcome:
+        """Checks, then applies every mutation to a staging dict, then publishes it."""
+        with self._lock:
+            self._check_open()
+            now_ms = self._now_ms()
+            failed = tuple(
+                i
+                for i, check in enumerate(write.checks)
+                if self._versionstamp(check.key, now_ms) != check.versionstamp
+            )
+            if failed:
+                return CommitOutcome(None, failed)
+            versionstamp = versionstamp_from_counter(self._counter + 1)
+            # Stage every change first: a KvTypeError from sum/min/max must leave
+            # the store untouched (all-or-nothing, unlike Deno).
+            staged: dict[bytes, _Record | None] = {}
+            for m in write.mutations:
+                kind = m.kind
+                if kind is MutationKind.SET:
+                    staged[m.key] = (m.value, m.encoding, versionstamp, m.expire_at_ms)
+                elif kind is MutationKind.DELETE:
+                    staged[m.key] = None
+                elif kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
+                    key = versionstamped_key(m.key, versionstamp)
+                    staged[key] = (m.value, m.encoding, versionstamp, m.expire_at_ms)
+                else:
+                    current = staged[m.key] if m.key in staged else self._live(m.key, now_ms)
+                    old = None if current is None else (current[0], current[1])
+                    new = apply_numeric_mutation(kind, old, m.value)
+                    staged[m.key] = (new, m.encoding, versionstamp, None)
+            self._counter += 1
+            for key, record in staged.items():
+                if record is None:
+                    self._data.pop(key, None)
+                else:
+                    self._data[key] = record
+                    if record[3] is not None:
+                        heapq.heappush(self._expiries, (record[3], key))
+            for enqueue in write.enqueues:
+                self._push_message(_Message(enqueue, self._next_queue_seq()))
+            self._signal.bump()
+            return CommitOutcome(versionstamp)
+
+    def collect_expired(self) -> float | None:
+        """Deletes keys whose deadline passed; returns the next deadline (epoch seconds)."""
+        with self._lock:
+            self._check_open()
+            now_ms = self._now_ms()
+            removed = False
+            heap = self._expiries
+            while heap and heap[0][0] <= now_ms:
+                deadline, key = heapq.heappop(heap)
+                rec = self._data.get(key)
+                if rec is not None and rec[3] == deadline:
+                    del self._data[key]
+                    removed = True
+            # Drop stale heap items at the top so the next deadline is real.
+            while heap:
+                deadline, key = heap[0]
+                rec = self._data.get(key)
+                if rec is not None and rec[3] == deadline:
+                    break
+                heapq.heappop(heap)
+            if removed:
+                self._signal.bump()
+            return heap[0][0] / 1000 if heap else None
+
+    # -- queue ---------------------------------------------------------------
+
+    def _next_queue_seq(self) -> int:
+        self._queue_seq += 1
+        return self._queue_seq
+
+    def _push_message(self, message: _Message) -> None:
+        self._messages[message.seq] = message
+        self._queue.add((message.available_ms, message.seq))
+
+    def dequeue_next_message(self, timeout: float) -> _MemoryQueueMessage | None:
+        """Leases the first available message, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._closed:
+                    return None
+                seen = self._signal.seq
+                now_ms = self._now_ms()
+                wait = deadline - time.monotonic()
+                if self._queue:
+                    available_ms, seq = self._queue[0]
+                    if available_ms <= now_ms:
+                        return self._lease(seq, now_ms)
+                    wait = min(wait, (available_ms - now_ms) / 1000)
+            if wait <= 0 and time.monotonic() >= deadline:
+                return None
+            self._signal.wait(seen, max(wait, 0.0))
+
+    def _lease(self, seq: int, now_ms: int) -> _MemoryQueueMessage:
+        message = self._messages[seq]
+        self._queue.remove((message.available_ms, seq))
+        message.lease_token = uuid.uuid4().hex
+        message.available_ms = now_ms + self._lease_ms
+        self._queue.add((message.available_ms, seq))
+        return _MemoryQueueMessage(self, message, message.lease_token)
+
+    def _renew(self, message: _Message, token: str) -> bool:
+        with self._lock:
+            if message.lease_token != token or message.seq not in self._messages:
+                return False
+            self._queue.remove((message.available_ms, message.seq))
+            message.available_ms = self._now_ms() + self._lease_ms
+            self._queue.add((message.available_ms, message.seq))
+            return True
+
+    def _finish(self, message: _Message, token: str, success: bool) -> None:
+        with self._lock:
+            if self._closed or message.lease_token != token or message.seq not in self._messages:
+                return  # the lease was lost: another listener owns the message now
+            self._queue.remove((message.available_ms, message.seq))
+            if not success and message.backoff_ms:
+                message.available_ms = self._now_ms() + message.backoff_ms[0]
+                message.backoff_ms = message.backoff_ms[1:]
+                message.attempt += 1
+                message.lease_token = None
+                self._queue.add((message.available_ms, message.seq))
+                self._signal.bump()
+                return
+            del self._messages[message.seq]
+            if not success and message.dead_letter_keys:
+                # Every dead-letter key gets the value in one commit (one versionstamp).
+                self._counter += 1
+                versionstamp = versionstamp_from_counter(self._counter)
+                for key in message.dead_letter_keys:
+                    self._data[key] = (message.payload, message.encoding, versionstamp, None)
+            self._signal.bump()
+
+    # -- watch and close -----------------------------------------------------
+
+    def watch(self, keys: Sequence[bytes]) -> PollingWatchStream:
+        """Streams the entries of ``keys``, woken by every commit and by their expiry."""
+        self._check_open()
+        keys = list(keys)
+
+        def read() -> list[RawEntry | None]:
+            with self._lock:
+                self._check_open()
+                now_ms = self._now_ms()
+                out: list[RawEntry | None] = []
+                for key in keys:
+                    rec = self._live(key, now_ms)
+                    out.append(None if rec is None else RawEntry(key, rec[0], rec[1], rec[2]))
+                return out
+
+        def expiry_deadline() -> float | None:
+            with self._lock:
+                deadlines = [
+                    rec[3]
+                    for key in keys
+                    if (rec := self._data.get(key)) is not None and rec[3] is not None
+                ]
+            return min(deadlines) / 1000 if deadlines else None
+
+        return PollingWatchStream(
+            self._signal, read, clock=self.clock, expiry_deadline=expiry_deadline
+        )
+
+    def close(self) -> None:
+        """Drops nothing (the data lives as long as the object) but refuses further calls."""
+        with self._lock:
+            self._closed = True
+        self._signal.close()
