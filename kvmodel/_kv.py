@@ -25,13 +25,15 @@ from kvmodel._atomic import (
 )
 from kvmodel._list import ListIterator, ListState
 from kvmodel._options import parse_consistency, positive_int
-from kvmodel._records import CommitResult, Entry
+from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
 from kvmodel._values import decode_value, encode_value
 from kvmodel.engines.base import (
     AtomicWrite,
     Consistency,
     Engine,
     Enqueue,
+    Mutation,
+    MutationKind,
     RawEntry,
     ReadRange,
 )
@@ -192,20 +194,20 @@ class Kv:
         if outcome.versionstamp is None:
             failed = tuple(tuple(check_keys[i]) for i in outcome.failed_checks)
             return CommitResult(False, None, failed)
-        if self._collector is None and any(m.expire_at_ms is not None for m in write.mutations):
-            self._start_collector()
-        elif self._collector is not None:
-            for m in write.mutations:
-                if m.expire_at_ms is not None:
-                    self._collector.wake(m.expire_at_ms / 1000)
+        for m in write.mutations:
+            if m.expire_at_ms is not None:
+                self._expiry_scheduled(m.expire_at_ms / 1000)
         return CommitResult(True, outcome.versionstamp.hex())
 
     # -- reads -------------------------------------------------------------------
 
     def get(self, key: Sequence[Any], *, consistency: str = "strong") -> Entry[Any]:
         """Reads one key; a missing key gives ``Entry(key, None, None)``."""
-        self._check_open()
-        encoded = self.read_key(key)
+        if self._closed:
+            self._check_open()
+        encoded = encode_key(key)
+        if len(encoded) > MAX_READ_KEY_SIZE:
+            self.read_key(key)  # raises the size error
         level = _STRONG if consistency == "strong" else parse_consistency(consistency)
         found = self._engine.snapshot_read(
             (ReadRange(encoded, encoded + b"\x00", 1),), consistency=level
@@ -323,11 +325,22 @@ class Kv:
 
     def set(self, key: Sequence[Any], value: object, *, expire_in: object = None) -> CommitResult:
         """Sets one key; ``expire_in`` (seconds or timedelta) makes it expire."""
-        return self.atomic().set(key, value, expire_in=expire_in).commit()
+        if expire_in is not None or (
+            isinstance(key, tuple | list) and key and key[-1] is VERSIONSTAMP
+        ):
+            return self.atomic().set(key, value, expire_in=expire_in).commit()
+        # The common case skips the builder: one key and one value within their
+        # size limits cannot break a commit-wide limit.
+        self._check_open()
+        data, encoding = self.encode_value(value)
+        mutation = Mutation(self.write_key(key), MutationKind.SET, data, encoding)
+        return self.commit_write(AtomicWrite((), (mutation,)), ())
 
     def delete(self, key: Sequence[Any]) -> None:
         """Deletes one key; deleting a missing key is fine."""
-        self.atomic().delete(key).commit()
+        self._check_open()
+        mutation = Mutation(self.write_key(key), MutationKind.DELETE)
+        self.commit_write(AtomicWrite((), (mutation,)), ())
 
     def enqueue(
         self,
@@ -398,11 +411,17 @@ class Kv:
 
     # -- expiry ------------------------------------------------------------------
 
-    def _start_collector(self) -> None:
-        with self._close_lock:
-            if self._collector is None and not self._closed:
-                self._collector = _ExpiryCollector(self._engine, self._clock)
-                self._collector.start()
+    def _expiry_scheduled(self, deadline: float) -> None:
+        """Makes sure the background collector deletes a key expiring at ``deadline``."""
+        collector = self._collector
+        if collector is None:
+            with self._close_lock:
+                if self._collector is None and not self._closed:
+                    self._collector = _ExpiryCollector(self._engine, self._clock)
+                    self._collector.start()
+                collector = self._collector
+        if collector is not None:
+            collector.wake(deadline)
 
     # -- lifetime ----------------------------------------------------------------
 

@@ -385,6 +385,7 @@ class ChangeSignal:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._seq = 0
+        self._waiters = 0
         self._closed = False
 
     @property
@@ -398,10 +399,18 @@ class ChangeSignal:
         return self._closed
 
     def bump(self) -> None:
-        """Moves the counter and wakes every waiter."""
-        with self._cond:
-            self._seq += 1
-            self._cond.notify_all()
+        """Moves the counter and wakes every waiter.
+
+        The lock is only taken when someone waits: a commit with no watcher or
+        listener pays one increment. A waiter registers itself under the lock
+        before it reads the counter, and the counter moves before ``_waiters``
+        is read here, so a wake-up cannot be lost. Two racing increments may
+        move the counter by one instead of two; waiters only need it to move.
+        """
+        self._seq += 1
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
 
     def wait(self, seen: int, timeout: float | None) -> int:
         """Blocks until the counter differs from ``seen``, the timeout passes, or close.
@@ -409,8 +418,12 @@ class ChangeSignal:
         Returns the counter's value at return (equal to ``seen`` on timeout).
         """
         with self._cond:
-            if self._seq == seen and not self._closed:
-                self._cond.wait_for(lambda: self._seq != seen or self._closed, timeout)
+            self._waiters += 1
+            try:
+                if self._seq == seen and not self._closed:
+                    self._cond.wait_for(lambda: self._seq != seen or self._closed, timeout)
+            finally:
+                self._waiters -= 1
             return self._seq
 
     def close(self) -> None:

@@ -38,9 +38,6 @@ __all__ = ["MemoryEngine"]
 
 _NUMERIC = (MutationKind.SUM, MutationKind.MIN, MutationKind.MAX)
 
-# A stored record: (value, encoding, versionstamp, expire_at_ms or None).
-_Record = tuple[bytes, int, bytes, int | None]
-
 
 class _Message:
     """A queued message; ``available_ms`` is its ready time or its lease deadline."""
@@ -96,8 +93,12 @@ class MemoryEngine:
     def __init__(self, *, clock: Clock = time.time, lease_timeout: float = 30.0) -> None:
         self.clock = clock
         self._lease_ms = int(lease_timeout * 1000)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        # Stored entries are RawEntry objects, handed to readers as they are
+        # (they are immutable). Deadlines live beside them, for expiring keys only,
+        # so a store without expiring keys never reads the clock.
         self._data: SortedDict = SortedDict()
+        self._expire_at: dict[bytes, int] = {}
         self._counter = 0
         self._signal = ChangeSignal()
         # Expiry deadlines as a lazy heap: an item is stale when the record's
@@ -128,43 +129,42 @@ class MemoryEngine:
 
     # -- reads ---------------------------------------------------------------
 
-    def _live(self, key: bytes, now_ms: int) -> _Record | None:
-        record: _Record | None = self._data.get(key)
-        if record is not None and record[3] is not None and record[3] <= now_ms:
-            return None
-        return record
+    def _live(self, key: bytes, now_ms: int) -> RawEntry | None:
+        entry: RawEntry | None = self._data.get(key)
+        if entry is not None and self._expire_at:
+            deadline = self._expire_at.get(key)
+            if deadline is not None and deadline <= now_ms:
+                return None
+        return entry
 
     def _versionstamp(self, key: bytes, now_ms: int) -> bytes | None:
-        rec = self._live(key, now_ms)
-        return None if rec is None else rec[2]
+        entry = self._live(key, now_ms)
+        return None if entry is None else entry.versionstamp
 
     def snapshot_read(
         self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
     ) -> list[list[RawEntry]]:
         """Reads every range under the lock, so all see one state."""
         with self._lock:
-            self._check_open()
-            now_ms = self._now_ms()
+            if self._closed:
+                self._check_open()
+            now_ms = self._now_ms() if self._expire_at else 0
             out: list[list[RawEntry]] = []
             for r in ranges:
-                entries: list[RawEntry] = []
                 if r.end == r.start + b"\x00":  # a point read: skip the tree walk
-                    rec = self._live(r.start, now_ms)
-                    if rec is not None and r.limit > 0:
-                        entries.append(RawEntry(r.start, rec[0], rec[1], rec[2]))
-                    out.append(entries)
+                    entry = self._live(r.start, now_ms)
+                    out.append([entry] if entry is not None and r.limit > 0 else [])
                     continue
-                if r.start >= r.end or r.limit <= 0:
-                    out.append(entries)
-                    continue
-                data = self._data
-                for key in data.irange(r.start, r.end, (True, False), reverse=r.reverse):
-                    rec = data[key]
-                    if rec[3] is not None and rec[3] <= now_ms:
-                        continue
-                    entries.append(RawEntry(key, rec[0], rec[1], rec[2]))
-                    if len(entries) >= r.limit:
-                        break
+                entries: list[RawEntry] = []
+                if r.start < r.end and r.limit > 0:
+                    data = self._data
+                    expire_at = self._expire_at
+                    for key in data.irange(r.start, r.end, (True, False), reverse=r.reverse):
+                        if expire_at and expire_at.get(key, now_ms + 1) <= now_ms:
+                            continue
+                        entries.append(data[key])
+                        if len(entries) >= r.limit:
+                            break
                 out.append(entries)
             return out
 
@@ -174,7 +174,7 @@ class MemoryEngine:
         """Checks, then applies every mutation to a staging dict, then publishes it."""
         with self._lock:
             self._check_open()
-            now_ms = self._now_ms()
+            now_ms = self._now_ms() if self._expire_at else 0
             failed = tuple(
                 i
                 for i, check in enumerate(write.checks)
@@ -185,29 +185,41 @@ class MemoryEngine:
             versionstamp = versionstamp_from_counter(self._counter + 1)
             # Stage every change first: a KvTypeError from sum/min/max must leave
             # the store untouched (all-or-nothing, unlike Deno).
-            staged: dict[bytes, _Record | None] = {}
+            staged: dict[bytes, tuple[RawEntry, int | None] | None] = {}
             for m in write.mutations:
                 kind = m.kind
                 if kind is MutationKind.SET:
-                    staged[m.key] = (m.value, m.encoding, versionstamp, m.expire_at_ms)
+                    staged[m.key] = (
+                        RawEntry(m.key, m.value, m.encoding, versionstamp),
+                        m.expire_at_ms,
+                    )
                 elif kind is MutationKind.DELETE:
                     staged[m.key] = None
                 elif kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
                     key = versionstamped_key(m.key, versionstamp)
-                    staged[key] = (m.value, m.encoding, versionstamp, m.expire_at_ms)
+                    staged[key] = (RawEntry(key, m.value, m.encoding, versionstamp), m.expire_at_ms)
                 else:
-                    current = staged[m.key] if m.key in staged else self._live(m.key, now_ms)
-                    old = None if current is None else (current[0], current[1])
+                    if m.key in staged:
+                        pending = staged[m.key]
+                        current = None if pending is None else pending[0]
+                    else:
+                        current = self._live(m.key, now_ms)
+                    old = None if current is None else (current.value, current.encoding)
                     new = apply_numeric_mutation(kind, old, m.value)
-                    staged[m.key] = (new, m.encoding, versionstamp, None)
+                    staged[m.key] = (RawEntry(m.key, new, m.encoding, versionstamp), None)
             self._counter += 1
-            for key, record in staged.items():
-                if record is None:
+            for key, change in staged.items():
+                if change is None:
                     self._data.pop(key, None)
+                    self._expire_at.pop(key, None)
+                    continue
+                self._data[key] = change[0]
+                deadline = change[1]
+                if deadline is None:
+                    self._expire_at.pop(key, None)
                 else:
-                    self._data[key] = record
-                    if record[3] is not None:
-                        heapq.heappush(self._expiries, (record[3], key))
+                    self._expire_at[key] = deadline
+                    heapq.heappush(self._expiries, (deadline, key))
             for enqueue in write.enqueues:
                 self._push_message(_Message(enqueue, self._next_queue_seq()))
             self._signal.bump()
@@ -222,16 +234,12 @@ class MemoryEngine:
             heap = self._expiries
             while heap and heap[0][0] <= now_ms:
                 deadline, key = heapq.heappop(heap)
-                rec = self._data.get(key)
-                if rec is not None and rec[3] == deadline:
+                if self._expire_at.get(key) == deadline:
                     del self._data[key]
+                    del self._expire_at[key]
                     removed = True
             # Drop stale heap items at the top so the next deadline is real.
-            while heap:
-                deadline, key = heap[0]
-                rec = self._data.get(key)
-                if rec is not None and rec[3] == deadline:
-                    break
+            while heap and self._expire_at.get(heap[0][1]) != heap[0][0]:
                 heapq.heappop(heap)
             if removed:
                 self._signal.bump()
@@ -302,7 +310,8 @@ class MemoryEngine:
                 self._counter += 1
                 versionstamp = versionstamp_from_counter(self._counter)
                 for key in message.dead_letter_keys:
-                    self._data[key] = (message.payload, message.encoding, versionstamp, None)
+                    self._data[key] = RawEntry(key, message.payload, message.encoding, versionstamp)
+                    self._expire_at.pop(key, None)
             self._signal.bump()
 
     # -- watch and close -----------------------------------------------------
@@ -316,19 +325,11 @@ class MemoryEngine:
             with self._lock:
                 self._check_open()
                 now_ms = self._now_ms()
-                out: list[RawEntry | None] = []
-                for key in keys:
-                    rec = self._live(key, now_ms)
-                    out.append(None if rec is None else RawEntry(key, rec[0], rec[1], rec[2]))
-                return out
+                return [self._live(key, now_ms) for key in keys]
 
         def expiry_deadline() -> float | None:
             with self._lock:
-                deadlines = [
-                    rec[3]
-                    for key in keys
-                    if (rec := self._data.get(key)) is not None and rec[3] is not None
-                ]
+                deadlines = [d for key in keys if (d := self._expire_at.get(key)) is not None]
             return min(deadlines) / 1000 if deadlines else None
 
         return PollingWatchStream(
