@@ -1,0 +1,48 @@
+"""Fixtures for kvmodel's own tests: ``kv_store`` and ``kv`` parametrised over every engine.
+
+The conformance suite (``kvmodel.testing.conformance``) only uses these two
+fixtures. To run it on another engine, add one entry to ``STORE_FACTORIES``:
+a function from a fresh temporary directory to a :class:`kvmodel.testing.KvStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmodel import Kv
+from kvmodel.engines.memory import MemoryEngine
+from kvmodel.engines.sqlite import SqliteEngine
+from kvmodel.testing import KvStore, StoreFactory
+
+
+def _memory_store(tmp_path: Path) -> KvStore:
+    # Every Kv wraps the same engine object: that object is the store.
+    return KvStore.shared(MemoryEngine)
+
+
+def _sqlite_store(tmp_path: Path) -> KvStore:
+    path = tmp_path / "kv.db"
+    return KvStore(lambda **options: SqliteEngine(path, **options), path=str(path))
+
+
+STORE_FACTORIES: dict[str, StoreFactory] = {
+    "memory": _memory_store,
+    "sqlite": _sqlite_store,
+}
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES))
+def kv_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KvStore]:
+    """A fresh store on each engine; every Kv opened on it is closed at teardown."""
+    with STORE_FACTORIES[request.param](tmp_path) as store:
+        yield store
+
+
+@pytest.fixture
+def kv(kv_store: KvStore) -> Kv:
+    """A fresh, empty Kv on the engine under test."""
+    kv: Kv = kv_store.open()
+    return kv
