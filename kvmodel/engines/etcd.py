@@ -1,0 +1,1084 @@
+"""EtcdEngine: kvmodel on an etcd v3 cluster, for several machines and high availability.
+
+etcd's model fits Deno KV closely: ordered byte keys, multi-key transactions
+with compares on revisions, one cluster-wide revision per commit, reads at a
+revision, watches from a revision and leases. The engine talks to etcd's JSON
+gateway with :mod:`kvmodel.engines._etcd_transport` (stdlib HTTP only).
+
+Layout under the engine's key prefix ``P`` (every member holds all of it)::
+
+    P "D" key                  user data: 8-byte deadline | encoding | value
+    P "M" commit id            idempotency markers, one per commit ("c" or "a")
+    P "F"                      the fence every commit writes (versionstamped keys)
+    P "Q" ready_ms id index    queue messages (msgpack record)
+    P "C" message key          claims of queue messages, on the listener's lease
+
+Semantics, and how they map onto etcd:
+
+* A versionstamp is the commit's etcd revision (``versionstamp_from_counter``).
+  ``check(key, None)`` is ``create_revision == 0`` and a versionstamp check is
+  ``mod_revision == counter``. Expired keys count as absent: the deadline is the
+  first 8 bytes of the stored value, so "not expired" is the compare
+  ``value > now_ms ++ 0xff`` (the encoding byte after the deadline is never 0xff).
+* Every commit writes a fresh idempotency marker guarded by
+  ``create_revision == 0``. When the answer to a commit is lost, the engine
+  resolves it by writing an "aborted" marker under the same guard: if that
+  succeeds the commit can never apply and is retried under a new marker,
+  otherwise the marker tells whether (and at which revision) it applied.
+* sum/min/max read the key first and commit guarded by its revision, retrying
+  when the key moved (a moved counter is not a failed user check).
+* Expiry attaches keys to leases shared by one-second deadline buckets; etcd
+  deletes them when the lease runs out (at least 2 s after grant, and later
+  after a leader change, which renews leases), while reads hide expired keys by
+  their deadline at once.
+* Watches are etcd watch streams from the snapshot's revision; a compacted
+  revision or a broken stream causes a re-read (a spurious wake-up).
+* The queue is keys written inside the commit, claimed by listeners with a
+  claim key on a lease of ``lease_timeout`` seconds: when a listener dies its
+  lease runs out, the claim vanishes and the message is delivered again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import struct
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from kvmodel.engines._etcd_transport import (
+    EtcdAmbiguousError,
+    EtcdServerError,
+    EtcdTransport,
+    EtcdUnavailableError,
+    WatchConnection,
+    b64,
+    unb64,
+)
+from kvmodel.engines.base import (
+    AtomicWrite,
+    ChangeSignal,
+    Check,
+    Clock,
+    CommitOutcome,
+    Consistency,
+    EngineCapabilities,
+    MutationKind,
+    PollingWatchStream,
+    RawEntry,
+    ReadRange,
+    apply_numeric_mutation,
+    next_backoff,
+    versionstamp_from_counter,
+    versionstamp_to_counter,
+    versionstamped_key,
+)
+from kvmodel.errors import EngineError, InvalidArgumentError, KvClosedError, LimitExceededError
+from kvmodel.limits import EngineLimits
+
+__all__ = ["ETCD_LIMITS", "EtcdEngine"]
+
+Json = dict[str, Any]
+
+MAX_TXN_OPS = 128
+"""etcd's default ``--max-txn-ops``: compares, and operations of each branch, per txn."""
+MAX_REQUEST_BYTES = 1572864
+"""etcd's default ``--max-request-bytes`` (1.5 MiB)."""
+MIN_LEASE_TTL = 2
+"""etcd grants no lease shorter than 1.5 election timeouts: 2 s with the defaults."""
+
+# Every commit adds a marker and the fence to the operations the Kv counts.
+ETCD_LIMITS = EngineLimits(
+    name="etcd",
+    max_operations=MAX_TXN_OPS - 2,
+    max_request_size=MAX_REQUEST_BYTES,
+)
+"""The limits of an etcd cluster with default settings, minus the engine's own bookkeeping."""
+
+_NO_DEADLINE = 0xFFFF_FFFF_FFFF_FFFF
+_HEADER = struct.Struct(">QB")  # deadline_ms, encoding
+_MARKER_TTL = 600  # s; a marker must outlive any resolution of an ambiguous commit
+_MARKER_LEASE_ROTATE = 300.0  # s; markers live between 300 and 600 s
+_MAX_ATTEMPTS = 64
+_QUEUE_SCAN = 64
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix``."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return b"\x00"  # etcd: "to the end of the keyspace"
+    p[-1] += 1
+    return bytes(p)
+
+
+def _i(value: Any) -> int:
+    """A gateway int64 (a JSON string, absent when zero)."""
+    return int(value) if value else 0
+
+
+class _Stored:
+    """A decoded data key: the etcd record plus its header."""
+
+    __slots__ = ("create_revision", "deadline_ms", "encoding", "key", "mod_revision", "value")
+
+    def __init__(self, key: bytes, kv: Json) -> None:
+        raw = unb64(kv.get("value"))
+        if len(raw) < _HEADER.size:
+            raise EngineError(f"The etcd value at {key!r} has no kvmodel header.")
+        self.key = key
+        deadline, encoding = _HEADER.unpack_from(raw)
+        self.deadline_ms: int = deadline
+        self.encoding: int = encoding
+        self.value = raw[_HEADER.size :]
+        self.mod_revision = _i(kv.get("mod_revision"))
+        self.create_revision = _i(kv.get("create_revision"))
+
+    def expired(self, now_ms: int) -> bool:
+        return self.deadline_ms <= now_ms
+
+    def entry(self) -> RawEntry:
+        return RawEntry(
+            self.key, self.value, self.encoding, versionstamp_from_counter(self.mod_revision)
+        )
+
+
+def _encode_value(value: bytes, encoding: int, expire_at_ms: int | None) -> bytes:
+    deadline = _NO_DEADLINE if expire_at_ms is None else max(0, expire_at_ms)
+    return _HEADER.pack(deadline, encoding) + value
+
+
+def _put(key: bytes, value: bytes, lease: int = 0) -> Json:
+    req: Json = {"key": b64(key), "value": b64(value)}
+    if lease:
+        req["lease"] = str(lease)
+    return {"request_put": req}
+
+
+def _delete(key: bytes) -> Json:
+    return {"request_delete_range": {"key": b64(key)}}
+
+
+def _range(key: bytes, end: bytes | None = None, **extra: Any) -> Json:
+    req: Json = {"key": b64(key), **extra}
+    if end is not None:
+        req["range_end"] = b64(end)
+    return {"request_range": req}
+
+
+def _cmp_created(key: bytes, revision: int) -> Json:
+    return {
+        "key": b64(key),
+        "target": "CREATE",
+        "result": "EQUAL",
+        "create_revision": str(revision),
+    }
+
+
+def _cmp_mod(key: bytes, revision: int) -> Json:
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def _cmp_alive(key: bytes, now_ms: int) -> Json:
+    # deadline > now_ms  <=>  value > be64(now_ms) ++ 0xff, since value[8] < 0xff.
+    bound = now_ms.to_bytes(8, "big") + b"\xff"
+    return {"key": b64(key), "target": "VALUE", "result": "GREATER", "value": b64(bound)}
+
+
+class _Plan:
+    """The folded form of a commit's mutations: one final operation per key."""
+
+    def __init__(self, write: AtomicWrite) -> None:
+        self.write = write
+        # Keys whose first mutation is numeric: their stored value must be read.
+        self.read_keys: list[bytes] = []
+        seen: set[bytes] = set()
+        self.versionstamped = False
+        for m in write.mutations:
+            if m.kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
+                self.versionstamped = True
+                continue
+            if m.key not in seen:
+                seen.add(m.key)
+                if m.kind in (MutationKind.SUM, MutationKind.MIN, MutationKind.MAX):
+                    self.read_keys.append(m.key)
+
+    def fold(
+        self, versionstamp: bytes, stored: dict[bytes, _Stored | None], now_ms: int
+    ) -> dict[bytes, tuple[bytes, int | None] | None]:
+        """Key -> (encoded stored bytes, expire_at_ms) for a put, or None for a delete.
+
+        Raises KvTypeError when a numeric mutation meets a value that is not LE64.
+        """
+        final: dict[bytes, tuple[bytes, int, int | None] | None] = {}
+        for m in self.write.mutations:
+            key = m.key
+            if m.kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
+                key = versionstamped_key(m.key, versionstamp)
+            if m.kind in (MutationKind.SET, MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY):
+                final[key] = (m.value, m.encoding, m.expire_at_ms)
+            elif m.kind is MutationKind.DELETE:
+                final[key] = None
+            else:
+                if key in final:
+                    cur = final[key]
+                    current = None if cur is None else (cur[0], cur[1])
+                else:
+                    s = stored.get(key)
+                    current = None if s is None or s.expired(now_ms) else (s.value, s.encoding)
+                result = apply_numeric_mutation(m.kind, current, m.value)
+                final[key] = (result, 2, None)
+        return {
+            k: None if v is None else (_encode_value(v[0], v[1], v[2]), v[2])
+            for k, v in final.items()
+        }
+
+
+class EtcdEngine:
+    """A kvmodel engine on an etcd v3 cluster (3.4 or later), through its JSON gateway.
+
+    Args:
+        endpoints: the members' client addresses, ``"host:port"``.
+        prefix: every key the engine writes starts with it, so several
+            databases can share a cluster.
+        clock: wall clock for expiry deadlines and queue ready times.
+        lease_timeout: seconds a dequeued message stays claimed by a listener
+            that does not renew its lease (at least 2).
+        request_timeout: seconds one HTTP request may take.
+        retry_timeout: seconds an operation keeps trying other members, and
+            an ambiguous commit keeps trying to learn its outcome, before it
+            raises EngineError.
+
+    Example (needs a running etcd)::
+
+        kv = kvmodel.open_kv("etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/app")
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        prefix: bytes = b"",
+        clock: Clock = time.time,
+        lease_timeout: float = 30.0,
+        request_timeout: float = 5.0,
+        retry_timeout: float = 15.0,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        for name, value in (
+            ("lease_timeout", lease_timeout),
+            ("request_timeout", request_timeout),
+            ("retry_timeout", retry_timeout),
+        ):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise InvalidArgumentError(f"{name}={value!r} is not a positive number of seconds.")
+        try:
+            self._transport = EtcdTransport(
+                endpoints, request_timeout=request_timeout, retry_timeout=retry_timeout
+            )
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from exc
+        self.clock = clock
+        self.lease_timeout = max(float(lease_timeout), float(MIN_LEASE_TTL))
+        self.prefix = bytes(prefix)
+        self._data = self.prefix + b"D"
+        self._markers = self.prefix + b"M"
+        self._fence = self.prefix + b"F"
+        self._queue = self.prefix + b"Q"
+        self._claims = self.prefix + b"C"
+        self._lock = threading.Lock()
+        self._marker_lease: tuple[int, float] | None = None
+        self._bucket_leases: dict[int, int] = {}
+        self._closed = False
+        self._queue_signal = ChangeSignal()
+        self._queue_watch: _Watcher | None = None
+        self._streams: weakref.WeakSet[_EtcdWatchStream] = weakref.WeakSet()
+        # Outcomes of commits whose answer was lost, for tests and monitoring.
+        self.ambiguous_applied = 0
+        self.ambiguous_not_applied = 0
+        self._check_reachable()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock = time.time,
+        lease_timeout: float = 30.0,
+        request_timeout: float = 5.0,
+        retry_timeout: float = 15.0,
+    ) -> EtcdEngine:
+        """Opens ``etcd://host:port,host:port/optional-key-prefix``.
+
+        A non-empty path becomes the key prefix ``path + "/"`` (percent-decoded).
+        """
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "etcd" or not parsed.netloc:
+            raise InvalidArgumentError(
+                f"{url!r} is not an etcd URL of the form etcd://host:port,host:port/prefix."
+            )
+        endpoints = [e for e in parsed.netloc.split(",") if e]
+        path = urllib.parse.unquote_to_bytes(parsed.path.lstrip("/"))
+        return cls(
+            endpoints,
+            prefix=path + b"/" if path else b"",
+            clock=clock,
+            lease_timeout=lease_timeout,
+            request_timeout=request_timeout,
+            retry_timeout=retry_timeout,
+        )
+
+    def __repr__(self) -> str:
+        eps = ",".join(f"{h}:{p}" for h, p in self._transport.endpoints)
+        return f"EtcdEngine({eps!r}, prefix={self.prefix!r})"
+
+    @property
+    def limits(self) -> EngineLimits:
+        """etcd's default transaction and request limits (see ETCD_LIMITS)."""
+        return ETCD_LIMITS
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        """Durable, shared between processes and machines, with replica reads."""
+        return EngineCapabilities(durable=True, cross_process=True, eventual_reads=True)
+
+    @property
+    def transport(self) -> EtcdTransport:
+        """The HTTP transport (for benchmarks and diagnostics)."""
+        return self._transport
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise KvClosedError("The etcd engine is closed.")
+
+    def _call(self, path: str, body: Json, *, write: bool = False) -> Json:
+        self._raise_if_closed()
+        return self._transport.request(path, body, write=write)
+
+    def _check_reachable(self) -> None:
+        try:
+            self._call("/v3/maintenance/status", {})
+        except EngineError:
+            self._transport.close()
+            raise
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _grant(self, ttl: int) -> int:
+        return int(self._call("/v3/lease/grant", {"TTL": str(max(ttl, MIN_LEASE_TTL))})["ID"])
+
+    def _marker_lease_id(self) -> int:
+        with self._lock:
+            lease = self._marker_lease
+        if lease is None or time.monotonic() - lease[1] > _MARKER_LEASE_ROTATE:
+            lease = (self._grant(_MARKER_TTL), time.monotonic())
+            with self._lock:
+                self._marker_lease = lease
+        return lease[0]
+
+    def _expiry_lease(self, expire_at_ms: int) -> int:
+        bucket = -(-expire_at_ms // 1000)  # deadline rounded up to a whole second
+        with self._lock:
+            lease = self._bucket_leases.get(bucket)
+        if lease is None:
+            now = self.clock()
+            lease = self._grant(math.ceil(bucket - now) + 1)
+            with self._lock:
+                for b in [b for b in self._bucket_leases if b < now]:
+                    del self._bucket_leases[b]
+                self._bucket_leases[bucket] = lease
+        return lease
+
+    def _forget_leases(self) -> None:
+        with self._lock:
+            self._marker_lease = None
+            self._bucket_leases.clear()
+
+    # -- reads ---------------------------------------------------------------
+
+    def snapshot_read(
+        self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
+    ) -> list[list[RawEntry]]:
+        """Reads every range at one etcd revision, hiding expired keys."""
+        stored, _ = self._read_ranges(ranges, serializable=consistency is Consistency.EVENTUAL)
+        return [[s.entry() for s in found] for found in stored]
+
+    def _range_body(self, r: ReadRange, limit: int, revision: int, serializable: bool) -> Json:
+        body: Json = {
+            "key": b64(self._data + r.start),
+            "range_end": b64(self._data + r.end),
+            "limit": str(limit),
+        }
+        if r.reverse:
+            body["sort_order"] = "DESCEND"
+            body["sort_target"] = "KEY"
+        if revision:
+            body["revision"] = str(revision)
+        if serializable:
+            body["serializable"] = True
+        return body
+
+    def _read_ranges(
+        self, ranges: Sequence[ReadRange], *, serializable: bool = False
+    ) -> tuple[list[list[_Stored]], int]:
+        """Reads the ranges at one revision: one read-only txn, then pinned pages."""
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                return self._read_ranges_once(ranges, serializable)
+            except EtcdServerError as exc:
+                if exc.code != 11:  # 11: the pinned revision was compacted; read again
+                    raise
+        raise EngineError("etcd compacted every revision this read pinned; try again.")
+
+    def _read_ranges_once(
+        self, ranges: Sequence[ReadRange], serializable: bool
+    ) -> tuple[list[list[_Stored]], int]:
+        now_ms = self._now_ms()
+        todo = [r for r in ranges if r.start < r.end and r.limit > 0]
+        first = [{"request_range": self._range_body(r, r.limit, 0, serializable)} for r in todo]
+        resp = self._call("/v3/kv/txn", {"success": first} if first else {})
+        revision = _i(resp["header"]["revision"])
+        answers = iter(resp.get("responses", []))
+        results: list[list[_Stored]] = []
+        for r in ranges:
+            if not (r.start < r.end and r.limit > 0):
+                results.append([])
+                continue
+            rr = next(answers).get("response_range", {})
+            found: list[_Stored] = []
+            cur = r
+            while True:
+                kvs = rr.get("kvs", [])
+                for kv in kvs:
+                    s = _Stored(unb64(kv["key"])[len(self._data) :], kv)
+                    if not s.expired(now_ms):
+                        found.append(s)
+                if len(found) >= r.limit or not rr.get("more") or not kvs:
+                    break
+                # Expired keys took places: fetch the rest at the same revision.
+                last = unb64(kvs[-1]["key"])[len(self._data) :]
+                if r.reverse:
+                    cur = ReadRange(cur.start, last, r.limit, True)
+                else:
+                    cur = ReadRange(last + b"\x00", cur.end, r.limit, False)
+                body = self._range_body(cur, r.limit - len(found), revision, serializable)
+                rr = self._call("/v3/kv/range", body)
+            results.append(found[: r.limit])
+        return results, revision
+
+    def _read_keys(self, keys: Sequence[bytes]) -> tuple[dict[bytes, _Stored], int, int]:
+        """The stored records (expired ones too) of some data keys, the revision and the fence's."""
+        ops = [_range(self._fence), *(_range(self._data + k) for k in dict.fromkeys(keys))]
+        resp = self._call("/v3/kv/txn", {"success": ops})
+        answers = resp.get("responses", [])
+        fence = answers[0].get("response_range", {}).get("kvs", [])
+        out: dict[bytes, _Stored] = {}
+        for answer in answers[1:]:
+            for kv in answer.get("response_range", {}).get("kvs", []):
+                key = unb64(kv["key"])[len(self._data) :]
+                out[key] = _Stored(key, kv)
+        fence_revision = _i(fence[0]["mod_revision"]) if fence else 0
+        return out, _i(resp["header"]["revision"]), fence_revision
+
+    # -- commits -------------------------------------------------------------
+
+    def atomic_write(self, write: AtomicWrite) -> CommitOutcome:
+        """Applies a write all-or-nothing as one etcd txn, or reports the failed checks."""
+        self._raise_if_closed()
+        plan = _Plan(write)
+        check_keys = list(dict.fromkeys(c.key for c in write.checks))
+        # Checks that stay correct only with a compare on the deadline, and
+        # expired-but-present keys that a None check may find (compare on them).
+        alive_checks = "all"
+        expired_mods: dict[bytes, int] = {}
+        if 2 * len(write.checks) + len(plan.read_keys) + 2 > MAX_TXN_OPS:
+            alive_checks = "deadline"
+        for _ in range(_MAX_ATTEMPTS):
+            now_ms = self._now_ms()
+            stored: dict[bytes, _Stored] = {}
+            revision = fence_revision = 0
+            pre_read = plan.read_keys + (check_keys if alive_checks == "deadline" else [])
+            if pre_read or plan.versionstamped:
+                stored, revision, fence_revision = self._read_keys(pre_read)
+            predicted = versionstamp_from_counter(revision + 1)
+            final = plan.fold(predicted, dict(stored), now_ms)
+            compares: list[Json] = []
+            for c in write.checks:
+                compares.extend(self._check_compares(c, alive_checks, stored, expired_mods, now_ms))
+            for key in plan.read_keys:
+                s = stored.get(key)
+                full = self._data + key
+                compares.append(_cmp_mod(full, s.mod_revision) if s else _cmp_created(full, 0))
+            if plan.versionstamped:
+                compares.append(_cmp_mod(self._fence, fence_revision))
+            success: list[Json] = []
+            for key, op in final.items():
+                if op is None:
+                    success.append(_delete(self._data + key))
+                else:
+                    lease = self._expiry_lease(op[1]) if op[1] is not None else 0
+                    success.append(_put(self._data + key, op[0], lease))
+            uid = os.urandom(12)
+            for i, e in enumerate(write.enqueues):
+                success.append(_put(self._queue_key(e.ready_at_ms, uid, i), _queue_record(e, 1)))
+            failure = [_range(self._data + k) for k in check_keys]
+            result = self._commit(compares, success, failure, uid=uid)
+            if result is None:
+                continue  # fenced off after a lost answer, or a lease ran out
+            ok, resp, commit_revision = result
+            if ok:
+                if write.enqueues:
+                    self._queue_signal.bump()
+                if plan.versionstamped and commit_revision != revision + 1:
+                    commit_revision = self._repair_versionstamps(
+                        plan, stored, final, revision + 1, commit_revision
+                    )
+                return CommitOutcome(versionstamp_from_counter(commit_revision))
+            failed = self._failed_checks(write.checks, resp, expired_mods)
+            if failed:
+                return CommitOutcome(None, tuple(failed))
+        raise EngineError(
+            f"A commit to etcd kept conflicting with other writers {_MAX_ATTEMPTS} times."
+        )
+
+    def _check_compares(
+        self,
+        c: Check,
+        alive_checks: str,
+        stored: dict[bytes, _Stored],
+        expired_mods: dict[bytes, int],
+        now_ms: int,
+    ) -> list[Json]:
+        full = self._data + c.key
+        if c.versionstamp is None:
+            if c.key in expired_mods:
+                return [_cmp_mod(full, expired_mods[c.key])]
+            return [_cmp_created(full, 0)]
+        counter = versionstamp_to_counter(c.versionstamp)
+        if alive_checks == "all":
+            return [_cmp_mod(full, counter), _cmp_alive(full, now_ms)]
+        # Pre-read mode: only keys that carry a deadline need the second compare.
+        s = stored.get(c.key)
+        if s is not None and s.mod_revision == counter and s.deadline_ms != _NO_DEADLINE:
+            return [_cmp_mod(full, counter), _cmp_alive(full, now_ms)]
+        return [_cmp_mod(full, counter)]
+
+    def _failed_checks(
+        self, checks: Sequence[Check], resp: Json, expired_mods: dict[bytes, int]
+    ) -> list[int]:
+        """The indexes of the failed checks, from the failure branch's reads.
+
+        Records expired-but-present keys of None checks in ``expired_mods`` so
+        the next attempt compares on them instead of failing.
+        """
+        now_ms = self._now_ms()
+        current: dict[bytes, _Stored] = {}
+        for answer in resp.get("responses", []):
+            for kv in answer.get("response_range", {}).get("kvs", []):
+                key = unb64(kv["key"])[len(self._data) :]
+                current[key] = _Stored(key, kv)
+        failed = []
+        for i, c in enumerate(checks):
+            s = current.get(c.key)
+            live = s is not None and not s.expired(now_ms)
+            if c.versionstamp is None:
+                if live:
+                    failed.append(i)
+                elif s is not None:
+                    expired_mods[c.key] = s.mod_revision
+            elif not live or s is None or s.mod_revision != versionstamp_to_counter(c.versionstamp):
+                failed.append(i)
+        return failed
+
+    def _commit(
+        self, compares: list[Json], success: list[Json], failure: list[Json], *, uid: bytes
+    ) -> tuple[bool, Json, int] | None:
+        """Sends one guarded txn with its marker and the fence.
+
+        Returns (succeeded, answer, revision), or None when the txn did not
+        apply and must be rebuilt (a lost answer was fenced off, or a lease ran
+        out). Raises EngineError when the outcome cannot be learned in time.
+        """
+        marker = self._markers + uid
+        marker_lease = self._marker_lease_id()
+        compares = [*compares, _cmp_created(marker, 0)]
+        success = [*success, _put(marker, b"c", marker_lease), _put(self._fence, b"")]
+        for what, n in (("compares", len(compares)), ("operations", len(success))):
+            if n > MAX_TXN_OPS:
+                raise LimitExceededError(
+                    f"The commit needs {n} etcd txn {what} with the engine's bookkeeping; "
+                    f"etcd allows at most {MAX_TXN_OPS}.",
+                    limit=MAX_TXN_OPS,
+                    actual=n,
+                )
+        body = {"compare": compares, "success": success, "failure": failure}
+        size = sum(len(str(v)) for v in success) * 3 // 4
+        if size > MAX_REQUEST_BYTES:
+            raise LimitExceededError(
+                f"The commit's etcd request is about {size} bytes; "
+                f"etcd accepts at most {MAX_REQUEST_BYTES}.",
+                limit=MAX_REQUEST_BYTES,
+                actual=size,
+            )
+        try:
+            resp = self._call("/v3/kv/txn", body, write=True)
+        except EtcdServerError as exc:
+            if exc.code == 5:  # "requested lease not found": it ran out; grant new ones
+                self._forget_leases()
+                return None
+            raise
+        except EtcdAmbiguousError as exc:
+            return self._resolve(marker, exc)
+        return bool(resp.get("succeeded")), resp, _i(resp["header"]["revision"])
+
+    def _resolve(self, marker: bytes, cause: EtcdAmbiguousError) -> tuple[bool, Json, int] | None:
+        """Learns whether a commit whose answer was lost applied, making sure it cannot later.
+
+        Writes an "aborted" marker under the same ``create_revision == 0`` guard:
+        if that applies, the lost commit can never apply. Otherwise the marker
+        says whether it was the commit ("c", at the marker's revision).
+        """
+        deadline = time.monotonic() + self._transport.retry_timeout
+        last: Exception = cause
+        while time.monotonic() < deadline:
+            self._raise_if_closed()
+            try:
+                lease = self._marker_lease_id()
+                resp = self._call(
+                    "/v3/kv/txn",
+                    {
+                        "compare": [_cmp_created(marker, 0)],
+                        "success": [_put(marker, b"a", lease)],
+                        "failure": [_range(marker)],
+                    },
+                    write=True,
+                )
+            except EtcdServerError as exc:
+                if exc.code != 5:
+                    raise
+                self._forget_leases()
+                last = exc
+                continue
+            except (EtcdAmbiguousError, EtcdUnavailableError) as exc:
+                last = exc
+                time.sleep(0.05)
+                continue
+            if resp.get("succeeded"):
+                self.ambiguous_not_applied += 1
+                return None
+            kvs = resp["responses"][0].get("response_range", {}).get("kvs", [])
+            if not kvs or unb64(kvs[0].get("value")) != b"c":
+                self.ambiguous_not_applied += 1
+                return None  # our own abort marker from an earlier lost attempt
+            self.ambiguous_applied += 1
+            rev = _i(kvs[0]["create_revision"])
+            return True, {"header": {"revision": str(rev)}, "succeeded": True}, rev
+        raise EngineError(
+            "The answer to a commit was lost and etcd did not answer in "
+            f"{self._transport.retry_timeout} s, so whether it applied is unknown."
+        ) from last
+
+    def _repair_versionstamps(
+        self,
+        plan: _Plan,
+        stored: dict[bytes, _Stored],
+        final: dict[bytes, tuple[bytes, int | None] | None],
+        predicted: int,
+        actual: int,
+    ) -> int:
+        """Moves versionstamped keys to the commit's real revision after a foreign write.
+
+        The suffix is predicted as the next revision, guarded by the fence that
+        every kvmodel commit writes; only a write by something else (a lease
+        running out, another etcd client) can slip in between. Then the commit's
+        keys are rewritten, guarded on their revision, with a new prediction.
+        """
+        for _ in range(_MAX_ATTEMPTS):
+            _, revision, fence_revision = self._read_keys([])
+            new_final = plan.fold(versionstamp_from_counter(revision + 1), dict(stored), 0)
+            compares = [
+                _cmp_mod(self._data + k, actual) for k, op in final.items() if op is not None
+            ]
+            compares.append(_cmp_mod(self._fence, fence_revision))
+            success = [_delete(self._data + k) for k in final if k not in new_final]
+            for key, op in new_final.items():
+                if op is None:
+                    success.append(_delete(self._data + key))
+                else:
+                    lease = self._expiry_lease(op[1]) if op[1] is not None else 0
+                    success.append(_put(self._data + key, op[0], lease))
+            result = self._commit(compares, success, [], uid=os.urandom(12))
+            if result is None:
+                continue
+            ok, _, rev = result
+            if not ok:
+                return actual  # someone rewrote the keys since: the commit stands as is
+            if rev == revision + 1:
+                return rev
+            final, actual = new_final, rev
+        return actual
+
+    # -- queue ---------------------------------------------------------------
+
+    def _queue_key(self, ready_at_ms: int, uid: bytes, index: int) -> bytes:
+        return self._queue + max(0, ready_at_ms).to_bytes(8, "big") + uid + index.to_bytes(2, "big")
+
+    def dequeue_next_message(self, timeout: float) -> _EtcdQueueMessage | None:
+        """Claims the next ready message, waiting up to ``timeout`` seconds for one."""
+        deadline = time.monotonic() + timeout
+        self._start_queue_watch()
+        while not self._closed:
+            seen = self._queue_signal.seq
+            message, next_ready_ms = self._claim_next()
+            if message is not None:
+                return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = remaining
+            if next_ready_ms is not None:
+                wait = min(wait, max(0.0, next_ready_ms / 1000 - self.clock()) + 0.001)
+            self._queue_signal.wait(seen, wait)
+        return None
+
+    def _claim_next(self) -> tuple[_EtcdQueueMessage | None, int | None]:
+        now_ms = self._now_ms()
+        ready_end = self._queue + (now_ms + 1).to_bytes(8, "big")
+        resp = self._call(
+            "/v3/kv/txn",
+            {
+                "success": [
+                    _range(self._queue, ready_end, limit=str(_QUEUE_SCAN)),
+                    _range(self._claims, _prefix_end(self._claims), keys_only=True),
+                    _range(ready_end, _prefix_end(self._queue), limit="1", keys_only=True),
+                ]
+            },
+        )
+        ready, claims, later = (a.get("response_range", {}) for a in resp["responses"])
+        claimed = {unb64(kv["key"])[len(self._claims) :] for kv in claims.get("kvs", [])}
+        next_ready = None
+        for kv in later.get("kvs", []):
+            next_ready = int.from_bytes(unb64(kv["key"])[len(self._queue) :][:8], "big")
+        candidates = []
+        for kv in ready.get("kvs", []):
+            key = unb64(kv["key"])
+            if key in claimed:
+                continue
+            rest = key[len(self._queue) :]
+            order = (rest[:8], _i(kv["create_revision"]), rest[-2:])
+            candidates.append((order, key, kv))
+        candidates.sort(key=lambda c: c[0])
+        lease = 0
+        for _, key, kv in candidates:
+            if lease == 0:
+                lease = self._grant(math.ceil(self.lease_timeout))
+            claim = self._claims + key
+            result = self._commit(
+                [_cmp_mod(key, _i(kv["mod_revision"])), _cmp_created(claim, 0)],
+                [_put(claim, b"", lease)],
+                [],
+                uid=os.urandom(12),
+            )
+            if result is None or not result[0]:
+                continue
+            attempt, encoding, payload, kiu, backoff = msgpack.unpackb(unb64(kv["value"]))
+            return (
+                _EtcdQueueMessage(
+                    self, key, lease, bytes(payload), encoding, attempt, list(kiu), list(backoff)
+                ),
+                None,
+            )
+        if lease:
+            self._revoke(lease)
+        if ready.get("more"):
+            # More ready messages than one scan holds are all claimed: look again soon.
+            next_ready = now_ms + 100
+        return None, next_ready
+
+    def _revoke(self, lease: int) -> None:
+        with contextlib.suppress(EngineError):  # else the lease runs out by itself
+            self._call("/v3/lease/revoke", {"ID": str(lease)})
+
+    def _renew(self, lease: int) -> bool:
+        self._raise_if_closed()
+        stream = self._transport.open_stream("/v3/lease/keepalive", [{"ID": str(lease)}])
+        try:
+            for result in stream.messages():
+                return _i(result.get("TTL")) > 0
+            return False
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"Renewing the queue lease {lease} on etcd failed: {exc}.") from exc
+        finally:
+            stream.close()
+
+    def _finish(self, msg: _EtcdQueueMessage, success: bool) -> None:
+        claim = self._claims + msg.key
+        compares = [
+            {"key": b64(claim), "target": "LEASE", "result": "EQUAL", "lease": str(msg.lease)}
+        ]
+        ops = [_delete(msg.key), _delete(claim)]
+        if not success:
+            step = next_backoff(msg.backoff)
+            if step is not None:
+                delay, rest = step
+                ready = self._now_ms() + delay
+                uid = os.urandom(12)
+                record = msgpack.packb(
+                    [
+                        msg.attempt + 1,
+                        msg.encoding,
+                        msg.payload,
+                        msg.keys_if_undelivered,
+                        list(rest),
+                    ]
+                )
+                ops.append(_put(self._queue_key(ready, uid, 0), record))
+            else:
+                for k in dict.fromkeys(msg.keys_if_undelivered):
+                    ops.append(_put(self._data + k, _encode_value(msg.payload, msg.encoding, None)))
+        for _ in range(_MAX_ATTEMPTS):
+            result = self._commit(compares, ops, [], uid=os.urandom(12))
+            if result is not None:
+                break
+        self._queue_signal.bump()
+        self._revoke(msg.lease)
+
+    def _start_queue_watch(self) -> None:
+        with self._lock:
+            if self._queue_watch is not None or self._closed:
+                return
+            self._queue_watch = _Watcher(
+                self._transport,
+                [
+                    (self._queue, _prefix_end(self._queue)),
+                    (self._claims, _prefix_end(self._claims)),
+                ],
+                0,
+                self._queue_signal.bump,
+            )
+
+    # -- watch ---------------------------------------------------------------
+
+    def watch(self, keys: Sequence[bytes]) -> _EtcdWatchStream:
+        """Watches ``keys`` with an etcd watch stream from the first read's revision."""
+        self._raise_if_closed()
+        stream = _EtcdWatchStream(self, list(keys))
+        self._streams.add(stream)
+        return stream
+
+    def collect_expired(self) -> float | None:
+        """Returns None: etcd's leases delete expired keys, and reads hide them meanwhile."""
+        self._raise_if_closed()
+        return None
+
+    def close(self) -> None:
+        """Closes every connection and stream; blocked calls return or raise KvClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue_signal.close()
+        if self._queue_watch is not None:
+            self._queue_watch.stop()
+        for stream in list(self._streams):
+            stream.close()
+        self._transport.close()
+
+
+def _queue_record(e: Any, attempt: int) -> bytes:
+    packed: bytes = msgpack.packb(
+        [attempt, e.encoding, e.payload, list(e.keys_if_undelivered), list(e.backoff_schedule_ms)]
+    )
+    return packed
+
+
+class _EtcdQueueMessage:
+    """A message claimed from the queue; the claim key lives on ``lease``."""
+
+    def __init__(
+        self,
+        engine: EtcdEngine,
+        key: bytes,
+        lease: int,
+        payload: bytes,
+        encoding: int,
+        attempt: int,
+        keys_if_undelivered: list[bytes],
+        backoff: list[int],
+    ) -> None:
+        self._engine = engine
+        self.key = key
+        self.lease = lease
+        self._payload = payload
+        self._encoding = encoding
+        self._attempt = attempt
+        self.keys_if_undelivered = keys_if_undelivered
+        self.backoff = backoff
+        self._finished = False
+
+    @property
+    def payload(self) -> bytes:
+        """The encoded value."""
+        return self._payload
+
+    @property
+    def encoding(self) -> int:
+        """The value's encoding."""
+        return self._encoding
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first delivery, 2 for the first retry, ..."""
+        return self._attempt
+
+    def renew_lease(self) -> bool:
+        """Refreshes the claim's etcd lease; False if it already ran out."""
+        return self._engine._renew(self.lease)
+
+    def finish(self, success: bool) -> None:
+        """Drops the message, or schedules its retry or dead-letters it, in one txn."""
+        if self._finished:
+            return
+        self._finished = True
+        self._engine._finish(self, success)
+
+    def __repr__(self) -> str:
+        return f"<etcd queue message {self.key!r} attempt={self._attempt}>"
+
+
+class _Watcher:
+    """A background thread following etcd watch streams, calling ``on_change`` per event.
+
+    It reconnects (to another member if needed) from the last revision it saw,
+    and calls ``on_change`` after a reconnect or a compaction too, since events
+    may have been missed: the caller re-reads.
+    """
+
+    def __init__(
+        self,
+        transport: EtcdTransport,
+        ranges: list[tuple[bytes, bytes | None]],
+        start_revision: int,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._transport = transport
+        self._ranges = ranges
+        self._next_revision = start_revision
+        self._on_change = on_change
+        self._stopped = False
+        self._conn: WatchConnection | None = None
+        self._index = 0
+        self._thread = threading.Thread(target=self._run, name="kvmodel-etcd-watch", daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> list[Json]:
+        out = []
+        for start, end in self._ranges:
+            req: Json = {"key": b64(start)}
+            if end is not None:
+                req["range_end"] = b64(end)
+            if self._next_revision:
+                req["start_revision"] = str(self._next_revision)
+            out.append({"create_request": req})
+        return out
+
+    def _run(self) -> None:
+        pause = 0.05
+        while not self._stopped:
+            try:
+                conn = self._transport.open_stream("/v3/watch", self._requests(), start=self._index)
+            except EngineError:
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            self._conn = conn
+            self._index = conn.index
+            if self._stopped:
+                conn.close()
+                return
+            conn.set_timeout(None)
+            try:
+                for result in conn.messages():
+                    pause = 0.05
+                    revision = _i(result.get("header", {}).get("revision"))
+                    if result.get("compact_revision") or result.get("canceled"):
+                        # Events were compacted away: resume at the present and re-read.
+                        self._next_revision = revision + 1
+                        self._on_change()
+                        break
+                    if not self._next_revision and revision:
+                        self._next_revision = revision + 1
+                    events = result.get("events")
+                    if events:
+                        last = max(_i(e.get("kv", {}).get("mod_revision")) for e in events)
+                        self._next_revision = max(self._next_revision, last + 1)
+                        self._on_change()
+            except (OSError, ValueError):
+                pass
+            finally:
+                conn.close()
+            if not self._stopped:
+                # The stream broke (a member died): wake the reader, try the next member.
+                self._index += 1
+                self._on_change()
+                time.sleep(pause)
+
+    def stop(self) -> None:
+        """Ends the thread and closes its stream."""
+        self._stopped = True
+        if self._conn is not None:
+            self._conn.interrupt()
+
+
+class _EtcdWatchStream:
+    """Watched keys: an etcd watch stream wakes a PollingWatchStream that re-reads."""
+
+    def __init__(self, engine: EtcdEngine, keys: list[bytes]) -> None:
+        self._engine = engine
+        self._keys = keys
+        self._signal = ChangeSignal()
+        self._watcher: _Watcher | None = None
+        self._deadline: float | None = None
+        self._inner = PollingWatchStream(
+            self._signal, self._read, clock=engine.clock, expiry_deadline=lambda: self._deadline
+        )
+
+    def _read(self) -> list[RawEntry | None]:
+        ranges = [ReadRange(k, k + b"\x00", 1) for k in self._keys]
+        stored, revision = self._engine._read_ranges(ranges)
+        deadlines = [s[0].deadline_ms for s in stored if s and s[0].deadline_ms != _NO_DEADLINE]
+        self._deadline = min(deadlines) / 1000 if deadlines else None
+        if self._watcher is None:
+            data = self._engine._data
+            self._watcher = _Watcher(
+                self._engine._transport,
+                [(data + k, None) for k in dict.fromkeys(self._keys)],
+                revision + 1,
+                self._signal.bump,
+            )
+        return [s[0].entry() if s else None for s in stored]
+
+    def next(self, timeout: float | None = None) -> list[RawEntry | None] | None:
+        """See :meth:`kvmodel.engines.base.WatchStream.next`."""
+        if self._engine._closed:
+            self._signal.close()
+        return self._inner.next(timeout)
+
+    def close(self) -> None:
+        """Ends the stream and its etcd watch; a blocked ``next`` raises KvClosedError."""
+        self._signal.close()
+        self._inner.close()
+        if self._watcher is not None:
+            self._watcher.stop()
