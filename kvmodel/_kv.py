@@ -129,7 +129,7 @@ class Kv:
     def write_key(self, key: Sequence[Any], *, extra: int = 0) -> bytes:
         """Encodes a key to be written: non-empty and within the key size limit."""
         encoded = encode_key(key)
-        if not encoded:
+        if not encoded and not extra:  # a versionstamp suffix alone is a whole key
             reject_empty_key(key)
         limit = self.limits.max_key_size
         if len(encoded) + extra > limit:

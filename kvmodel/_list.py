@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -44,24 +45,30 @@ def _encode_cursor(suffix: bytes) -> str:
     return base64.urlsafe_b64encode(suffix).decode("ascii")
 
 
+# Deno decodes cursors with the padded URL-safe alphabet and nothing else.
+_CURSOR_PATTERN = re.compile(r"(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2}==|[A-Za-z0-9_-]{3}=)?")
+
+
 def _decode_cursor(cursor: object) -> bytes:
     if not isinstance(cursor, str):
         raise InvalidArgumentError(f"cursor must be a str, not {cursor!r}.")
-    padded = cursor + "=" * (-len(cursor) % 4)
+    if _CURSOR_PATTERN.fullmatch(cursor) is None:
+        raise InvalidArgumentError(f"cursor {cursor!r} is not valid padded base64url.")
     try:
-        return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return base64.urlsafe_b64decode(cursor)
     except (binascii.Error, ValueError) as exc:
         raise InvalidArgumentError(f"cursor {cursor!r} is not valid base64url.") from exc
 
 
-def _bound(name: str, key: object) -> bytes:
-    encoded = encode_key(key)  # type: ignore[arg-type]
-    if len(encoded) > MAX_READ_KEY_SIZE:
+def _bound(name: str, key: Sequence[Any], *, extra: int = 0) -> bytes:
+    """Encodes a selector key; ``extra`` bytes are appended to it to make a range bound."""
+    encoded = encode_key(key)
+    if len(encoded) + extra > MAX_READ_KEY_SIZE:
         raise LimitExceededError(
-            f"The {name} key is {len(encoded)} bytes encoded; "
-            f"read bounds are limited to {MAX_READ_KEY_SIZE} bytes.",
+            f"The {name} key {tuple(key)!r} makes a range bound of {len(encoded) + extra} "
+            f"bytes; read bounds are limited to {MAX_READ_KEY_SIZE} bytes.",
             limit=MAX_READ_KEY_SIZE,
-            actual=len(encoded),
+            actual=len(encoded) + extra,
         )
     return encoded
 
@@ -113,7 +120,8 @@ class ListState:
         explicit_start: bytes | None = None
         explicit_end: bytes | None = None
         if prefix is not None:
-            p = _bound("prefix", prefix)
+            # A prefix P reads [P+00, P+FF): Deno checks those bounds' size.
+            p = _bound("prefix", prefix, extra=1)
             first, last = p + b"\x00", p + b"\xff"
             self._common = p
             if start is not None and end is not None:
