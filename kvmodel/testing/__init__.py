@@ -45,6 +45,7 @@ uses :meth:`KvStore.shared` so every ``open()`` wraps the same engine object.
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,16 +131,13 @@ class KvStore:
         """Closes every Kv and engine opened here, newest first; closing twice is harmless."""
         while self._kvs:
             kv = self._kvs.pop()
-            try:
+            # A test may have closed it already, which is its right.
+            with contextlib.suppress(KvClosedError):
                 kv.close()
-            except KvClosedError:
-                pass  # a test closed it already, which is its right
         while self._engines:
             engine = self._engines.pop()
-            try:
+            with contextlib.suppress(KvClosedError):
                 engine.close()
-            except KvClosedError:
-                pass
 
     def __enter__(self) -> KvStore:
         return self

@@ -15,6 +15,7 @@ and the engine's bookkeeping staying out of sight.
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import pytest
 
 from kvmodel import VERSIONSTAMP, Kv, KvClosedError, KvU64

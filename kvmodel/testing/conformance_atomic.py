@@ -16,6 +16,7 @@ import pytest
 from kvmodel import (
     VERSIONSTAMP,
     InvalidArgumentError,
+    InvalidKeyError,
     Kv,
     KvTypeError,
     KvU64,
@@ -192,7 +193,7 @@ def test_total_key_size_limit_is_exact(kv: Kv) -> None:
 
 
 def test_total_mutation_size_limit_is_exact(kv: Kv) -> None:
-    """Mutations of one commit may total 819200 bytes, a valued key counting twice; one more fails."""
+    """One commit's mutations may total 819200 bytes (valued keys count twice); one more fails."""
     # Deno (ext/kv lib.rs) counts every mutation key, then each valued mutation's
     # key again plus its value. Keys ("k00",) encode to 5 bytes; bytes values are raw.
     big = b"x" * MAX_VALUE_SIZE
@@ -331,8 +332,20 @@ def test_versionstamp_suffix_is_replaced_by_the_commit_versionstamp(kv: Kv) -> N
 
 def test_versionstamp_suffix_as_the_whole_key(kv: Kv) -> None:
     """A key of VERSIONSTAMP alone becomes (versionstamp,)."""
+    # The spec's rule ("as the last part of a set key is replaced") applies as
+    # written; Deno instead strips the marker and rejects the empty key left.
     result = kv.atomic().set((VERSIONSTAMP,), 1).commit()
     assert [e.key for e in kv.list(prefix=())] == [(result.versionstamp,)]
+
+
+def test_versionstamp_marker_is_only_allowed_as_a_set_suffix(kv: Kv) -> None:
+    """VERSIONSTAMP elsewhere than last in a set key is not a key part."""
+    with unchanged(kv), pytest.raises(InvalidKeyError):
+        kv.set(("log", VERSIONSTAMP, "x"), 1)
+    with unchanged(kv), pytest.raises(InvalidKeyError):
+        kv.get(("log", VERSIONSTAMP))
+    with unchanged(kv), pytest.raises(InvalidKeyError):
+        kv.atomic().delete(("log", VERSIONSTAMP)).commit()
 
 
 # ---------------------------------------------------------------------------
@@ -393,9 +406,7 @@ _BAD_DURATIONS: list[Any] = [
 
 
 @pytest.mark.parametrize("duration", _BAD_DURATIONS, ids=repr)
-def test_invalid_expire_in_is_an_invalid_argument_and_writes_nothing(
-    kv: Kv, duration: Any
-) -> None:
+def test_invalid_expire_in_is_an_invalid_argument_and_writes_nothing(kv: Kv, duration: Any) -> None:
     """Negative, NaN, infinite or non-numeric expire_in values are InvalidArgumentError."""
     kv.set(("a",), "old")
     with unchanged(kv), pytest.raises(InvalidArgumentError):

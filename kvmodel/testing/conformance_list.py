@@ -111,9 +111,7 @@ _INVALID_SELECTORS: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("selector", _INVALID_SELECTORS.values(), ids=_INVALID_SELECTORS.keys())
-def test_invalid_selectors_raise_invalid_argument_error(
-    kv: Kv, selector: dict[str, Any]
-) -> None:
+def test_invalid_selectors_raise_invalid_argument_error(kv: Kv, selector: dict[str, Any]) -> None:
     """Each invalid selector combination is an InvalidArgumentError."""
     _fill_letters(kv)
     with unchanged(kv), pytest.raises(InvalidArgumentError):
@@ -188,12 +186,13 @@ def test_batch_size_is_at_most_the_list_batch_limit(kv: Kv) -> None:
 def test_limit_and_batch_size_must_be_positive_ints(kv: Kv, option: str, bad: Any) -> None:
     """limit and batch_size reject 0, negatives, bools, floats and strs (None means default)."""
     _fill_letters(kv)
+    options: dict[str, Any] = {option: bad}
     if bad is None:
         # None is the documented default of both options, so it must work.
-        assert len(list(kv.list(prefix=("a",), **{option: None}))) == 5
+        assert len(list(kv.list(prefix=("a",), **options))) == 5
         return
     with unchanged(kv), pytest.raises(InvalidArgumentError):
-        list(kv.list(prefix=("a",), **{option: bad}))
+        list(kv.list(prefix=("a",), **options))
 
 
 # ---------------------------------------------------------------------------
@@ -201,7 +200,7 @@ def test_limit_and_batch_size_must_be_positive_ints(kv: Kv, option: str, bad: An
 
 
 def test_cursor_has_denos_format(kv: Kv) -> None:
-    """The cursor is base64url of the last key's encoding minus the prefix: "AmIA" (DESIGN example)."""
+    """The cursor is base64url of the last key's encoding minus the prefix (DESIGN's "AmIA")."""
     _fill_letters(kv)
     it = kv.list(prefix=("a",), limit=2)
     assert _keys(it) == _under_a("ab")

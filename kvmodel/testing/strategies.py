@@ -9,7 +9,7 @@ not from the codec, so tests can check the codec's order against it::
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
@@ -67,11 +67,11 @@ def key_parts(*, allow_nan: bool = False) -> st.SearchStrategy[Any]:
     )
 
 
-def keys(*, min_size: int = 1, max_size: int = 4, allow_nan: bool = False) -> st.SearchStrategy[Any]:
+def keys(
+    *, min_size: int = 1, max_size: int = 4, allow_nan: bool = False
+) -> st.SearchStrategy[Any]:
     """Keys as tuples of supported parts (non-empty by default, as writes need)."""
-    return st.lists(key_parts(allow_nan=allow_nan), min_size=min_size, max_size=max_size).map(
-        tuple
-    )
+    return st.lists(key_parts(allow_nan=allow_nan), min_size=min_size, max_size=max_size).map(tuple)
 
 
 def kv_u64s() -> st.SearchStrategy[Any]:
@@ -83,7 +83,7 @@ def kv_u64s() -> st.SearchStrategy[Any]:
 
 _timezones = st.one_of(
     st.none(),
-    st.just(timezone.utc),
+    st.just(UTC),
     st.integers(min_value=-23 * 60, max_value=23 * 60).map(
         lambda minutes: timezone(timedelta(minutes=minutes))
     ),
