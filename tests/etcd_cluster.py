@@ -78,12 +78,16 @@ class EtcdCluster:
     for :class:`kvmodel.engines.etcd.EtcdEngine`.
     """
 
-    def __init__(self, size: int = 1, *, base_dir: str | None = None) -> None:
+    def __init__(
+        self, size: int = 1, *, base_dir: str | None = None, max_txn_ops: int = 2048
+    ) -> None:
         if not etcd_available():
             raise RuntimeError(INSTALL_HINT)
         if base_dir is None and os.path.isdir("/dev/shm"):
             base_dir = "/dev/shm"
         self.size = size
+        # Deno's 1000 mutations per commit need more than etcd's default of 128.
+        self.max_txn_ops = max_txn_ops
         self._dir = Path(tempfile.mkdtemp(prefix="kvmodel-etcd-", dir=base_dir))
         ports = _free_ports(2 * size)
         self.client_ports = ports[:size]
@@ -118,6 +122,7 @@ class EtcdCluster:
             f"--initial-cluster={initial}",
             f"--initial-cluster-token={self._token}",
             "--initial-cluster-state=" + ("existing" if self._started_once[i] else "new"),
+            f"--max-txn-ops={self.max_txn_ops}",
             "--logger=zap",
             "--log-level=error",
         ]
@@ -234,3 +239,39 @@ def etcd_cluster(size: int = 1) -> Iterator[EtcdCluster]:
     """A started :class:`EtcdCluster` that is stopped on exit."""
     with EtcdCluster(size) as cluster:
         yield cluster
+
+
+_SHARED: dict[int, EtcdCluster] = {}
+
+
+def shared_cluster(size: int = 1) -> EtcdCluster:
+    """A cluster of ``size`` members shared by the whole test run, started on first use.
+
+    Tests keep apart by key prefix; the cluster stops when the interpreter exits.
+    Skips the calling test when etcd is not installed.
+    """
+    import pytest
+
+    if not etcd_available():
+        pytest.skip(INSTALL_HINT)
+    cluster = _SHARED.get(size)
+    if cluster is None:
+        cluster = _SHARED[size] = EtcdCluster(size).start()
+        atexit.register(cluster.stop)
+    return cluster
+
+
+def etcd_store_factory(size: int = 1) -> Any:
+    """A conformance-suite store factory: a fresh key prefix on a shared cluster per test."""
+
+    def factory(tmp_path: Path) -> Any:
+        from kvmodel.engines.etcd import EtcdEngine
+        from kvmodel.testing import KvStore
+
+        url = shared_cluster(size).url(f"t-{uuid.uuid4().hex[:12]}")
+        ops = shared_cluster(size).max_txn_ops
+        return KvStore(
+            lambda **options: EtcdEngine.from_url(url, max_txn_ops=ops, **options), path=url
+        )
+
+    return factory

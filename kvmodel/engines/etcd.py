@@ -83,7 +83,7 @@ from kvmodel.engines.base import (
 from kvmodel.errors import EngineError, InvalidArgumentError, KvClosedError, LimitExceededError
 from kvmodel.limits import EngineLimits
 
-__all__ = ["ETCD_LIMITS", "EtcdEngine"]
+__all__ = ["ETCD_LIMITS", "EtcdEngine", "etcd_limits"]
 
 Json = dict[str, Any]
 
@@ -94,13 +94,22 @@ MAX_REQUEST_BYTES = 1572864
 MIN_LEASE_TTL = 2
 """etcd grants no lease shorter than 1.5 election timeouts: 2 s with the defaults."""
 
-# Every commit adds a marker and the fence to the operations the Kv counts.
-ETCD_LIMITS = EngineLimits(
-    name="etcd",
-    max_operations=MAX_TXN_OPS - 2,
-    max_request_size=MAX_REQUEST_BYTES,
-)
-"""The limits of an etcd cluster with default settings, minus the engine's own bookkeeping."""
+
+def etcd_limits(max_txn_ops: int = MAX_TXN_OPS) -> EngineLimits:
+    """The limits of a cluster started with ``--max-txn-ops=max_txn_ops``.
+
+    Every commit adds an idempotency marker and the fence to the operations
+    the Kv counts, so two of etcd's operations are the engine's.
+    """
+    return EngineLimits(
+        name="etcd",
+        max_operations=max_txn_ops - 2,
+        max_request_size=MAX_REQUEST_BYTES,
+    )
+
+
+ETCD_LIMITS = etcd_limits()
+"""The limits of an etcd cluster with default settings (128 operations per txn)."""
 
 _NO_DEADLINE = 0xFFFF_FFFF_FFFF_FFFF
 _HEADER = struct.Struct(">QB")  # deadline_ms, encoding
@@ -257,6 +266,9 @@ class EtcdEngine:
         retry_timeout: seconds an operation keeps trying other members, and
             an ambiguous commit keeps trying to learn its outcome, before it
             raises EngineError.
+        max_txn_ops: the cluster's ``--max-txn-ops`` (etcd's default is 128).
+            Deno's limits of 1000 mutations and 100 checks per commit need
+            ``--max-txn-ops=2048`` on every member and the same value here.
 
     Example (needs a running etcd)::
 
@@ -272,6 +284,7 @@ class EtcdEngine:
         lease_timeout: float = 30.0,
         request_timeout: float = 5.0,
         retry_timeout: float = 15.0,
+        max_txn_ops: int = MAX_TXN_OPS,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -288,6 +301,10 @@ class EtcdEngine:
             )
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from exc
+        if not (isinstance(max_txn_ops, int) and max_txn_ops >= 8):
+            raise InvalidArgumentError(f"max_txn_ops={max_txn_ops!r} is not an int of at least 8.")
+        self.max_txn_ops = max_txn_ops
+        self._limits = etcd_limits(max_txn_ops)
         self.clock = clock
         self.lease_timeout = max(float(lease_timeout), float(MIN_LEASE_TTL))
         self.prefix = bytes(prefix)
@@ -317,6 +334,7 @@ class EtcdEngine:
         lease_timeout: float = 30.0,
         request_timeout: float = 5.0,
         retry_timeout: float = 15.0,
+        max_txn_ops: int = MAX_TXN_OPS,
     ) -> EtcdEngine:
         """Opens ``etcd://host:port,host:port/optional-key-prefix``.
 
@@ -336,6 +354,7 @@ class EtcdEngine:
             lease_timeout=lease_timeout,
             request_timeout=request_timeout,
             retry_timeout=retry_timeout,
+            max_txn_ops=max_txn_ops,
         )
 
     def __repr__(self) -> str:
@@ -344,8 +363,8 @@ class EtcdEngine:
 
     @property
     def limits(self) -> EngineLimits:
-        """etcd's default transaction and request limits (see ETCD_LIMITS)."""
-        return ETCD_LIMITS
+        """The cluster's transaction and request limits (see :func:`etcd_limits`)."""
+        return self._limits
 
     @property
     def capabilities(self) -> EngineCapabilities:
@@ -504,7 +523,7 @@ class EtcdEngine:
         # expired-but-present keys that a None check may find (compare on them).
         alive_checks = "all"
         expired_mods: dict[bytes, int] = {}
-        if 2 * len(write.checks) + len(plan.read_keys) + 2 > MAX_TXN_OPS:
+        if 2 * len(write.checks) + len(plan.read_keys) + 2 > self.max_txn_ops:
             alive_checks = "deadline"
         for _ in range(_MAX_ATTEMPTS):
             now_ms = self._now_ms()
@@ -617,11 +636,11 @@ class EtcdEngine:
         compares = [*compares, _cmp_created(marker, 0)]
         success = [*success, _put(marker, b"c", marker_lease), _put(self._fence, b"")]
         for what, n in (("compares", len(compares)), ("operations", len(success))):
-            if n > MAX_TXN_OPS:
+            if n > self.max_txn_ops:
                 raise LimitExceededError(
                     f"The commit needs {n} etcd txn {what} with the engine's bookkeeping; "
-                    f"etcd allows at most {MAX_TXN_OPS}.",
-                    limit=MAX_TXN_OPS,
+                    f"etcd allows at most {self.max_txn_ops} (its --max-txn-ops).",
+                    limit=self.max_txn_ops,
                     actual=n,
                 )
         body = {"compare": compares, "success": success, "failure": failure}
