@@ -1,0 +1,1 @@
+"""kvmodel's example applications, installed as the ``kvmodel_examples`` package."""
