@@ -1,0 +1,29 @@
+"""The object mapper: declarative models, indexes, the unit of work and index queries.
+
+Everything here is re-exported at the top level (``km.Model``, ``km.Session``,
+...); see DESIGN section 3 and ``docs/explanation/models-and-keys.md``.
+"""
+
+from __future__ import annotations
+
+from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes
+from kvmodel.orm.index import Index, Unique
+from kvmodel.orm.model import Model, field, new_id, utcnow
+from kvmodel.orm.query import Page
+from kvmodel.orm.session import Session
+from kvmodel.orm.transaction import transaction
+
+__all__ = [
+    "Index",
+    "IndexProblem",
+    "IndexReport",
+    "Model",
+    "Page",
+    "Session",
+    "Unique",
+    "check_indexes",
+    "field",
+    "new_id",
+    "transaction",
+    "utcnow",
+]

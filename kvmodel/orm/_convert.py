@@ -1,0 +1,254 @@
+"""Conversions between models, stored documents and key parts.
+
+Two conversions live here, and nowhere else:
+
+* **Documents.** One cattrs converter, tuned for kvmodel's msgpack value codec,
+  turns a model into a plain ``dict`` (its *form*) and back. The codec stores
+  datetimes natively, so they stay datetimes; the other types it cannot hold
+  become strings or lists (see ``docs/reference/type-mapping.md``). Every
+  sequence becomes a list, because the codec reads tuples back as lists and the
+  session compares forms to detect changes.
+* **Key parts.** Index values and primary key values become key parts in an
+  order-preserving way (DESIGN section 3): str/int/float/bool/bytes as is, Enum
+  by value, datetime as UTC microseconds, date as its ordinal, UUID as its 16
+  bytes. :func:`to_key_part` converts Python values (what users pass to
+  queries); :func:`form_part_converter` builds, for one declared field type, the
+  function that converts that field's *form* value to the same key part.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from collections.abc import Callable, Set
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Union
+from uuid import UUID
+
+import attrs
+import cattrs
+
+from kvmodel.errors import InvalidArgumentError, InvalidKeyError, ModelDefinitionError
+
+__all__ = [
+    "KeyPart",
+    "Key",
+    "CONVERTER",
+    "to_key_part",
+    "form_part_converter",
+    "datetime_to_micros",
+]
+
+KeyPart = bytes | str | int | float | bool
+"""One part of a Kv key."""
+Key = tuple[KeyPart, ...]
+"""A Kv key as the Kv facade reads it back: a tuple of parts."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def datetime_to_micros(value: datetime, what: str = "the datetime") -> int:
+    """Microseconds since the Unix epoch, in UTC, of an aware datetime.
+
+    Integers keep the order of the instants (a float would lose precision), and
+    converting to UTC makes equal instants with different offsets one key.
+
+    Raises:
+        InvalidArgumentError: the datetime is naive (its instant is unknown).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgumentError(
+            f"{what} {value!r} is a naive datetime, which has no defined instant to index; "
+            "use a timezone-aware datetime such as km.utcnow()."
+        )
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def to_key_part(value: Any, what: str = "the value") -> KeyPart:
+    """The key part for a Python value, in the order-preserving form of DESIGN section 3.
+
+    Raises:
+        InvalidArgumentError: a naive datetime.
+        InvalidKeyError: a value with no key form (None, lists, Decimal, ...).
+    """
+    t = type(value)
+    if t is str or t is int or t is bool or t is float or t is bytes:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, enum.Enum):
+        return to_key_part(value.value, what)
+    if isinstance(value, datetime):
+        return datetime_to_micros(value, what)
+    if isinstance(value, date):
+        return value.toordinal()
+    if isinstance(value, UUID):
+        return value.bytes
+    # Subclasses of the plain types (IntEnum was handled above): store the base value.
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidKeyError(
+        f"{what} {value!r} cannot be a key part; use str, int, float, bool, bytes, "
+        "an Enum, a timezone-aware datetime, a date or a UUID."
+    )
+
+
+# ---------------------------------------------------------------------------
+# Form values -> key parts, one function per declared field type.
+
+_PLAIN_TYPES: frozenset[Any] = frozenset({str, int, float, bool, bytes})
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _strip_optional(tp: Any) -> Any:
+    """``X`` for ``X | None`` / ``Optional[X]``; the type itself otherwise."""
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def form_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
+    """The function turning a field's *form* value (never None) into its key part.
+
+    ``tp`` is the field's declared type; ``what`` names the field in errors
+    (``"Order.created_at"``). The result agrees with :func:`to_key_part` applied
+    to the field's Python value, so queries built from Python values find the
+    entries built from stored forms.
+
+    Raises:
+        ModelDefinitionError: the type has no order-preserving key form.
+    """
+    tp = _strip_optional(tp)
+    while hasattr(tp, "__supertype__"):  # typing.NewType
+        tp = tp.__supertype__
+    if tp in _PLAIN_TYPES or typing.get_origin(tp) is typing.Literal:
+        return _identity
+    if tp is datetime:
+
+        def from_datetime(value: Any) -> KeyPart:
+            if not isinstance(value, datetime):
+                value = datetime.fromisoformat(value)
+            return datetime_to_micros(value, what)
+
+        return from_datetime
+    if tp is date:
+
+        def from_date(value: Any) -> KeyPart:
+            return (value if isinstance(value, date) else date.fromisoformat(value)).toordinal()
+
+        return from_date
+    if tp is UUID:
+
+        def from_uuid(value: Any) -> KeyPart:
+            return (value if isinstance(value, UUID) else UUID(value)).bytes
+
+        return from_uuid
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        # The form holds the enum's value already; convert it like any value.
+        return lambda value: to_key_part(value, what)
+    if tp is Any or tp is object:
+        return lambda value: to_key_part(value, what)
+    raise ModelDefinitionError(
+        f"{what} has type {tp!r}, which has no order-preserving key form; index only "
+        "str, int, float, bool, bytes, Enum, datetime, date or UUID fields."
+    )
+
+
+# ---------------------------------------------------------------------------
+# The document converter.
+
+
+def _is_heterogeneous_tuple(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return (origin is tuple or tp is tuple) and not (
+        len(typing.get_args(tp)) == 2 and typing.get_args(tp)[1] is Ellipsis
+    )
+
+
+def _copy_plain(value: Any) -> Any:
+    """A copy of the containers in an untyped (``Any``) value.
+
+    A structured object must not share lists or dicts with the stored document
+    the session keeps for change detection, or in-place edits would go unseen.
+    """
+    if type(value) is list:
+        return [_copy_plain(v) for v in value]
+    if type(value) is dict:
+        return {k: _copy_plain(v) for k, v in value.items()}
+    return value
+
+
+def _structure_datetime(value: Any, _: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    # detailed_validation=False: the generated hooks skip the error bookkeeping,
+    # which roughly halves the cost of structuring a document.
+    conv = cattrs.Converter(
+        detailed_validation=False, unstruct_collection_overrides={Set: list, tuple: list}
+    )
+    conv.register_unstructure_hook(datetime, _identity)
+    conv.register_structure_hook(datetime, _structure_datetime)
+    conv.register_unstructure_hook(date, date.isoformat)
+    conv.register_structure_hook(
+        date, lambda v, _: v if isinstance(v, date) else date.fromisoformat(v)
+    )
+    conv.register_unstructure_hook(UUID, str)
+    conv.register_structure_hook(UUID, lambda v, _: v if isinstance(v, UUID) else UUID(v))
+    conv.register_unstructure_hook(Decimal, str)
+    conv.register_structure_hook(Decimal, lambda v, _: Decimal(v))
+    conv.register_unstructure_hook(timedelta, timedelta.total_seconds)
+    conv.register_structure_hook(timedelta, lambda v, _: timedelta(seconds=v))
+    conv.register_structure_hook(Any, lambda v, _: _copy_plain(v))
+
+    def tuple_as_list(tp: Any) -> Callable[[Any], Any]:
+        args = typing.get_args(tp)
+        if not args:
+            return lambda value: [conv.unstructure(v) for v in value]
+        hooks = [conv.get_unstructure_hook(a) for a in args]
+        return lambda value: [h(v) for h, v in zip(hooks, value, strict=True)]
+
+    conv.register_unstructure_hook_factory(_is_heterogeneous_tuple, tuple_as_list)
+    return conv
+
+
+CONVERTER: cattrs.Converter = _make_converter()
+"""The one converter between models and stored documents (forms)."""
+
+
+def unstructure_hook(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """The cached function turning an instance of the attrs class ``cls`` into its form."""
+    return CONVERTER.get_unstructure_hook(cls)
+
+
+def structure_hook(cls: type) -> Callable[[Any, Any], Any]:
+    """The cached function turning a form back into an instance of ``cls``."""
+    return CONVERTER.get_structure_hook(cls)
+
+
+def resolve_types(cls: type) -> dict[str, Any]:
+    """The resolved declared type of every attrs field of ``cls``, by field name.
+
+    Raises:
+        NameError: a string annotation cannot be resolved yet.
+    """
+    attrs.resolve_types(cls)
+    return {a.name: a.type for a in attrs.fields(cls)}

@@ -1,0 +1,267 @@
+"""The unit-of-work planner: session state in, one atomic commit plan out, no I/O.
+
+The sync :class:`~kvmodel.orm.session.Session` and the async one share it. For
+each tracked object the plan holds (see ``docs/explanation/unit-of-work.md``):
+
+* a check: a new object's primary key is absent; a changed or deleted object's
+  primary key still has the versionstamp it was loaded with;
+* its primary write (a set of its form, or a delete);
+* the index diff between the stored form and the current one: entries that no
+  longer exist are deleted, new ones are set, unchanged ones are left alone;
+* for every unique value it newly takes, a check that the index key is absent,
+  unless another object of the same commit releases that value (then that
+  object's own versionstamp check guards the entry, which makes swaps work).
+
+Unchanged objects contribute nothing. The plan names the object behind every
+check and mutation so errors can say which object failed or made the commit
+too large.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from kvmodel.errors import InvalidArgumentError, LimitExceededError, UniqueViolationError
+from kvmodel.limits import DEFAULT_LIMITS, EngineLimits
+from kvmodel.orm._convert import Key, KeyPart
+from kvmodel.orm.index import IndexBase
+from kvmodel.orm.model import ModelInfo
+
+__all__ = ["Plan", "PlannedCheck", "PlannedEnqueue", "PlannedMutation", "Tracked", "plan_commit"]
+
+
+class Tracked:
+    """What a session knows about one object it tracks.
+
+    ``stored`` is the form as last read or written (None for a new object) and
+    ``versionstamp`` the primary key's versionstamp at that moment.
+    """
+
+    __slots__ = ("deleted", "info", "key", "obj", "pk", "stored", "versionstamp")
+
+    def __init__(
+        self,
+        obj: Any,
+        info: ModelInfo,
+        pk: tuple[KeyPart, ...],
+        stored: dict[str, Any] | None,
+        versionstamp: str | None,
+    ) -> None:
+        self.obj = obj
+        self.info = info
+        self.pk = pk
+        self.key: Key = (info.prefix, *pk)
+        self.stored = stored
+        self.versionstamp = versionstamp
+        self.deleted = False
+
+    def describe(self) -> str:
+        """The object as messages name it: ``Order('01HX...')``."""
+        return self.info.describe(self.pk)
+
+    def __repr__(self) -> str:
+        state = "deleted" if self.deleted else "new" if self.stored is None else "loaded"
+        return f"<Tracked {self.describe()} {state} vs={self.versionstamp}>"
+
+
+@attrs.frozen
+class PlannedCheck:
+    """A check of the plan; ``index`` and ``value`` are set for a unique-value check."""
+
+    key: Key
+    versionstamp: str | None
+    owner: Tracked
+    index: IndexBase[Any] | None = None
+    value: tuple[KeyPart, ...] = ()
+
+
+@attrs.frozen
+class PlannedMutation:
+    """A set (``delete=False``) or a delete of one key, on behalf of ``owner``."""
+
+    key: Key
+    value: Any
+    delete: bool
+    owner: Tracked
+
+
+@attrs.frozen
+class PlannedEnqueue:
+    """A queue message that joins the commit (the session's outbox)."""
+
+    value: Any
+    options: dict[str, Any]
+
+
+@attrs.frozen
+class Plan:
+    """One atomic commit: checks, mutations, enqueues, and the session updates on success.
+
+    Attributes:
+        written: ``(tracked, form)`` for every object whose primary is set.
+        removed: the tracked objects whose primary is deleted.
+    """
+
+    checks: tuple[PlannedCheck, ...]
+    mutations: tuple[PlannedMutation, ...]
+    enqueues: tuple[PlannedEnqueue, ...]
+    written: tuple[tuple[Tracked, dict[str, Any]], ...]
+    removed: tuple[Tracked, ...]
+
+    @property
+    def empty(self) -> bool:
+        """True when committing would change nothing."""
+        return not (self.mutations or self.enqueues)
+
+
+_DELETE = object()
+
+
+def plan_commit(
+    tracked: list[Tracked],
+    enqueues: list[PlannedEnqueue],
+    limits: EngineLimits = DEFAULT_LIMITS,
+) -> Plan:
+    """Plans one atomic commit for the tracked objects (in the order given).
+
+    Raises:
+        InvalidArgumentError: an object's primary key was changed after loading.
+        UniqueViolationError: two objects of the session claim one unique value.
+        LimitExceededError: too many checks or mutations; names the object that
+            crossed the limit.
+    """
+    written: list[tuple[Tracked, dict[str, Any]]] = []
+    removed: list[Tracked] = []
+    # Per object, in order: (primary check, primary mutation).
+    primary: list[tuple[Tracked, PlannedCheck, PlannedMutation]] = []
+    # Index keys: the final operation and the object it is done for. A set
+    # always wins over a delete of the same key (a value moving between objects).
+    index_ops: dict[Key, tuple[Any, Tracked]] = {}
+    released: set[Key] = set()
+    taken: dict[Key, tuple[Tracked, IndexBase[Any], tuple[KeyPart, ...]]] = {}
+    unique_prefixes: dict[str, IndexBase[Any]] = {}
+
+    for t in tracked:
+        info = t.info
+        for index in info.indexes:
+            if index.unique:
+                unique_prefixes[index.key_prefix] = index
+        if t.deleted:
+            if t.stored is None:
+                continue
+            primary.append(
+                (
+                    t,
+                    PlannedCheck(t.key, t.versionstamp, t),
+                    PlannedMutation(t.key, None, True, t),
+                )
+            )
+            for key in info.index_entries(t.stored, t.pk):
+                if key[0] in unique_prefixes:
+                    released.add(key)
+                if key not in index_ops:
+                    index_ops[key] = (_DELETE, t)
+            removed.append(t)
+            continue
+
+        form = info.unstructure(t.obj)
+        stored = t.stored
+        if stored is not None and form == stored:
+            continue  # unchanged: no check, no write
+        pk = info.pk_parts(t.obj)
+        if pk != t.pk:
+            raise InvalidArgumentError(
+                f"The primary key of {t.describe()} was changed to {pk!r}; a primary key "
+                "cannot change: delete the object and add a new one instead."
+            )
+        primary.append(
+            (t, PlannedCheck(t.key, t.versionstamp, t), PlannedMutation(t.key, form, False, t))
+        )
+        written.append((t, form))
+        old = info.index_entries(stored, t.pk) if stored is not None else {}
+        new = info.index_entries(form, t.pk)
+        for key, value in old.items():
+            if key not in new or new[key] != value:
+                if key[0] in unique_prefixes:
+                    released.add(key)
+                if key not in index_ops:
+                    index_ops[key] = (_DELETE, t)
+        for key, value in new.items():
+            if key in old and old[key] == value:
+                continue
+            index_ops[key] = (value, t)
+            if key[0] in unique_prefixes:
+                index = unique_prefixes[key[0]]
+                parts = key[1:]
+                if key in taken:
+                    other = taken[key][0]
+                    raise UniqueViolationError(
+                        f"{t.describe()} and {other.describe()} both claim the value "
+                        f"{_show(parts)} of the unique index {index.qualname}; "
+                        "give one of them another value.",
+                        index=index.qualname,
+                        value=_value(parts),
+                        owner_key=other.key,
+                    )
+                taken[key] = (t, index, parts)
+
+    # Assemble the plan grouped by object, in session order, so that the
+    # object crossing a limit is the first one past it.
+    unique_checks: dict[int, list[PlannedCheck]] = {}
+    for key, (t, index, parts) in taken.items():
+        if key not in released:
+            unique_checks.setdefault(id(t), []).append(PlannedCheck(key, None, t, index, parts))
+    ops_by_owner: dict[int, list[PlannedMutation]] = {}
+    for key, (op, t) in index_ops.items():
+        mutation = (
+            PlannedMutation(key, None, True, t)
+            if op is _DELETE
+            else (PlannedMutation(key, op, False, t))
+        )
+        ops_by_owner.setdefault(id(t), []).append(mutation)
+    checks: list[PlannedCheck] = []
+    mutations: list[PlannedMutation] = []
+    max_writes = limits.max_mutations - len(enqueues)
+    for t, check, mutation in primary:
+        checks.append(check)
+        checks.extend(unique_checks.get(id(t), ()))
+        mutations.append(mutation)
+        mutations.extend(ops_by_owner.get(id(t), ()))
+        if len(checks) > limits.max_checks:
+            _too_large(t, "checks", len(checks), limits.max_checks, limits)
+        if len(mutations) > max_writes:
+            _too_large(
+                t,
+                "mutations and enqueues",
+                len(mutations) + len(enqueues),
+                limits.max_mutations,
+                limits,
+            )
+    if len(enqueues) > limits.max_mutations:
+        raise LimitExceededError(
+            f"The session has {len(enqueues)} enqueued messages; {limits.name} allows at "
+            f"most {limits.max_mutations} mutations and enqueues in one commit.",
+            limit=limits.max_mutations,
+            actual=len(enqueues),
+        )
+    return Plan(tuple(checks), tuple(mutations), tuple(enqueues), tuple(written), tuple(removed))
+
+
+def _too_large(t: Tracked, what: str, actual: int, limit: int, limits: EngineLimits) -> None:
+    raise LimitExceededError(
+        f"Committing {t.describe()} brings the commit to {actual} {what}; {limits.name} "
+        f"allows at most {limit} in one commit. Commit the session in smaller batches.",
+        limit=limit,
+        actual=actual,
+    )
+
+
+def _value(parts: tuple[KeyPart, ...]) -> Any:
+    """A unique value as errors report it: the part itself, or a tuple when compound."""
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _show(parts: tuple[KeyPart, ...]) -> str:
+    return repr(_value(parts))

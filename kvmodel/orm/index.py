@@ -1,0 +1,250 @@
+"""Secondary indexes: :class:`Index` (non-unique, compound) and :class:`Unique`.
+
+Declared as class attributes of a model; the attribute name is the index name.
+The key layout is DESIGN section 3: an index ``by_x`` of a model with prefix
+``p`` lives under ``f"{p}_by_x"``, one entry per document:
+
+* non-unique: ``(index_prefix, *values, *pk)`` with an empty value;
+* unique: ``(index_prefix, *values)`` holding the pk as a list.
+
+A document with a None in any indexed field has no entry in that index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from kvmodel.errors import InvalidArgumentError, ModelDefinitionError
+from kvmodel.orm._convert import Key, KeyPart, form_part_converter, to_key_part
+
+if TYPE_CHECKING:
+    from kvmodel._kv import Kv
+    from kvmodel.orm.model import Model, ModelInfo
+    from kvmodel.orm.query import Page
+    from kvmodel.orm.session import Session
+
+__all__ = ["Index", "IndexBase", "Unique"]
+
+M = TypeVar("M", bound="Model")
+M2 = TypeVar("M2", bound="Model")
+
+NON_UNIQUE_VALUE = b""
+"""The value of a non-unique index entry: everything is in the key."""
+
+
+class IndexBase(Generic[M]):
+    """What :class:`Index` and :class:`Unique` share: fields, naming, key building."""
+
+    unique: ClassVar[bool] = False
+
+    __slots__ = ("_converters", "_info", "fields", "key_prefix", "model", "name")
+
+    def __init__(self, *fields: str) -> None:
+        if not fields:
+            raise ModelDefinitionError(f"{type(self).__name__}() needs at least one field name.")
+        for f in fields:
+            if not isinstance(f, str):
+                raise ModelDefinitionError(
+                    f"{type(self).__name__} fields are given by name (str), not {f!r}."
+                )
+        if len(set(fields)) != len(fields):
+            raise ModelDefinitionError(f"{type(self).__name__}{fields!r} repeats a field.")
+        self.fields: tuple[str, ...] = fields
+        self.name = ""
+        self.model: type[M] | None = None
+        self.key_prefix = ""
+        self._info: ModelInfo | None = None
+        self._converters: tuple[tuple[str, Callable[[Any], KeyPart]], ...] | None = None
+
+    # -- declaration -------------------------------------------------------------
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def _copy(self) -> IndexBase[M]:
+        """An unbound copy, for a subclass that inherits this index."""
+        return type(self)(*self.fields)
+
+    def _bind(self, model: type[Any], info: ModelInfo) -> None:
+        self.model = model
+        self._info = info
+        self.key_prefix = f"{info.prefix}_{self.name}"
+
+    def _prepare(self, types: dict[str, Any]) -> None:
+        """Picks the form-to-key-part conversion of each field from its declared type."""
+        if self._converters is not None:
+            return
+        self._converters = tuple(
+            (f, form_part_converter(types[f], f"{self.qualname}.{f}")) for f in self.fields
+        )
+
+    @property
+    def qualname(self) -> str:
+        """``Model.index_name``, as error messages and reports name the index."""
+        owner = self.model.__qualname__ if self.model is not None else "<unbound>"
+        return f"{owner}.{self.name}"
+
+    @property
+    def info(self) -> ModelInfo:
+        """The prepared :class:`ModelInfo` of the model this index belongs to."""
+        info = self._info
+        if info is None:
+            raise ModelDefinitionError(
+                f"{type(self).__name__}{self.fields!r} is not declared on a km.Model class."
+            )
+        if self._converters is None:
+            info.prepare()
+        return info
+
+    def __repr__(self) -> str:
+        fields = ", ".join(repr(f) for f in self.fields)
+        where = f" {self.qualname}" if self.model is not None else ""
+        return f"<{type(self).__name__}({fields}){where}>"
+
+    # -- keys --------------------------------------------------------------------
+
+    def values_of(self, form: dict[str, Any]) -> tuple[KeyPart, ...] | None:
+        """The key parts of a document's indexed values, or None if one is None."""
+        parts = []
+        for name, convert in self._converters or ():
+            value = form.get(name)
+            if value is None:
+                return None
+            parts.append(convert(value))
+        return tuple(parts)
+
+    def _entry(self, form: dict[str, Any], pk: tuple[KeyPart, ...]) -> tuple[Key, Any] | None:
+        """The ``(key, value)`` of a document's entry in this index, or None."""
+        parts = self.values_of(form)
+        if parts is None:
+            return None
+        if self.unique:
+            return (self.key_prefix, *parts), list(pk)
+        return (self.key_prefix, *parts, *pk), NON_UNIQUE_VALUE
+
+    def key_parts(self, values: tuple[Any, ...], *, room: int = 0) -> tuple[KeyPart, ...]:
+        """Key parts for query values given for the first fields of the index.
+
+        ``room`` is how many more fields the query still needs (1 for a range).
+
+        Raises:
+            InvalidArgumentError: too many values, or a None among them.
+        """
+        if len(values) + room > len(self.fields):
+            raise InvalidArgumentError(
+                f"{self.qualname} indexes {self.fields!r}; {len(values)} value(s) "
+                f"{values!r}{' and a range' if room else ''} is more than it has fields."
+            )
+        parts = []
+        for value, name in zip(values, self.fields, strict=False):
+            if value is None:
+                raise InvalidArgumentError(
+                    f"None is not a value of {self.qualname} (field {name!r}): documents "
+                    "with None in an indexed field have no entry in the index."
+                )
+            parts.append(to_key_part(value, f"The value for {self.qualname}.{name}"))
+        return tuple(parts)
+
+    # -- queries -----------------------------------------------------------------
+
+    def find(
+        self,
+        source: Session | Kv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M]:
+        """The documents whose first indexed fields equal ``values``, in index order.
+
+        ``start``/``end`` bound the next field to ``[start, end)``. Results are
+        read from the primaries and verified against the index entry, so a
+        document that changed meanwhile is never returned at a stale position.
+
+        Args:
+            source: a :class:`Session` (results join its identity map) or a Kv.
+            values: equality on a prefix of the index fields.
+            start: inclusive lower bound of the next field.
+            end: exclusive upper bound of the next field.
+            limit: at most this many documents.
+            reverse: highest index values first.
+            cursor: resume after the page that returned this ``.cursor``.
+
+        Returns:
+            A :class:`Page`: iterable, with ``len`` and ``.cursor`` ("" when done).
+        """
+        from kvmodel.orm import query
+
+        return query.find(
+            self,
+            source,
+            values,
+            start=start,
+            end=end,
+            limit=limit,
+            reverse=reverse,
+            cursor=cursor,
+        )
+
+    def count(self, source: Session | Kv, *values: Any, start: Any = None, end: Any = None) -> int:
+        """How many index entries match, as :meth:`find` would select them."""
+        from kvmodel.orm import query
+
+        return query.count(self, source, values, start=start, end=end)
+
+
+class Index(IndexBase[M]):
+    """A non-unique, possibly compound secondary index.
+
+    >>> import kvmodel as km
+    >>> class Note(km.Model, prefix="notes"):
+    ...     id: str = km.field(primary_key=True)
+    ...     author: str
+    ...     by_author = km.Index("author")
+    >>> kv = km.open_kv()
+    >>> with km.Session(kv) as s:
+    ...     s.add(Note(id="n1", author="ada"))
+    >>> [n.id for n in Note.by_author.find(kv, "ada")]
+    ['n1']
+    """
+
+    unique: ClassVar[bool] = False
+    __slots__ = ()
+
+    # Typed as Index[Any] so that a bare ``by_x = km.Index("x")`` in a class body
+    # needs no annotation; ``__get__`` then binds the owner model's type.
+    def __new__(cls, *fields: str) -> Index[Any]:
+        return super().__new__(cls)
+
+    def __get__(self, instance: object, owner: type[M2]) -> Index[M2]:
+        return self  # type: ignore[return-value]
+
+
+class Unique(IndexBase[M]):
+    """A unique, possibly compound secondary index: one document per value.
+
+    The session checks, in the same commit, that a value it gives a document is
+    not taken; a violation raises :class:`kvmodel.UniqueViolationError`.
+    """
+
+    unique: ClassVar[bool] = True
+    __slots__ = ()
+
+    def __new__(cls, *fields: str) -> Unique[Any]:
+        return super().__new__(cls)
+
+    def __get__(self, instance: object, owner: type[M2]) -> Unique[M2]:
+        return self  # type: ignore[return-value]
+
+    def get(self, source: Session | Kv, *values: Any) -> M | None:
+        """The document holding these values (one per field), or None.
+
+        Raises:
+            InvalidArgumentError: not one value per field, or a None value.
+        """
+        from kvmodel.orm import query
+
+        return query.unique_get(self, source, values)

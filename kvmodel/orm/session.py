@@ -1,0 +1,460 @@
+"""The unit of work: :class:`Session` tracks objects and commits them atomically.
+
+A session keeps an identity map (one object per primary key), remembers the
+stored form and versionstamp of every object it read, and on :meth:`Session.commit`
+asks the pure planner (``kvmodel.orm._planner``) for ONE atomic operation, which
+it sends through the public Kv API. It never touches an engine, so it works the
+same on every engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kvmodel.errors import (
+    ConflictError,
+    DecodeError,
+    EncodeError,
+    InvalidArgumentError,
+    LimitExceededError,
+    UniqueViolationError,
+)
+from kvmodel.limits import MAX_GET_MANY_KEYS
+from kvmodel.orm._convert import Key
+from kvmodel.orm._planner import Plan, PlannedCheck, PlannedEnqueue, Tracked, plan_commit
+from kvmodel.orm.model import Model, ModelInfo, model_info
+
+if TYPE_CHECKING:
+    from kvmodel._kv import Kv
+    from kvmodel._records import CommitResult
+    from kvmodel.orm.index import IndexBase
+    from kvmodel.orm.query import Page
+
+__all__ = ["Session"]
+
+M = TypeVar("M", bound=Model)
+
+
+class Session:
+    """A unit of work over a Kv: an identity map plus one atomic commit of the changes.
+
+    Use it as a context manager: it commits on a clean exit and discards the
+    pending changes when the block raises.
+
+    >>> import kvmodel as km
+    >>> class Pet(km.Model, prefix="pets"):
+    ...     name: str = km.field(primary_key=True)
+    ...     kind: str
+    >>> kv = km.open_kv()
+    >>> with km.Session(kv) as s:
+    ...     s.add(Pet(name="rex", kind="dog"))
+    >>> with km.Session(kv) as s:
+    ...     rex = s.get(Pet, "rex")
+    ...     rex.kind = "wolf"              # tracked: committed on exit
+    >>> km.Session(kv).get(Pet, "rex").kind
+    'wolf'
+    """
+
+    __slots__ = ("_by_id", "_enqueues", "_identity", "_kv")
+
+    def __init__(self, kv: Kv) -> None:
+        self._kv = kv
+        self._identity: dict[Key, Tracked] = {}
+        self._by_id: dict[int, Tracked] = {}
+        self._enqueues: list[PlannedEnqueue] = []
+
+    @property
+    def kv(self) -> Kv:
+        """The Kv this session reads and commits through."""
+        return self._kv
+
+    # -- context manager ---------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    # -- tracking ----------------------------------------------------------------
+
+    def add(self, obj: Model) -> None:
+        """Tracks a new object; the next commit creates it (and fails if its key exists).
+
+        Adding an object the session already tracks does nothing; adding a new
+        object with the key of one deleted in this session replaces that one.
+
+        Raises:
+            TypeError: ``obj`` is not a model instance.
+            InvalidArgumentError: another object with the same key is tracked.
+        """
+        t = self._by_id.get(id(obj))
+        if t is not None:
+            t.deleted = False
+            return
+        info = model_info(type(obj))
+        pk = info.pk_parts(obj)
+        key: Key = (info.prefix, *pk)
+        current = self._identity.get(key)
+        if current is not None:
+            if not current.deleted:
+                raise InvalidArgumentError(
+                    f"The session already tracks another object with the key {key!r} "
+                    f"({info.describe(pk)}); change that object instead of adding a new one."
+                )
+            # Replace the deleted object: the new one is written over it, with
+            # the deleted object's versionstamp check and index entries.
+            del self._by_id[id(current.obj)]
+            current.obj = obj
+            current.deleted = False
+            self._by_id[id(obj)] = current
+            return
+        t = Tracked(obj, info, pk, None, None)
+        self._identity[key] = t
+        self._by_id[id(obj)] = t
+
+    def add_all(self, objs: Iterable[Model]) -> None:
+        """Adds several objects (see :meth:`add`)."""
+        for obj in objs:
+            self.add(obj)
+
+    def delete(self, obj: Model) -> None:
+        """Deletes an object at the next commit (with its index entries).
+
+        Deleting an object added in this session and never committed just
+        forgets it.
+
+        Raises:
+            InvalidArgumentError: the session does not track ``obj``.
+        """
+        t = self._tracked(obj)
+        if t.stored is None:
+            self._forget(t)
+        else:
+            t.deleted = True
+
+    def __contains__(self, obj: object) -> bool:
+        t = self._by_id.get(id(obj))
+        return t is not None and not t.deleted
+
+    def _tracked(self, obj: Model) -> Tracked:
+        t = self._by_id.get(id(obj))
+        if t is None:
+            raise InvalidArgumentError(
+                f"The session does not track {obj!r}; get() or add() it first."
+            )
+        return t
+
+    def _forget(self, t: Tracked) -> None:
+        self._identity.pop(t.key, None)
+        self._by_id.pop(id(t.obj), None)
+
+    def enqueue(
+        self,
+        value: object,
+        *,
+        delay: object = 0,
+        keys_if_undelivered: Iterable[Sequence[Any]] = (),
+        backoff_schedule: Sequence[object] | None = None,
+    ) -> None:
+        """Queues ``value`` in the next commit: sent if and only if the commit succeeds.
+
+        The options are those of ``Kv.enqueue``.
+        """
+        options: dict[str, Any] = {"delay": delay}
+        if keys_if_undelivered:
+            options["keys_if_undelivered"] = [tuple(k) for k in keys_if_undelivered]
+        if backoff_schedule is not None:
+            options["backoff_schedule"] = backoff_schedule
+        self._enqueues.append(PlannedEnqueue(value, options))
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, model: type[M], *pk: Any) -> M | None:
+        """The object of ``model`` with this primary key, or None if there is none.
+
+        The identity map answers first: the same key gives the same object for
+        the life of the session (call :meth:`refresh` to re-read it).
+        """
+        info = model_info(model)
+        key = info.key_for(pk)
+        t = self._identity.get(key)
+        if t is not None:
+            return None if t.deleted else t.obj
+        entry = self._kv.get(key)
+        if entry.versionstamp is None:
+            return None
+        return self._load(info, key, entry.value, entry.versionstamp)  # type: ignore[no-any-return]
+
+    def get_many(self, model: type[M], pks: Iterable[Any]) -> list[M | None]:
+        """The objects for several primary keys, in order (None for missing ones).
+
+        A pk is a value, or a tuple for a composite primary key. Keys are read in
+        groups of 10 (the ``get_many`` limit); each document is as read then.
+        """
+        info = model_info(model)
+        single = len(info.pk_fields) == 1
+        keys = [info.key_for((pk,) if single else tuple(pk)) for pk in pks]
+        out: list[M | None] = [None] * len(keys)
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            t = self._identity.get(key)
+            if t is not None:
+                out[i] = None if t.deleted else t.obj
+            else:
+                todo.append(i)
+        for start in range(0, len(todo), MAX_GET_MANY_KEYS):
+            chunk = todo[start : start + MAX_GET_MANY_KEYS]
+            for i, entry in zip(chunk, self._kv.get_many([keys[i] for i in chunk]), strict=True):
+                if entry.versionstamp is not None:
+                    out[i] = self._load(info, keys[i], entry.value, entry.versionstamp)
+        return out
+
+    def refresh(self, obj: Model) -> None:
+        """Re-reads an object from the Kv, dropping its uncommitted changes.
+
+        Raises:
+            ConflictError: the document no longer exists (the object is detached).
+        """
+        t = self._tracked(obj)
+        entry = self._kv.get(t.key)
+        if entry.versionstamp is None:
+            self._forget(t)
+            raise ConflictError(
+                f"{t.describe()} no longer exists (key {t.key!r}); it was detached "
+                "from the session.",
+                keys=(t.key,),
+            )
+        self._assign(t, entry.value)
+        t.stored = entry.value
+        t.versionstamp = entry.versionstamp
+        t.deleted = False
+
+    def all(
+        self,
+        model: type[M],
+        *,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M]:
+        """The documents of ``model`` in primary key order, a page at a time."""
+        from kvmodel.orm.query import Page
+
+        info = model_info(model)
+        it = self._kv.list(prefix=(info.prefix,), limit=limit, reverse=reverse, cursor=cursor)
+        items = []
+        for entry in it:
+            obj = self._load(info, entry.key, entry.value, entry.versionstamp)
+            if obj is not None:
+                items.append(obj)
+        return Page(items, it.cursor)
+
+    def find(
+        self,
+        index: IndexBase[M],
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M]:
+        """Queries an index; see :meth:`kvmodel.Index.find`."""
+        return index.find(
+            self, *values, start=start, end=end, limit=limit, reverse=reverse, cursor=cursor
+        )
+
+    def _load(self, info: ModelInfo, key: Key, value: Any, versionstamp: str | None) -> Any:
+        """The object for a document read from the Kv, through the identity map.
+
+        A tracked object wins over the fresh read (its pending changes and the
+        versionstamp they were made against are kept); None if it is deleted.
+        """
+        t = self._identity.get(key)
+        if t is not None:
+            return None if t.deleted else t.obj
+        try:
+            obj = info.structure(value)
+        except Exception as exc:
+            raise DecodeError(f"The document at {key!r} does not fit {info.name}: {exc}") from exc
+        t = Tracked(obj, info, key[1:], value, versionstamp)
+        self._identity[key] = t
+        self._by_id[id(obj)] = t
+        return obj
+
+    def _assign(self, t: Tracked, form: Any) -> None:
+        """Overwrites the fields of a tracked object with a stored form's values."""
+        fresh = t.info.structure(form)
+        for name in t.info.field_names:
+            object.__setattr__(t.obj, name, getattr(fresh, name))
+
+    # -- commit ------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """The atomic commit the next :meth:`commit` would send (no I/O)."""
+        return plan_commit(list(self._by_id.values()), self._enqueues, self._kv.limits)
+
+    def commit(self) -> CommitResult | None:
+        """Writes every change as ONE atomic commit; None when there was nothing to write.
+
+        On failure nothing is written, and the session and its objects keep
+        their state, so the caller can refresh and retry.
+
+        Raises:
+            ConflictError: a checked versionstamp moved (``.keys`` names the keys).
+            UniqueViolationError: a unique value is taken (index, value, owner key).
+            LimitExceededError: the commit is too large; the message names the object.
+        """
+        plan = self.plan()
+        if plan.empty:
+            return None
+        op = self._kv.atomic()
+        for c in plan.checks:
+            op.check((c.key, c.versionstamp))
+        for m in plan.mutations:
+            if m.delete:
+                op.delete(m.key)
+            else:
+                try:
+                    op.set(m.key, m.value)
+                except (LimitExceededError, EncodeError) as exc:
+                    raise type(exc)(
+                        f"{m.owner.describe()} cannot be stored at {m.key!r}: {exc}",
+                        **_limit_facts(exc),
+                    ) from exc
+        for e in plan.enqueues:
+            op.enqueue(e.value, **e.options)
+        try:
+            result = op.commit()
+        except LimitExceededError as exc:
+            raise self._blame_size(plan, exc) from exc
+        if not result.ok:
+            raise self._failure(plan, result.failed_checks)
+        versionstamp = result.versionstamp
+        for t, form in plan.written:
+            t.stored = form
+            t.versionstamp = versionstamp
+        for t in plan.removed:
+            self._forget(t)
+        self._enqueues.clear()
+        return result
+
+    def rollback(self) -> None:
+        """Discards the pending changes: new objects and enqueues are dropped,
+        deletions undone, and changed objects get their stored values back."""
+        for t in list(self._by_id.values()):
+            if t.stored is None:
+                self._forget(t)
+                continue
+            t.deleted = False
+            if t.info.unstructure(t.obj) != t.stored:
+                self._assign(t, t.stored)
+        self._enqueues.clear()
+
+    def _failure(self, plan: Plan, failed_keys: Sequence[Any]) -> ConflictError:
+        """The error for a commit whose checks failed: a conflict or a unique violation."""
+        failed = {tuple(k) for k in failed_keys}
+        if not failed:
+            # The engine could not say which checks failed: find them by reading.
+            failed = self._find_failed(plan.checks)
+        stale = [c for c in plan.checks if c.key in failed and c.index is None]
+        if stale:
+            parts = []
+            for c in stale:
+                what = (
+                    "already exists"
+                    if c.versionstamp is None
+                    else ("was changed or deleted since it was read")
+                )
+                parts.append(f"{c.owner.describe()} {what}")
+            return ConflictError(
+                f"The commit was rejected and nothing was written: {'; '.join(parts)}. "
+                "Refresh the objects (or rerun the transaction) and try again.",
+                keys=[c.key for c in stale],
+            )
+        for c in plan.checks:
+            if c.key in failed and c.index is not None:
+                owner = self._kv.get(c.key)
+                if owner.versionstamp is None:
+                    break  # released again meanwhile: a plain conflict, worth a retry
+                index = c.index
+                owner_pk: tuple[Any, ...] = tuple(owner.value or ())
+                owner_key = (index.info.prefix, *owner_pk)
+                value = c.value[0] if len(c.value) == 1 else c.value
+                return UniqueViolationError(
+                    f"{c.owner.describe()} cannot take the value {value!r} of the unique "
+                    f"index {index.qualname}: {index.info.describe(owner_pk)} "
+                    f"(key {owner_key!r}) holds it. Nothing was written.",
+                    index=index.qualname,
+                    value=value,
+                    owner_key=owner_key,
+                    keys=[c.key],
+                )
+        return ConflictError(
+            "The commit was rejected because data it checked changed meanwhile; nothing "
+            "was written. Try again.",
+            keys=sorted(failed, key=repr),
+        )
+
+    def _find_failed(self, checks: Sequence[PlannedCheck]) -> set[Key]:
+        failed: set[Key] = set()
+        for start in range(0, len(checks), MAX_GET_MANY_KEYS):
+            chunk = checks[start : start + MAX_GET_MANY_KEYS]
+            for c, entry in zip(chunk, self._kv.get_many([c.key for c in chunk]), strict=True):
+                if entry.versionstamp != c.versionstamp:
+                    failed.add(c.key)
+        return failed
+
+    def _blame_size(self, plan: Plan, exc: LimitExceededError) -> LimitExceededError:
+        """Names the first object whose writes push the commit past a size limit."""
+        op = self._kv.atomic()
+        for e in plan.enqueues:
+            op.enqueue(e.value, **e.options)
+        by_owner: dict[int, tuple[list[PlannedCheck], list[Any]]] = {}
+        order: list[Tracked] = []
+        for c in plan.checks:
+            if id(c.owner) not in by_owner:
+                by_owner[id(c.owner)] = ([], [])
+                order.append(c.owner)
+            by_owner[id(c.owner)][0].append(c)
+        for m in plan.mutations:
+            by_owner.setdefault(id(m.owner), ([], []))[1].append(m)
+        for t in order:
+            checks, mutations = by_owner[id(t)]
+            for c in checks:
+                op.check((c.key, c.versionstamp))
+            for m in mutations:
+                if m.delete:
+                    op.delete(m.key)
+                else:
+                    op.set(m.key, m.value)
+            try:
+                op.build()
+            except LimitExceededError as crossed:
+                return LimitExceededError(
+                    f"Committing {t.describe()} makes the commit too large: {crossed} "
+                    "Commit the session in smaller batches.",
+                    limit=crossed.limit,
+                    actual=crossed.actual,
+                )
+        return exc
+
+    def __repr__(self) -> str:
+        return f"<Session tracking {len(self._by_id)} object(s) on {self._kv!r}>"
+
+
+def _limit_facts(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, LimitExceededError):
+        return {"limit": exc.limit, "actual": exc.actual}
+    return {}
