@@ -361,6 +361,12 @@ class EtcdEngine:
         eps = ",".join(f"{h}:{p}" for h, p in self._transport.endpoints)
         return f"EtcdEngine({eps!r}, prefix={self.prefix!r})"
 
+    def __enter__(self) -> EtcdEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @property
     def limits(self) -> EngineLimits:
         """The cluster's transaction and request limits (see :func:`etcd_limits`)."""
