@@ -11,11 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from kvmodel import Kv
 from kvmodel.engines.memory import MemoryEngine
 from kvmodel.engines.sqlite import SqliteEngine
 from kvmodel.testing import KvStore, StoreFactory
+
+# ``pytest --hypothesis-profile=slow`` makes the property and stateful tests dig deeper.
+settings.register_profile("slow", max_examples=500, stateful_step_count=80, deadline=None)
 
 
 def _memory_store(tmp_path: Path) -> KvStore:
