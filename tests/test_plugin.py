@@ -73,3 +73,26 @@ def test_plugin_is_registered_as_a_pytest11_entry_point() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["entry-points"]["pytest11"] == {"kvmodel": "kvmodel.testing.plugin"}
+
+
+RUN_CONFORMANCE = """
+import sys
+from kvmodel.engines.memory import MemoryEngine
+from kvmodel.testing import KvStore, run_conformance
+
+code = run_conformance(
+    lambda tmp_path: KvStore.shared(MemoryEngine),
+    "-q",
+    "-k",
+    "cursor_has_denos_format or a_fresh_kv_is_empty or closing_twice",
+)
+sys.exit(int(code))
+"""
+
+
+def test_run_conformance_runs_the_suite_on_a_given_engine(pytester: pytest.Pytester) -> None:
+    """kvmodel.testing.run_conformance runs the suite's tests against the engine it is given."""
+    script = pytester.makepyfile(run_it=RUN_CONFORMANCE)
+    result = pytester.runpython(script)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*3 passed*"])

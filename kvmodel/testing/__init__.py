@@ -46,7 +46,6 @@ uses :meth:`KvStore.shared` so every ``open()`` wraps the same engine object.
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,9 @@ pytest.register_assert_rewrite(
     "kvmodel.testing.conformance_atomic",
     "kvmodel.testing.conformance_data",
     "kvmodel.testing.conformance_list",
+    "kvmodel.testing.conformance_queue",
     "kvmodel.testing.conformance_support",
+    "kvmodel.testing.conformance_watch",
 )
 
 from kvmodel.engines.base import Engine, EngineCapabilities  # noqa: E402
@@ -158,17 +159,27 @@ def run_conformance(store_factory: StoreFactory, *pytest_args: str) -> int | pyt
     Returns pytest's exit code (0 when every test passed).
     """
 
-    @pytest.fixture
-    def kv_store(tmp_path: Path) -> Iterator[KvStore]:
-        with store_factory(tmp_path) as store:
-            yield store
+    class _ConformancePlugin:
+        # pytest looks fixtures up on the plugin's class, so they are methods.
+        @pytest.fixture
+        def kv_store(self, tmp_path: Path) -> Iterator[KvStore]:
+            with store_factory(tmp_path) as store:
+                yield store
 
-    @pytest.fixture
-    def kv(kv_store: KvStore) -> Any:
-        return kv_store.open()
+        @pytest.fixture
+        def kv(self, kv_store: KvStore) -> Any:
+            return kv_store.open()
 
-    plugin = types.SimpleNamespace(kv_store=kv_store, kv=kv)
     return pytest.main(
-        ["--pyargs", "kvmodel.testing.conformance", "-p", "no:cacheprovider", *pytest_args],
-        plugins=[plugin],
+        [
+            "--pyargs",
+            "kvmodel.testing.conformance",
+            "-p",
+            "no:cacheprovider",
+            # The user-facing plugin's in-memory ``kv`` must not shadow the engine's.
+            "-p",
+            "no:kvmodel",
+            *pytest_args,
+        ],
+        plugins=[_ConformancePlugin()],
     )

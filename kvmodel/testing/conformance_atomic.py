@@ -380,10 +380,13 @@ def test_atomic_set_accepts_expire_in_as_timedelta(kv: Kv) -> None:
 
 def test_set_without_expire_in_and_numeric_mutations_clear_expiry(kv: Kv) -> None:
     """A later set without expire_in, or a sum/min/max, makes an expiring key permanent."""
+    # Two back-to-back commits, so the second surely lands before the deadline.
+    expiring = kv.atomic()
     for name in ("control", "set", "sum", "min", "max"):
-        kv.set((name,), KvU64(5), expire_in=_SHORT)
-    kv.set(("set",), KvU64(6))
-    kv.atomic().sum(("sum",), KvU64(1)).min(("min",), KvU64(1)).max(("max",), KvU64(9)).commit()
+        expiring.set((name,), KvU64(5), expire_in=_SHORT)
+    expiring.commit()
+    clearing = kv.atomic().set(("set",), KvU64(6)).sum(("sum",), KvU64(1))
+    clearing.min(("min",), KvU64(1)).max(("max",), KvU64(9)).commit()
     assert wait_until(lambda: kv.get(("control",)).versionstamp is None)
     assert {e.key[0]: e.value for e in kv.list(prefix=())} == {
         "set": KvU64(6),
