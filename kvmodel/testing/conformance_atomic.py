@@ -113,6 +113,25 @@ def test_check_accepts_key_versionstamp_pairs(kv: Kv) -> None:
     assert result.ok
 
 
+@pytest.mark.parametrize("stamp", ["", "xyz", "0" * 19, "0" * 21, "g" * 20, 1], ids=repr)
+def test_check_with_a_malformed_versionstamp_is_invalid(kv: Kv, stamp: Any) -> None:
+    """A check whose versionstamp is not 20 hex digits (or None) is an InvalidArgumentError."""
+    # Deno rejects these too ("invalid versionstamp", ext/kv lib.rs check_from_v8).
+    with unchanged(kv), pytest.raises(InvalidArgumentError):
+        kv.atomic().check((("a",), stamp)).set(("a",), 1).commit()
+
+
+def test_check_versionstamp_hex_is_case_insensitive(kv: Kv) -> None:
+    """An upper-case spelling of the current versionstamp passes, as Deno decodes hex."""
+    stamp = ""
+    for i in range(16):  # among 16 consecutive counters one ends in a hex letter
+        stamp = kv.set(("a",), i).versionstamp or ""
+        if stamp != stamp.upper():
+            break
+    assert stamp != stamp.upper()
+    assert kv.atomic().check((("a",), stamp.upper())).set(("a",), "new").commit().ok
+
+
 def test_checks_are_evaluated_before_the_mutations(kv: Kv) -> None:
     """A check sees the state before its own commit's mutations."""
     result = kv.atomic().set(("a",), 1).check((("a",), None)).commit()

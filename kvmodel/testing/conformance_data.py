@@ -463,6 +463,18 @@ def test_unencodable_values_raise_encode_error_and_write_nothing(kv: Kv, value: 
         kv.set(("new",), value)
 
 
+def test_too_deeply_nested_or_cyclic_values_raise_encode_error(kv: Kv) -> None:
+    """A value nested thousands of levels deep, or containing itself, is an EncodeError."""
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    for value in (deep, cyclic, {"a": cyclic}):
+        with unchanged(kv), pytest.raises(EncodeError):
+            kv.set(("k",), value)
+
+
 def test_encode_error_inside_atomic_writes_nothing(kv: Kv) -> None:
     """An EncodeError in one mutation of an atomic commit writes none of its mutations."""
     kv.set(("k",), "old")
