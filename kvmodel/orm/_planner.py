@@ -19,7 +19,7 @@ too large.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -66,19 +66,21 @@ class Tracked:
         return f"<Tracked {self.describe()} {state} vs={self.versionstamp}>"
 
 
-@attrs.frozen
-class PlannedCheck:
-    """A check of the plan; ``index`` and ``value`` are set for a unique-value check."""
+# The records are NamedTuples: the planner builds several per object on the hot
+# path, and a tuple is the cheapest immutable record to construct.
+
+
+class PlannedCheck(NamedTuple):
+    """A check of the plan; ``unique_index`` and ``value`` are set for a unique-value check."""
 
     key: Key
     versionstamp: str | None
     owner: Tracked
-    index: IndexBase[Any] | None = None
+    unique_index: IndexBase[Any] | None = None
     value: tuple[KeyPart, ...] = ()
 
 
-@attrs.frozen
-class PlannedMutation:
+class PlannedMutation(NamedTuple):
     """A set (``delete=False``) or a delete of one key, on behalf of ``owner``."""
 
     key: Key
@@ -87,8 +89,7 @@ class PlannedMutation:
     owner: Tracked
 
 
-@attrs.frozen
-class PlannedEnqueue:
+class PlannedEnqueue(NamedTuple):
     """A queue message that joins the commit (the session's outbox)."""
 
     value: Any
@@ -145,9 +146,7 @@ def plan_commit(
 
     for t in tracked:
         info = t.info
-        for index in info.indexes:
-            if index.unique:
-                unique_prefixes[index.key_prefix] = index
+        unique_prefixes.update(info.unique_indexes)
         if t.deleted:
             if t.stored is None:
                 continue

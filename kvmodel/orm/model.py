@@ -9,7 +9,6 @@ the hot path only calls precomputed functions.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import threading
@@ -76,9 +75,10 @@ def field(
 # Ids and timestamps.
 
 # Crockford's base32 alphabet is in ASCII order, so ids sort as their numbers do.
-_B32_TO_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two characters per 10 bits: 13 table lookups encode the 130-bit id.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 _RANDOM_BITS = 80
 _RANDOM_LIMIT = 1 << _RANDOM_BITS
 _id_lock = threading.Lock()
@@ -123,9 +123,9 @@ def new_id() -> str:
         _id_last_ms = now_ms
         _id_last_random = rand
     n = (now_ms << _RANDOM_BITS) | rand
-    # 20 bytes = 32 base32 characters; the first 6 characters and 2 bits are
-    # zero padding, so the last 26 characters are exactly the ULID encoding.
-    return base64.b32encode(n.to_bytes(20, "big"))[6:].translate(_B32_TO_CROCKFORD).decode()
+    # 128 bits as 26 base32 digits (130 bits, the top 2 zero): the ULID encoding.
+    pairs = _PAIRS
+    return "".join([pairs[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def utcnow() -> datetime:
@@ -164,6 +164,7 @@ class ModelInfo:
         "pk_fields",
         "prefix",
         "structure",
+        "unique_indexes",
         "unstructure",
     )
 
@@ -181,6 +182,7 @@ class ModelInfo:
         self.pk_fields = pk_fields
         self.field_names = field_names
         self.indexes = indexes
+        self.unique_indexes: dict[str, IndexBase[Any]] = {}
         self._ready = False
         self.unstructure: Callable[[Any], dict[str, Any]] = self._lazy_unstructure
         self.structure: Callable[[Any], Any] = self._lazy_structure
@@ -208,6 +210,8 @@ class ModelInfo:
             ) from exc
         for index in self.indexes:
             index._prepare(types)
+        # Key prefix -> unique index: the planner spots unique entries by prefix.
+        self.unique_indexes = {ix.key_prefix: ix for ix in self.indexes if ix.unique}
         unstructure = _convert.unstructure_hook(self.cls)
         structure = _convert.structure_hook(self.cls)
         cls = self.cls

@@ -368,7 +368,7 @@ class Session:
         if not failed:
             # The engine could not say which checks failed: find them by reading.
             failed = self._find_failed(plan.checks)
-        stale = [c for c in plan.checks if c.key in failed and c.index is None]
+        stale = [c for c in plan.checks if c.key in failed and c.unique_index is None]
         if stale:
             parts = []
             for c in stale:
@@ -384,11 +384,11 @@ class Session:
                 keys=[c.key for c in stale],
             )
         for c in plan.checks:
-            if c.key in failed and c.index is not None:
+            if c.key in failed and c.unique_index is not None:
                 owner = self._kv.get(c.key)
                 if owner.versionstamp is None:
                     break  # released again meanwhile: a plain conflict, worth a retry
-                index = c.index
+                index = c.unique_index
                 owner_pk: tuple[Any, ...] = tuple(owner.value or ())
                 owner_key = (index.info.prefix, *owner_pk)
                 value = c.value[0] if len(c.value) == 1 else c.value
