@@ -179,9 +179,9 @@ class EtcdTransport:
 
     def close(self) -> None:
         """Closes every connection; later requests raise EtcdUnavailableError."""
-        self._closed = True
         with self._lock:
-            conns, self._conns = list(self._conns), set()
+            self._closed = True
+            conns = list(self._conns)
         for conn in conns:
             conn.close()
 
@@ -197,6 +197,10 @@ class EtcdTransport:
                 conn.connect()
             except OSError as exc:
                 raise _NotSent(str(exc)) from exc
+            with self._lock:
+                if self._closed:  # close() ran while we connected: leave no socket behind
+                    conn.close()
+                    raise _NotSent("The etcd transport is closed.")
         conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         data = resp.read()

@@ -767,7 +767,12 @@ class EtcdEngine:
         self._start_queue_watch()
         while not self._closed:
             seen = self._queue_signal.seq
-            message, next_ready_ms = self._claim_next()
+            try:
+                message, next_ready_ms = self._claim_next()
+            except (EngineError, KvClosedError):
+                if self._closed:
+                    return None  # closing wakes listeners with None, as the protocol says
+                raise
             if message is not None:
                 return message
             remaining = deadline - time.monotonic()
@@ -811,15 +816,17 @@ class EtcdEngine:
             if lease == 0:
                 lease = self._grant(math.ceil(self.lease_timeout))
             claim = self._claims + key
+            attempt, encoding, payload, kiu, backoff = msgpack.unpackb(unb64(kv["value"]))
+            # The claim counts the delivery at once, so an abandoned one counts too.
+            counted = msgpack.packb([attempt + 1, encoding, payload, kiu, backoff])
             result = self._commit(
                 [_cmp_mod(key, _i(kv["mod_revision"])), _cmp_created(claim, 0)],
-                [_put(claim, b"", lease)],
+                [_put(claim, b"", lease), _put(key, counted)],
                 [],
                 uid=os.urandom(12),
             )
             if result is None or not result[0]:
                 continue
-            attempt, encoding, payload, kiu, backoff = msgpack.unpackb(unb64(kv["value"]))
             return (
                 _EtcdQueueMessage(
                     self, key, lease, bytes(payload), encoding, attempt, list(kiu), list(backoff)
@@ -834,7 +841,7 @@ class EtcdEngine:
         return None, next_ready
 
     def _revoke(self, lease: int) -> None:
-        with contextlib.suppress(EngineError):  # else the lease runs out by itself
+        with contextlib.suppress(EngineError, KvClosedError):  # else it runs out by itself
             self._call("/v3/lease/revoke", {"ID": str(lease)})
 
     def _renew(self, lease: int) -> bool:
