@@ -1,4 +1,4 @@
-"""Tests of kvmodel.orm.transaction: optimistic retries, across threads and processes."""
+"""Tests of kvmodel.orm._transaction: optimistic retries, across threads and processes."""
 
 from __future__ import annotations
 

@@ -6,12 +6,12 @@ Everything here is re-exported at the top level (``km.Model``, ``km.Session``,
 
 from __future__ import annotations
 
+from kvmodel.orm._transaction import transaction
 from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes
 from kvmodel.orm.index import Index, Unique
 from kvmodel.orm.model import Model, field, new_id, utcnow
 from kvmodel.orm.query import Page
 from kvmodel.orm.session import Session
-from kvmodel.orm.transaction import transaction
 
 __all__ = [
     "Index",
