@@ -12,5 +12,6 @@ pytest.register_assert_rewrite(
 
 # The star imports make pytest collect the suites' tests here, with this
 # directory's kv and kv_store fixtures.
+from kvmodel.testing.conformance_aio import *  # noqa: E402, F403
 from kvmodel.testing.conformance_queue import *  # noqa: E402, F403
 from kvmodel.testing.conformance_watch import *  # noqa: E402, F403
