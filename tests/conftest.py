@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcd_cluster import etcd_store_factory
 from hypothesis import settings
 
 from kvmodel import Kv
@@ -35,6 +36,10 @@ def _sqlite_store(tmp_path: Path) -> KvStore:
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "memory": _memory_store,
     "sqlite": _sqlite_store,
+    # Shared etcd clusters of 1 and 3 members, started on first use; each test
+    # gets its own key prefix. Skipped (with the install hint) without etcd.
+    "etcd": etcd_store_factory(1),
+    "etcd3": etcd_store_factory(3),
 }
 
 

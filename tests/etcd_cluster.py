@@ -244,16 +244,34 @@ def etcd_cluster(size: int = 1) -> Iterator[EtcdCluster]:
 _SHARED: dict[int, EtcdCluster] = {}
 
 
+def etcd_tests_skipped() -> bool:
+    """True when the etcd tests should be skipped: etcd is missing and CI does not require it."""
+    return not etcd_available() and not os.environ.get("KVMODEL_REQUIRE_ETCD")
+
+
+def skip_without_etcd() -> None:
+    """Skips the calling test when etcd is missing, unless KVMODEL_REQUIRE_ETCD is set.
+
+    CI sets KVMODEL_REQUIRE_ETCD=1, so a missing etcd fails there instead of
+    passing quietly with every etcd test skipped.
+    """
+    import pytest
+
+    if etcd_available():
+        return
+    if os.environ.get("KVMODEL_REQUIRE_ETCD"):
+        pytest.fail("KVMODEL_REQUIRE_ETCD is set but etcd is not installed: " + INSTALL_HINT)
+    pytest.skip(INSTALL_HINT)
+
+
 def shared_cluster(size: int = 1) -> EtcdCluster:
     """A cluster of ``size`` members shared by the whole test run, started on first use.
 
     Tests keep apart by key prefix; the cluster stops when the interpreter exits.
     Skips the calling test when etcd is not installed.
     """
-    import pytest
 
-    if not etcd_available():
-        pytest.skip(INSTALL_HINT)
+    skip_without_etcd()
     cluster = _SHARED.get(size)
     if cluster is None:
         cluster = _SHARED[size] = EtcdCluster(size).start()

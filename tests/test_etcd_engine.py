@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from etcd_cluster import INSTALL_HINT, EtcdCluster, etcd_available
+from etcd_cluster import INSTALL_HINT, EtcdCluster, etcd_tests_skipped
 
 from kvmodel.engines._etcd_transport import b64
 from kvmodel.engines.base import (
@@ -39,7 +39,7 @@ from kvmodel.errors import (
 
 pytestmark = [
     pytest.mark.etcd,
-    pytest.mark.skipif(not etcd_available(), reason=INSTALL_HINT),
+    pytest.mark.skipif(etcd_tests_skipped(), reason=INSTALL_HINT),
 ]
 
 

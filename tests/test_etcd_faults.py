@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from etcd_cluster import INSTALL_HINT, EtcdCluster, etcd_available
+from etcd_cluster import INSTALL_HINT, EtcdCluster, etcd_tests_skipped
 
 from kvmodel.engines.base import (
     AtomicWrite,
@@ -29,7 +29,7 @@ from kvmodel.errors import EngineError
 pytestmark = [
     pytest.mark.etcd,
     pytest.mark.slow,
-    pytest.mark.skipif(not etcd_available(), reason=INSTALL_HINT),
+    pytest.mark.skipif(etcd_tests_skipped(), reason=INSTALL_HINT),
 ]
 
 
