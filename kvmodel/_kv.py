@@ -27,6 +27,7 @@ from kvmodel._list import ListIterator, ListState
 from kvmodel._options import parse_consistency, positive_int
 from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
 from kvmodel._values import decode_value, encode_value
+from kvmodel._watch import WatchIterator
 from kvmodel.engines.base import (
     AtomicWrite,
     Consistency,
@@ -381,14 +382,12 @@ class Kv:
         listener = QueueListener(self, handler, concurrency=concurrency)
         listener.run()
 
-    def watch(self, keys: Sequence[Sequence[Any]], *, raw: bool = False) -> Any:
+    def watch(self, keys: Sequence[Sequence[Any]], *, raw: bool = False) -> WatchIterator:
         """Streams the entries of up to 10 keys: now, then after every change.
 
         Returns an iterator of ``list[Entry]`` (also a context manager with
         ``close()``); it ends when the Kv closes.
         """
-        from kvmodel._watch import WatchIterator
-
         self._check_open()
         encoded, key_tuples = self.watch_keys(keys)
         if not isinstance(raw, bool):
@@ -401,6 +400,11 @@ class Kv:
         """Validates the keys of a watch."""
         if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
             raise InvalidArgumentError(f"watch takes a sequence of keys, not {keys!r}.")
+        if keys and not isinstance(keys[0], tuple | list):
+            raise InvalidArgumentError(
+                f"watch takes a list of keys, not {keys!r}; to watch one key, "
+                f"pass [{tuple(keys)!r}]."
+            )
         if len(keys) > MAX_WATCH_KEYS:
             raise LimitExceededError(
                 f"watch was given {len(keys)} keys; at most {MAX_WATCH_KEYS} are allowed.",

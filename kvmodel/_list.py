@@ -157,16 +157,19 @@ class ListState:
 
         if cursor is not None:
             position = self._common + _decode_cursor(cursor)
-            if reverse:
-                last = position
-            else:
-                first = position + b"\x00"
-            if (explicit_start is not None and first < explicit_start) or (
-                explicit_end is not None and last > explicit_end
+            # DESIGN: a cursor naming a key outside an explicit start/end is an
+            # error (Deno only rejects the side it resumes from); outside a plain
+            # prefix it simply yields nothing, as in Deno.
+            if (explicit_start is not None and position < explicit_start) or (
+                explicit_end is not None and position >= explicit_end
             ):
                 raise InvalidArgumentError(
                     f"cursor {cursor!r} points outside the range of the selector."
                 )
+            if reverse:
+                last = position
+            else:
+                first = position + b"\x00"
         self._first = first
         self._last = last
         if first >= last:

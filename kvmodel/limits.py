@@ -46,7 +46,7 @@ MAX_MUTATIONS = 1000
 MAX_TOTAL_MUTATION_SIZE = 819200
 """Bytes of all mutations in one commit; a valued mutation's key counts twice, as Deno counts."""
 MAX_TOTAL_KEY_SIZE = 81920
-"""Bytes of all keys (checks and mutations) in one commit."""
+"""Bytes of the keys of all valued mutations (set, sum, min, max) in one commit, as Deno counts."""
 MAX_WATCH_KEYS = 10
 """Keys in one ``watch``."""
 MAX_QUEUE_DELAY_SECONDS = 30 * 24 * 3600

@@ -326,6 +326,17 @@ def test_reverse_cursor_after_an_explicit_end_is_invalid(kv: Kv) -> None:
         list(kv.list(prefix=("a",), end=("a", "c"), reverse=True, cursor="AmQA"))
 
 
+def test_cursors_outside_explicit_bounds_are_invalid_in_both_directions(kv: Kv) -> None:
+    """DESIGN: a cursor naming a key outside an explicit start/end is an error either way."""
+    _fill_letters(kv)
+    # "AmQA" is ("a","d"): at or past end ("a","c"), for a forward listing too.
+    with unchanged(kv), pytest.raises(InvalidArgumentError):
+        list(kv.list(prefix=("a",), end=("a", "c"), cursor="AmQA"))
+    # "AmEA" is ("a","a"): before start ("a","b"), for a reverse listing too.
+    with unchanged(kv), pytest.raises(InvalidArgumentError):
+        list(kv.list(prefix=("a",), start=("a", "b"), reverse=True, cursor="AmEA"))
+
+
 def test_cursor_beyond_a_plain_prefix_yields_nothing(kv: Kv) -> None:
     """A cursor past the end of a plain prefix's range yields nothing, as in Deno."""
     _fill_letters(kv)
