@@ -618,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-n", type=int, default=1_000_000, help="0 skips")
     parser.add_argument("--stream-sqlite-n", type=int, default=200_000, help="0 skips")
     parser.add_argument(
-        "--chunks", type=int, default=10, help="slices the columns take turns on (1: one go)"
+        "--engines",
+        default="sqlite,memory",
+        help="comma-separated: sqlite (bare table vs SqliteEngine), memory (SortedDict vs Memory)",
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=100, help="slices the columns take turns on (1: one go)"
     )
     parser.add_argument(
         "--profile",
@@ -632,13 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     bench_header(report, n=args.n, synchronous=args.sync, kvmodel=km.__version__)
     d = Data(args.n)
     with tempfile.TemporaryDirectory(prefix="kvbench-") as tmp:
-        kv_file = km.open_kv(os.path.join(tmp, "kvmodel.db"), synchronous=args.sync)
-        columns: list[KvColumn] = [
-            BareSqlite(os.path.join(tmp, "bare.db"), args.sync),
-            KvmodelColumn("kvmodel-sqlite", kv_file),
-            SortedFloor(),
-            KvmodelColumn("kvmodel-memory", km.open_kv()),
-        ]
+        engines = set(args.engines.split(","))
+        columns: list[KvColumn] = []
+        if "sqlite" in engines:
+            kv_file = km.open_kv(os.path.join(tmp, "kvmodel.db"), synchronous=args.sync)
+            columns += [
+                BareSqlite(os.path.join(tmp, "bare.db"), args.sync),
+                KvmodelColumn("kvmodel-sqlite", kv_file),
+            ]
+        if "memory" in engines:
+            columns += [SortedFloor(), KvmodelColumn("kvmodel-memory", km.open_kv())]
         if args.profile:
             columns = [c for c in columns if isinstance(c, KvmodelColumn)]
             run_workloads(report, columns, d, chunks=args.chunks, profile=args.profile)
@@ -649,22 +657,24 @@ def main(argv: list[str] | None = None) -> int:
         for c in columns:
             c.close()
         names = [w.name for w in workloads(d)]
-        report.comparison(
-            f"SQLite file, synchronous={args.sync} (ops/s)",
-            "sqlite3-bare",
-            "kvmodel-sqlite",
-            names,
-            SQLITE_TARGETS,
-        )
-        report.comparison(
-            "Memory (ops/s)", "sortedcontainers", "kvmodel-memory", names, MEMORY_TARGETS
-        )
+        if "sqlite" in engines:
+            report.comparison(
+                f"SQLite file, synchronous={args.sync} (ops/s)",
+                "sqlite3-bare",
+                "kvmodel-sqlite",
+                names,
+                SQLITE_TARGETS,
+            )
+        if "memory" in engines:
+            report.comparison(
+                "Memory (ops/s)", "sortedcontainers", "kvmodel-memory", names, MEMORY_TARGETS
+            )
 
         rows = []
-        if args.stream_n:
+        if args.stream_n and "memory" in engines:
             with km.open_kv() as kv:
                 rows.append(stream_check(report, kv, "memory", args.stream_n))
-        if args.stream_sqlite_n:
+        if args.stream_sqlite_n and "sqlite" in engines:
             with km.open_kv(os.path.join(tmp, "stream.db"), synchronous=args.sync) as kv:
                 rows.append(stream_check(report, kv, "sqlite", args.stream_sqlite_n))
         if rows:
