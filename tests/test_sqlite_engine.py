@@ -539,6 +539,7 @@ def test_lease_holds_then_expires_and_message_is_redelivered(
     clock.now += 1  # the listener died: the lease ran out
     second = engine.dequeue_next_message(0)
     assert second is not None and second.payload == b"job"
+    assert second.attempt == 2  # the abandoned delivery counts as an attempt
     assert not first.renew_lease()
     first.finish(True)  # stale token: ignored
     engine._check()

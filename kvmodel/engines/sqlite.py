@@ -189,7 +189,20 @@ SELECT
     (SELECT ready_at_ms FROM queue WHERE lease_until_ms IS NULL ORDER BY ready_at_ms, id LIMIT 1),
     (SELECT MIN(lease_until_ms) FROM queue WHERE lease_until_ms IS NOT NULL)
 """
-LEASE_MESSAGE = "UPDATE queue SET lease_until_ms = ?, lease_token = ? WHERE id = ?"
+# A message whose previous lease ran out (its listener died) counts that
+# abandoned delivery as an attempt, as a failed one would.
+LEASE_MESSAGE = """
+UPDATE queue SET lease_until_ms = ?, lease_token = ?,
+    attempt = attempt + (lease_token IS NOT NULL)
+WHERE id = ?
+RETURNING attempt
+"""
+LEASE_MESSAGE_NO_RETURNING = """
+UPDATE queue SET lease_until_ms = ?, lease_token = ?,
+    attempt = attempt + (lease_token IS NOT NULL)
+WHERE id = ?
+"""
+SELECT_ATTEMPT = "SELECT attempt FROM queue WHERE id = ?"
 RENEW_LEASE = "UPDATE queue SET lease_until_ms = ? WHERE id = ? AND lease_token = ?"
 SELECT_LEASED_MESSAGE = """
 SELECT payload, encoding, keys_if_undelivered, backoff_schedule FROM queue
@@ -606,6 +619,16 @@ class SqliteEngine:
         return f"<SqliteEngine {self._path!r} {state}>"
 
     @property
+    def clock(self) -> Clock:
+        """The engine's wall clock; the Kv computes deadlines with the same one."""
+        return self._clock
+
+    @property
+    def lease_timeout(self) -> float:
+        """Seconds a dequeued message stays leased; the Kv renews leases well within it."""
+        return self._lease_timeout_ms / 1000
+
+    @property
     def path(self) -> str:
         """The database file."""
         return self._path
@@ -1003,7 +1026,12 @@ class SqliteEngine:
                 return None, now_ms
             message_id, payload, encoding, attempt = row
             token = secrets.token_bytes(16)
-            execute(LEASE_MESSAGE, (now_ms + self._lease_timeout_ms, token, message_id))
+            lease = (now_ms + self._lease_timeout_ms, token, message_id)
+            if _HAS_RETURNING:
+                attempt = execute(LEASE_MESSAGE, lease).fetchall()[0][0]
+            else:
+                execute(LEASE_MESSAGE_NO_RETURNING, lease)
+                attempt = execute(SELECT_ATTEMPT, (message_id,)).fetchone()[0]
             execute(COMMIT)
         except BaseException:
             self._rollback(conn)
