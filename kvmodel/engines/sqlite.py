@@ -217,6 +217,10 @@ DELETE_MESSAGE = "DELETE FROM queue WHERE id = ?"
 
 DATA_VERSION = "PRAGMA data_version"
 
+# Poll intervals up to this many seconds sleep plainly (cheapest); longer ones
+# sleep on a condition so close() need not wait for them.
+_PLAIN_SLEEP_MAX = 0.1
+
 # Keys the collector deletes per transaction, so it never holds the write lock long.
 COLLECT_BATCH = 1000
 
@@ -401,26 +405,40 @@ class _Poller:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
-        if thread is None or not thread.is_alive():
+        if thread is None:
             self._conn.close()
+        elif thread is not threading.current_thread():
+            thread.join(timeout=5.0)  # the thread closes its own connection
 
     def _run(self) -> None:
+        # Per tick, with someone waiting (measured, 100 ticks/s on this VM):
+        # a thread wake-up by time.sleep costs about 0.26% of a core, a timed
+        # Condition.wait about 0.38%, and PRAGMA data_version through a reused
+        # cursor about 0.25% (0.39% through conn.execute). So short intervals
+        # sleep plainly (close() then waits at most one interval for the join)
+        # and the waiter count is read without the lock; only an idle poller
+        # takes the condition, to sleep until a waiter arrives.
         cond = self._cond
+        interval = self._interval
+        interruptible = interval > _PLAIN_SLEEP_MAX
+        cursor = self._conn.cursor()
         while True:
-            with cond:
-                # Sleep without a timeout while nobody waits: an idle engine costs nothing.
-                while self._waiters <= 0 and not self._closed:
-                    cond.wait()
-                if self._closed:
-                    break
-                # Sleeping on the condition lets close() interrupt the interval.
-                cond.wait(self._interval)
-                if self._closed:
-                    break
+            if self._waiters <= 0 or self._closed:
+                with cond:
+                    # Sleep without a timeout while nobody waits: an idle engine costs nothing.
+                    while self._waiters <= 0 and not self._closed:
+                        cond.wait()
+                    if self._closed:
+                        break
+            if interruptible:
+                with cond:
+                    cond.wait(interval)
+            else:
+                time.sleep(interval)
+            if self._closed:
+                break
             try:
-                version = self._conn.execute(DATA_VERSION).fetchone()[0]
+                version = cursor.execute(DATA_VERSION).fetchone()[0]
             except sqlite3.Error:
                 # A transient lock or I/O problem: wake the waiters, whose own
                 # queries surface a lasting failure as an EngineError.
@@ -429,8 +447,8 @@ class _Poller:
             if version != self._version:
                 self._version = version
                 self._signal.bump()
-        if self._closed:
-            self._conn.close()
+        cursor.close()
+        self._conn.close()
 
 
 # ---------------------------------------------------------------------------
