@@ -59,6 +59,7 @@ class AsyncKv:
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a blocking call of the sync Kv on this Kv's worker (inline in memory)."""
+        self._kv._check_open()
         if self._executor is None:
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
@@ -264,6 +265,13 @@ class AsyncListIterator(AsyncIterator[Entry[Any]]):
             raise StopAsyncIteration from None
 
 
+class _Ended:
+    """The marker of a watch that ended."""
+
+
+_ENDED = _Ended()
+
+
 class AsyncWatchIterator(AsyncIterator[list[Entry[Any]]]):
     """The async form of :class:`kvmodel.WatchIterator`; ends when the Kv closes."""
 
@@ -273,12 +281,18 @@ class AsyncWatchIterator(AsyncIterator[list[Entry[Any]]]):
     def __aiter__(self) -> AsyncWatchIterator:
         return self
 
+    def _poll_or_end(self) -> list[Entry[Any]] | None | _Ended:
+        # StopIteration cannot cross into a Future, so the thread returns a marker.
+        try:
+            return self._inner.poll(None)
+        except StopIteration:
+            return _ENDED
+
     async def __anext__(self) -> list[Entry[Any]]:
         while True:
-            try:
-                entries = await asyncio.to_thread(self._inner.poll, None)
-            except StopIteration:
-                raise StopAsyncIteration from None
+            entries = await asyncio.to_thread(self._poll_or_end)
+            if isinstance(entries, _Ended):
+                raise StopAsyncIteration
             if entries is not None:
                 return entries
 

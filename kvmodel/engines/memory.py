@@ -111,6 +111,11 @@ class MemoryEngine:
         self._closed = False
 
     @property
+    def lease_timeout(self) -> float:
+        """Seconds a listener holds a message before it is delivered again."""
+        return self._lease_ms / 1000
+
+    @property
     def limits(self) -> EngineLimits:
         """Deno's limits: the memory engine holds anything they allow."""
         return DEFAULT_LIMITS
@@ -277,6 +282,10 @@ class MemoryEngine:
     def _lease(self, seq: int, now_ms: int) -> _MemoryQueueMessage:
         message = self._messages[seq]
         self._queue.remove((message.available_ms, seq))
+        if message.lease_token is not None:
+            # The previous lease ran out unsettled (its listener died or hung):
+            # that delivery counts as an attempt.
+            message.attempt += 1
         message.lease_token = uuid.uuid4().hex
         message.available_ms = now_ms + self._lease_ms
         self._queue.add((message.available_ms, seq))

@@ -56,6 +56,7 @@ import pytest
 # rewrite their asserts; registering them first gives readable failure messages.
 pytest.register_assert_rewrite(
     "kvmodel.testing.conformance",
+    "kvmodel.testing.conformance_aio",
     "kvmodel.testing.conformance_atomic",
     "kvmodel.testing.conformance_data",
     "kvmodel.testing.conformance_list",

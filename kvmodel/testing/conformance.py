@@ -23,10 +23,13 @@ from kvmodel.testing import KvStore
 
 # Star imports on purpose: they re-export the test functions so that a single
 # ``from kvmodel.testing.conformance import *`` makes pytest collect the suite.
+from kvmodel.testing.conformance_aio import *  # noqa: F403
 from kvmodel.testing.conformance_atomic import *  # noqa: F403
 from kvmodel.testing.conformance_data import *  # noqa: F403
 from kvmodel.testing.conformance_list import *  # noqa: F403
+from kvmodel.testing.conformance_queue import *  # noqa: F403
 from kvmodel.testing.conformance_support import dump, wait_until
+from kvmodel.testing.conformance_watch import *  # noqa: F403
 
 # ---------------------------------------------------------------------------
 # Closing
