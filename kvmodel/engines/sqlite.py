@@ -830,18 +830,43 @@ class SqliteEngine:
         """
         if self._closed:
             self._raise_if_closed()
-        conn = self._acquire()
+        pool = self._pool
+        conn = pool.pop() if pool else self._acquire()
         try:
+            if len(ranges) == 1:
+                r = ranges[0]
+                start = r.start
+                if r.end == start + b"\x00" and r.limit > 0:
+                    # The hot path, inlined: a point read by primary key, with
+                    # the expiry test in Python so the clock is only read for
+                    # keys that can expire.
+                    row = conn.execute(SELECT_POINT, (start,)).fetchone()
+                    if row is None or (row[3] is not None and row[3] <= self._now_ms()):
+                        result: list[list[RawEntry]] = [[]]
+                    else:
+                        stamp = versionstamp_from_counter(row[2])
+                        result = [[RawEntry(start, row[0], row[1], stamp)]]
+                    if self._closed:
+                        conn.close()
+                    else:
+                        pool.append(conn)
+                    return result
+            result = self._read_ranges(conn, ranges)
+        except sqlite3.Error as exc:
             try:
-                return self._read_ranges(conn, ranges)
-            except sqlite3.Error as exc:
                 if not _is_busy(exc):
                     raise self._wrap(exc, "reading") from exc
-                return self._retry_busy(
+                result = self._retry_busy(
                     conn, lambda c: self._read_ranges(c, ranges), "reading", exc
                 )
-        finally:
+            finally:
+                self._release(conn)
+            return result
+        except BaseException:
             self._release(conn)
+            raise
+        self._release(conn)
+        return result
 
     def _read_ranges(
         self, conn: sqlite3.Connection, ranges: Sequence[ReadRange]
