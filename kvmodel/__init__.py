@@ -31,6 +31,20 @@ from kvmodel.errors import (
     ModelDefinitionError,
     UniqueViolationError,
 )
+from kvmodel.orm import (
+    Index,
+    IndexProblem,
+    IndexReport,
+    Model,
+    Page,
+    Session,
+    Unique,
+    check_indexes,
+    field,
+    new_id,
+    transaction,
+    utcnow,
+)
 
 __version__ = "0.1.0"
 
@@ -43,6 +57,9 @@ __all__ = [
     "EncodeError",
     "EngineError",
     "Entry",
+    "Index",
+    "IndexProblem",
+    "IndexReport",
     "InvalidArgumentError",
     "InvalidKeyError",
     "Kv",
@@ -52,15 +69,26 @@ __all__ = [
     "KvU64",
     "LimitExceededError",
     "ListIterator",
+    "Model",
     "ModelDefinitionError",
+    "Page",
+    "Session",
+    "Unique",
     "UniqueViolationError",
     "WatchIterator",
+    "check_indexes",
+    "field",
+    "new_id",
     "open_kv",
+    "transaction",
+    "utcnow",
 ]
 
-# Reprs and tracebacks read kvmodel.Kv, not kvmodel._kv.Kv.
+# Reprs and tracebacks read kvmodel.Kv, not kvmodel._kv.Kv. Model keeps its
+# module: typing.get_type_hints resolves a model's inherited annotations in the
+# namespace of the module each base class names.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type):
+    if isinstance(_obj, type) and _obj is not Model:
         _obj.__module__ = "kvmodel"
 del _name, _obj
