@@ -12,7 +12,6 @@ import builtins
 import inspect
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -99,8 +98,7 @@ class Kv:
 
     def __init__(self, engine: Engine, *, clock: Callable[[], float] | None = None) -> None:
         self._engine = engine
-        engine_clock: Callable[[], float] = getattr(engine, "clock", time.time)
-        self._clock = clock or engine_clock
+        self._clock = clock or engine.clock
         self.limits = _tighter(engine.limits)
         self._closed = False
         self._close_lock = threading.Lock()

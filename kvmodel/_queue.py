@@ -105,8 +105,7 @@ class QueueListener:
         self._kv = kv
         self._handler = handler
         self._concurrency = concurrency
-        lease = float(getattr(kv.engine, "lease_timeout", 30.0))
-        self._leases = LeaseKeeper(max(lease / 3, 0.05))
+        self._leases = LeaseKeeper(max(kv.engine.lease_timeout / 3, 0.05))
 
     def run(self) -> None:
         """Delivers messages until the Kv closes, then returns."""

@@ -19,11 +19,14 @@ from kvmodel.aio._kv import (
     AsyncWatchIterator,
     open_kv,
 )
+from kvmodel.aio._session import AsyncSession, transaction
 
 __all__ = [
     "AsyncAtomicOperation",
     "AsyncKv",
     "AsyncListIterator",
+    "AsyncSession",
     "AsyncWatchIterator",
     "open_kv",
+    "transaction",
 ]

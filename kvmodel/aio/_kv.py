@@ -147,7 +147,7 @@ class AsyncKv:
             raise InvalidArgumentError(f"concurrency must be a positive int, not {concurrency!r}.")
         self._kv._check_open()
         engine = self._kv.engine
-        keeper = LeaseKeeper(max(float(getattr(engine, "lease_timeout", 30.0)) / 3, 0.05))
+        keeper = LeaseKeeper(max(engine.lease_timeout / 3, 0.05))
         slots = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -281,7 +281,7 @@ class AsyncWatchIterator(AsyncIterator[list[Entry[Any]]]):
     def __aiter__(self) -> AsyncWatchIterator:
         return self
 
-    def _poll_or_end(self) -> list[Entry[Any]] | None | _Ended:
+    def _poll_or_end(self) -> list[Entry[Any]] | _Ended | None:
         # StopIteration cannot cross into a Future, so the thread returns a marker.
         try:
             return self._inner.poll(None)

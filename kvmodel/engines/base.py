@@ -279,6 +279,16 @@ class Engine(Protocol):
         """What the engine can do."""
         ...
 
+    @property
+    def clock(self) -> Clock:
+        """The engine's time source; the Kv computes deadlines (expiry, delays) with it."""
+        ...
+
+    @property
+    def lease_timeout(self) -> float:
+        """Seconds a dequeued message stays leased; listeners renew a third of the way in."""
+        ...
+
     def snapshot_read(
         self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
     ) -> list[list[RawEntry]]:

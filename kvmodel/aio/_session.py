@@ -1,0 +1,184 @@
+"""AsyncSession: the unit of work with awaited reads and commits.
+
+It wraps a :class:`kvmodel.Session` on the AsyncKv's sync Kv and runs every
+call that touches the engine through :meth:`AsyncKv.run`, so planning,
+identity map and dirty tracking are the sync session's, not a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from kvmodel._records import CommitResult
+from kvmodel.aio._kv import AsyncKv
+from kvmodel.errors import ConflictError, InvalidArgumentError, UniqueViolationError
+from kvmodel.orm.index import IndexBase
+from kvmodel.orm.model import Model
+from kvmodel.orm.query import Page
+from kvmodel.orm.session import Session
+
+__all__ = ["AsyncSession", "transaction"]
+
+M = TypeVar("M", bound=Model)
+T = TypeVar("T")
+
+
+class AsyncSession:
+    """The asyncio twin of :class:`kvmodel.Session`; ``async with`` commits on a clean exit.
+
+    Tracking calls (``add``, ``add_all``, ``delete``, ``enqueue``) are plain
+    methods; reads, ``commit`` and ``rollback`` are awaited.
+    """
+
+    __slots__ = ("_kv", "_session")
+
+    def __init__(self, kv: AsyncKv) -> None:
+        if not isinstance(kv, AsyncKv):
+            raise InvalidArgumentError(
+                f"AsyncSession needs a kvmodel.aio.AsyncKv, not {kv!r}; "
+                "use kvmodel.Session with a sync Kv."
+            )
+        self._kv = kv
+        self._session = Session(kv.sync)
+
+    @property
+    def kv(self) -> AsyncKv:
+        """The AsyncKv this session works through."""
+        return self._kv
+
+    @property
+    def sync(self) -> Session:
+        """The sync Session underneath (same identity map)."""
+        return self._session
+
+    def add(self, obj: Model) -> None:
+        """See :meth:`kvmodel.Session.add`."""
+        self._session.add(obj)
+
+    def add_all(self, objs: Iterable[Model]) -> None:
+        """See :meth:`kvmodel.Session.add_all`."""
+        self._session.add_all(objs)
+
+    def delete(self, obj: Model) -> None:
+        """See :meth:`kvmodel.Session.delete`."""
+        self._session.delete(obj)
+
+    def enqueue(
+        self,
+        value: object,
+        *,
+        delay: object = 0,
+        keys_if_undelivered: Iterable[Sequence[Any]] = (),
+        backoff_schedule: Sequence[object] | None = None,
+    ) -> None:
+        """See :meth:`kvmodel.Session.enqueue`: the message joins the next commit."""
+        self._session.enqueue(
+            value,
+            delay=delay,
+            keys_if_undelivered=keys_if_undelivered,
+            backoff_schedule=backoff_schedule,
+        )
+
+    async def get(self, model: type[M], *pk: Any) -> M | None:
+        """See :meth:`kvmodel.Session.get`."""
+        return await self._kv.run(self._session.get, model, *pk)
+
+    async def get_many(self, model: type[M], pks: Iterable[Any]) -> list[M | None]:
+        """See :meth:`kvmodel.Session.get_many`."""
+        return await self._kv.run(self._session.get_many, model, list(pks))
+
+    async def refresh(self, obj: Model) -> None:
+        """See :meth:`kvmodel.Session.refresh`."""
+        await self._kv.run(self._session.refresh, obj)
+
+    async def all(
+        self,
+        model: type[M],
+        *,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M]:
+        """See :meth:`kvmodel.Session.all`."""
+        return await self._kv.run(
+            self._session.all, model, limit=limit, reverse=reverse, cursor=cursor
+        )
+
+    async def find(
+        self,
+        index: IndexBase[M],
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M]:
+        """See :meth:`kvmodel.Session.find`."""
+        return await self._kv.run(
+            self._session.find,
+            index,
+            *values,
+            start=start,
+            end=end,
+            limit=limit,
+            reverse=reverse,
+            cursor=cursor,
+        )
+
+    async def commit(self) -> CommitResult | None:
+        """See :meth:`kvmodel.Session.commit`."""
+        return await self._kv.run(self._session.commit)
+
+    async def rollback(self) -> None:
+        """See :meth:`kvmodel.Session.rollback`."""
+        self._session.rollback()
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.rollback()
+
+    def __repr__(self) -> str:
+        return f"<kvmodel.aio.AsyncSession over {self._session!r}>"
+
+
+async def transaction(
+    kv: AsyncKv,
+    fn: Callable[[AsyncSession], Awaitable[T]],
+    retries: int = 10,
+    *,
+    base_delay: float = 0.005,
+    max_delay: float = 0.5,
+) -> T:
+    """Awaits ``fn(session)`` and commits, rerunning it on conflict (see kvmodel.transaction)."""
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise InvalidArgumentError(f"retries must be an int >= 0, not {retries!r}.")
+    attempt = 0
+    while True:
+        session = AsyncSession(kv)
+        try:
+            result = await fn(session)
+            await session.commit()
+            return result
+        except UniqueViolationError:
+            raise
+        except ConflictError:
+            if attempt >= retries:
+                raise
+        # Full-jitter backoff, as the sync transaction.
+        await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * (2**attempt))))
+        attempt += 1
