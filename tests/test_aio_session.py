@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -60,7 +60,7 @@ def test_async_session_finds_through_indexes_with_pages(kv_store: KvStore) -> No
 
     async def main() -> None:
         kv = aio.AsyncKv(kv_store.open())
-        t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        t0 = datetime(2026, 1, 1, tzinfo=UTC)
         async with aio.AsyncSession(kv) as s:
             for i in range(5):
                 s.add(
