@@ -1060,6 +1060,23 @@ class SqliteEngine:
             ready_ms, lease_ms = execute(SELECT_QUEUE_WAKE).fetchone()
             wakes = [t for t in (ready_ms, lease_ms) if t is not None]
             return None, min(wakes) if wakes else None
+        # A lease needs no fsync of its own: losing one to a power cut only means
+        # the message is delivered again (at-least-once), and the next FULL commit
+        # syncs the WAL frames before it anyway. Skipping the fsync here halves the
+        # disk flushes per delivered message.
+        relax = self._synchronous == "FULL"
+        if relax:
+            execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._lease_in_transaction(conn)
+        finally:
+            if relax:
+                execute("PRAGMA synchronous=FULL")
+
+    def _lease_in_transaction(
+        self, conn: sqlite3.Connection
+    ) -> tuple[_SqliteQueueMessage | None, int | None]:
+        execute = conn.execute
         execute(BEGIN_IMMEDIATE)
         try:
             now_ms = self._now_ms()
