@@ -1,0 +1,318 @@
+"""Worker processes of the torture tests, run as ``sys.executable _workers.py <mode> ...``.
+
+Each mode opens the SQLite file given on the command line, prints ``ready``
+once its Kv is open, and then works until it is killed (``commits``, ``orm``,
+``queue``) or until its time is up (``bank``, ``contention``, which print one
+JSON line of counts). The shared pieces (the ORM models, one bank transfer,
+one audit, the contention operations) live here too, so the in-process
+threads of the tests run exactly the code the processes run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+if __name__ == "__main__":  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import kvmodel as km
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).resolve()
+
+GROUP_SIZE = 4
+"""Keys written by every commit of the kill-commits test (one group)."""
+ACCOUNTS = 10
+"""Accounts of the bank test: get_many reads them all in one snapshot."""
+INITIAL_BALANCE = 100
+EMAILS = 12
+"""Distinct e-mail addresses the ORM writers compete for (unique index)."""
+TEAMS = ("red", "green", "blue")
+
+
+def worker_command(mode: str, *args: object) -> list[str]:
+    """The argv that runs ``mode`` of this script in a fresh interpreter."""
+    return [sys.executable, str(SCRIPT), mode, *map(str, args)]
+
+
+def spawn(mode: str, *args: object) -> subprocess.Popen[str]:
+    """Starts ``mode`` of this script in a fresh interpreter, with pipes for its output."""
+    return subprocess.Popen(
+        worker_command(mode, *args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    """Waits until the worker printed ``ready``; fails with its stderr if it died or hung."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if sel.select(timeout):
+            line = proc.stdout.readline()
+            if line.strip() == "ready":
+                return
+    proc.kill()
+    _, err = proc.communicate(timeout=10)
+    raise AssertionError(f"worker {proc.args!r} did not start: {err[-2000:]}")
+
+
+def kill_all(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGKILLs the workers still running and reaps them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+        proc.communicate(timeout=10)
+
+
+def number(entry: km.Entry[Any]) -> int:
+    """The integer (or KvU64) value of an entry; a missing entry counts as 0."""
+    value: Any = entry.value
+    return 0 if value is None else int(value)
+
+
+def append_durably(log: TextIO, line: str) -> None:
+    """Appends one line to a log file and makes it durable before returning."""
+    log.write(line + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+
+
+# -- kill-commits --------------------------------------------------------------
+
+
+def commit_group(kv: km.Kv, rng: random.Random, writer: str, seq: int, groups: int) -> Any:
+    """One read-check-write commit that moves a whole group to a new token.
+
+    Every key of the group gets the token; the group's index entry moves from
+    the old token to the new one; a permanent ("log", token) record remembers
+    the commit. Returns (group, token, CommitResult).
+    """
+    g = rng.randrange(groups)
+    token = f"{writer}.{seq}"
+    head = kv.get(("g", g, 0))
+    op = kv.atomic().check(head)
+    padding = "x" * rng.randrange(0, 4000)  # varied commit sizes, so kills land in varied places
+    for i in range(GROUP_SIZE):
+        op.set(("g", g, i), {"token": token, "pad": padding})
+    if head.value is not None:
+        op.delete(("idx", g, head.value["token"]))
+    op.set(("idx", g, token), g)
+    op.set(("log", token), g)
+    return g, token, op.commit()
+
+
+def run_commits(path: str, log_path: str, writer: str, seed: int, groups: int) -> None:
+    """Commits groups forever, logging each acknowledged commit durably."""
+    rng = random.Random(seed)
+    kv = km.open_kv(path)
+    with open(log_path, "a", encoding="utf-8") as log:
+        print("ready", flush=True)
+        seq = 0
+        while True:
+            g, token, result = commit_group(kv, rng, writer, seq, groups)
+            if result.ok:  # acknowledged only now, after commit() returned ok
+                append_durably(log, f"{g} {token} {result.versionstamp}")
+            seq += 1
+
+
+# -- object mapper under kills ---------------------------------------------------
+
+
+class Member(km.Model, prefix="members"):
+    """A document with a unique and a non-unique index."""
+
+    id: str = km.field(primary_key=True)
+    email: str
+    team: str
+    score: int = 0
+
+    by_email = km.Unique("email")
+    by_team = km.Index("team")
+
+
+def run_orm(path: str, log_path: str, writer: str, seed: int) -> None:
+    """Creates, edits and deletes this writer's members through Sessions, logging outcomes.
+
+    Before each commit an ``intent`` line (the document's state after the
+    commit, or ``-`` for a deletion) is logged; after it, ``ack`` or ``fail``.
+    So the file holds, per document, its last acknowledged state and at most
+    one later intent whose outcome the kill hid.
+    """
+    rng = random.Random(seed)
+    kv = km.open_kv(path)
+    with open(log_path, "a", encoding="utf-8") as log:
+        print("ready", flush=True)
+        while True:
+            pk = f"{writer}-{rng.randrange(8)}"
+            state: Any
+            try:
+                with km.Session(kv) as s:
+                    member = s.get(Member, pk)
+                    if member is not None and rng.random() < 0.2:
+                        s.delete(member)
+                        state = None
+                    else:
+                        email = f"m{rng.randrange(EMAILS)}@example.com"
+                        team = rng.choice(TEAMS)
+                        if member is None:
+                            member = Member(id=pk, email=email, team=team)
+                            s.add(member)
+                        else:
+                            member.email, member.team = email, team
+                            member.score += 1
+                        state = [member.email, member.team, member.score]
+                    append_durably(log, json.dumps(["intent", pk, state]))
+                    s.commit()
+                append_durably(log, json.dumps(["ack", pk]))
+            except km.ConflictError:  # unique e-mail taken, or a concurrent edit
+                append_durably(log, json.dumps(["fail", pk]))
+
+
+# -- bank ------------------------------------------------------------------------
+
+
+def account(i: int) -> tuple[str, int]:
+    """The key of account ``i``."""
+    return ("acct", i)
+
+
+def transfer(kv: km.Kv, rng: random.Random) -> str:
+    """One read-check-write transfer; returns "ok", "conflict" or "insufficient"."""
+    a, b = rng.sample(range(ACCOUNTS), 2)
+    ea, eb = kv.get_many([account(a), account(b)])
+    balance_a, balance_b = int(ea.value or 0), int(eb.value or 0)
+    amount = rng.randint(1, 30)
+    if balance_a < amount:
+        return "insufficient"
+    result = (
+        kv.atomic()
+        .check(ea, eb)
+        .set(ea.key, balance_a - amount)
+        .set(eb.key, balance_b + amount)
+        .commit()
+    )
+    return "ok" if result.ok else "conflict"
+
+
+def audit(kv: km.Kv) -> tuple[int, int]:
+    """The total of all accounts as seen by get_many and by list (each one snapshot)."""
+    by_get_many = sum(number(e) for e in kv.get_many([account(i) for i in range(ACCOUNTS)]))
+    by_list = sum(number(e) for e in kv.list(prefix=("acct",)))
+    return by_get_many, by_list
+
+
+def run_bank(path: str, seconds: float, seed: int) -> None:
+    """Runs transfers for ``seconds`` and prints the counts of outcomes as JSON."""
+    rng = random.Random(seed)
+    counts = {"ok": 0, "conflict": 0, "insufficient": 0}
+    with km.open_kv(path) as kv:
+        print("ready", flush=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            counts[transfer(kv, rng)] += 1
+    print(json.dumps(counts), flush=True)
+
+
+# -- queue under kills -----------------------------------------------------------
+
+
+def run_queue(path: str, lease: float, seed: int) -> None:
+    """Listens to the queue; each handler commits its delivery, then lingers a little.
+
+    The linger (up to 20 ms) is the window between the handler's commit and the
+    message's finish: a kill there makes a duplicate delivery, as it would in
+    production.
+    """
+    rng = random.Random(seed)
+    kv = km.open_kv(path, lease_timeout=lease)
+
+    def handler(value: Any) -> None:
+        kv.atomic().sum(("handled", value), km.KvU64(1)).commit()
+        time.sleep(rng.random() * 0.02)
+
+    print("ready", flush=True)
+    kv.listen_queue(handler)
+
+
+# -- contention --------------------------------------------------------------------
+
+
+def contention_op(kv: km.Kv, rng: random.Random, writer: str, counts: dict[str, int]) -> None:
+    """One contended commit: a blind sum on a shared counter, or a read-check-write."""
+    if rng.random() < 0.5:
+        result = (
+            kv.atomic().sum(("counter",), km.KvU64(1)).set(("last", writer), counts["sum"]).commit()
+        )
+        if result.ok:
+            counts["sum"] += 1
+        return
+    key = ("hot", rng.randrange(4))
+    while True:  # retry on conflict, as a user would
+        entry = kv.get(key)
+        result = kv.atomic().check(entry).set(key, (entry.value or 0) + 1).commit()
+        if result.ok:
+            counts["rcw"] += 1
+            return
+        counts["conflict"] += 1
+
+
+def contention_loop(
+    kv: km.Kv, seconds: float, seed: int, writer: str, on_error: Callable[[str], None]
+) -> dict[str, int]:
+    """Runs contention_op for ``seconds``, reporting any exception to ``on_error``."""
+    rng = random.Random(seed)
+    counts = {"sum": 0, "rcw": 0, "conflict": 0, "errors": 0}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            contention_op(kv, rng, writer, counts)
+        except Exception as exc:  # every escape is a failure the test reports
+            counts["errors"] += 1
+            on_error(f"{writer}: {exc!r}")
+    return counts
+
+
+def run_contention(path: str, seconds: float, seed: int, writer: str) -> None:
+    """Hammers the file for ``seconds`` and prints its counts (and errors) as JSON."""
+    errors: list[str] = []
+    with km.open_kv(path) as kv:
+        print("ready", flush=True)
+        counts: dict[str, Any] = dict(contention_loop(kv, seconds, seed, writer, errors.append))
+    counts["error_texts"] = errors[:10]
+    print(json.dumps(counts), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    """Dispatches to the mode named by ``argv[0]``."""
+    mode, args = argv[0], argv[1:]
+    if mode == "commits":
+        run_commits(args[0], args[1], args[2], int(args[3]), int(args[4]))
+    elif mode == "orm":
+        run_orm(args[0], args[1], args[2], int(args[3]))
+    elif mode == "bank":
+        run_bank(args[0], float(args[1]), int(args[2]))
+    elif mode == "queue":
+        run_queue(args[0], float(args[1]), int(args[2]))
+    elif mode == "contention":
+        run_contention(args[0], float(args[1]), int(args[2]), args[3])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

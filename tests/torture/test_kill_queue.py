@@ -1,0 +1,79 @@
+"""Kill -9 of queue listeners mid-handler: every message is still handled (at least once).
+
+Target: the SQLite queue (``SqliteEngine.dequeue_next_message``, leases) and
+``Kv.listen_queue`` under SIGKILL. Listener processes (``_workers.run_queue``)
+record each delivery with one commit and linger before returning, so kills
+land before, inside and after handlers; a killed listener's lease runs out and
+another listener takes the message again.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import kvmodel as km
+
+from ._workers import kill_all, number, spawn, wait_ready
+
+LEASE = 0.3
+"""Lease timeout of the listeners: short, so killed deliveries come back quickly."""
+
+
+def handled(kv: km.Kv) -> dict[int, int]:
+    """Deliveries recorded so far, per message value."""
+    return {e.key[1]: number(e) for e in kv.list(prefix=("handled",))}
+
+
+def test_every_message_is_handled_despite_listener_kills(
+    tmp_path: Path, seed: int, torture_long: bool
+) -> None:
+    """Listeners are killed at random moments; still every message is handled at least once."""
+    rng = random.Random(seed)
+    messages, rounds, max_life = (2000, 30, 2.0) if torture_long else (150, 3, 0.6)
+    db = tmp_path / "queue.db"
+    with km.open_kv(db) as kv:
+        for i in range(messages):
+            # Many quick retries: a message caught by several kills is retried, not dropped.
+            kv.enqueue(i, backoff_schedule=[0.01] * 5, keys_if_undelivered=[("undelivered", i)])
+    kills = 0
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(rounds):
+            procs = [spawn("queue", db, LEASE, rng.randrange(2**32)) for _ in range(2)]
+            for proc in procs:
+                wait_ready(proc)
+            t0 = time.monotonic()
+            for at, proc in sorted(
+                ((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]
+            ):
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                assert proc.poll() is None, f"listener died by itself: {proc.communicate()[1]}"
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            kill_all(procs)
+        # A last pair of listeners, left alive until every message is accounted for.
+        procs = [spawn("queue", db, LEASE, rng.randrange(2**32)) for _ in range(2)]
+        for proc in procs:
+            wait_ready(proc)
+        with km.open_kv(db) as kv:
+            deadline = time.monotonic() + (600 if torture_long else 30)
+            while True:
+                done = handled(kv)
+                dead = {e.key[1] for e in kv.list(prefix=("undelivered",))}
+                if len(done.keys() | dead) == messages or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # polling a count across processes; no single key to watch
+    finally:
+        kill_all(procs)
+    lost = messages - len(done.keys() | dead)
+    duplicates = sum(done.values()) - len(done)
+    print(
+        f"\nkill-queue: seed={seed} messages={messages} rounds={rounds} kills={kills} "
+        f"handled={len(done)} lost={lost} duplicates={duplicates} dead_lettered={len(dead)}"
+    )
+    assert lost == 0
+    assert not dead, f"messages dropped after exhausting their retries: {sorted(dead)[:10]}"
