@@ -30,6 +30,8 @@ import kvmodel as km
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve()
 
+LONG_TIMEOUT = 1200
+"""pytest-timeout bound of a torture test: its long setting runs for minutes."""
 GROUP_SIZE = 4
 """Keys written by every commit of the kill-commits test (one group)."""
 ACCOUNTS = 10

@@ -22,6 +22,7 @@ import kvmodel as km
 from ._workers import (
     ACCOUNTS,
     INITIAL_BALANCE,
+    LONG_TIMEOUT,
     account,
     audit,
     kill_all,
@@ -92,6 +93,7 @@ def run_threads(
     return outcomes, audits, errors
 
 
+@pytest.mark.timeout(LONG_TIMEOUT)
 @pytest.mark.parametrize("engine", ["memory", "sqlite"])
 def test_bank_threads_every_audit_sees_the_exact_total(
     engine: str, tmp_path: Path, seed: int, torture_long: bool
@@ -111,6 +113,7 @@ def test_bank_threads_every_audit_sees_the_exact_total(
     assert outcomes["ok"] > 0 and audits > 0
 
 
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_bank_processes_every_audit_sees_the_exact_total(
     tmp_path: Path, seed: int, torture_long: bool
 ) -> None:

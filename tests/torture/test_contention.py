@@ -15,14 +15,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import kvmodel as km
 
-from ._workers import contention_loop, kill_all, number, spawn, wait_ready
+from ._workers import LONG_TIMEOUT, contention_loop, kill_all, number, spawn, wait_ready
 
 THREADS = 8
 PROCESSES = 4
 
 
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_threads_and_processes_commit_without_lock_errors(
     tmp_path: Path, seed: int, torture_long: bool
 ) -> None:

@@ -17,9 +17,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import kvmodel as km
 
-from ._workers import GROUP_SIZE, kill_all, spawn, wait_ready
+from ._workers import GROUP_SIZE, LONG_TIMEOUT, kill_all, spawn, wait_ready
 
 WRITERS = 3
 GROUPS = 6
@@ -97,6 +99,7 @@ def check_database(db: Path, logs: list[Path]) -> dict[str, int]:
     }
 
 
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_acknowledged_commits_survive_sigkill_and_no_group_is_partial(
     tmp_path: Path, seed: int, torture_long: bool
 ) -> None:

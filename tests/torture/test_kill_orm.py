@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import kvmodel as km
 
-from ._workers import Member, kill_all, spawn, wait_ready
+from ._workers import LONG_TIMEOUT, Member, kill_all, spawn, wait_ready
 
 WRITERS = 3
 
@@ -47,6 +49,7 @@ def allowed_states(log: Path) -> dict[str, list[Any]]:
     return out
 
 
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_sessions_survive_sigkill_with_consistent_indexes(
     tmp_path: Path, seed: int, torture_long: bool
 ) -> None:

@@ -15,9 +15,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 import kvmodel as km
 
-from ._workers import kill_all, number, spawn, wait_ready
+from ._workers import LONG_TIMEOUT, kill_all, number, spawn, wait_ready
 
 LEASE = 0.3
 """Lease timeout of the listeners: short, so killed deliveries come back quickly."""
@@ -28,6 +30,7 @@ def handled(kv: km.Kv) -> dict[int, int]:
     return {e.key[1]: number(e) for e in kv.list(prefix=("handled",))}
 
 
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_every_message_is_handled_despite_listener_kills(
     tmp_path: Path, seed: int, torture_long: bool
 ) -> None:
