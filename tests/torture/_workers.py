@@ -17,6 +17,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -299,8 +300,21 @@ def run_contention(path: str, seconds: float, seed: int, writer: str) -> None:
     print(json.dumps(counts), flush=True)
 
 
+def exit_with_parent() -> None:
+    """Ends this worker when the test process that started it dies (no orphans left behind)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     """Dispatches to the mode named by ``argv[0]``."""
+    exit_with_parent()
     mode, args = argv[0], argv[1:]
     if mode == "commits":
         run_commits(args[0], args[1], args[2], int(args[3]), int(args[4]))
