@@ -25,6 +25,7 @@ from kvmodel._atomic import (
 from kvmodel._list import ListIterator, ListState
 from kvmodel._options import parse_consistency, positive_int
 from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
+from kvmodel._text import brief_repr
 from kvmodel._values import decode_value, encode_value
 from kvmodel._watch import WatchIterator
 from kvmodel.engines.base import (
@@ -133,7 +134,7 @@ class Kv:
         limit = self.limits.max_key_size
         if len(encoded) + extra > limit:
             raise LimitExceededError(
-                f"Key {tuple(key)!r} is {len(encoded) + extra} bytes encoded; "
+                f"Key {brief_repr(key)} is {len(encoded) + extra} bytes encoded; "
                 f"{self.limits.name} allows at most {limit} for a written key.",
                 limit=limit,
                 actual=len(encoded) + extra,
@@ -145,7 +146,7 @@ class Kv:
         encoded = encode_key(key)
         if len(encoded) > MAX_READ_KEY_SIZE:
             raise LimitExceededError(
-                f"Key {tuple(key)!r} is {len(encoded)} bytes encoded; "
+                f"Key {brief_repr(key)} is {len(encoded)} bytes encoded; "
                 f"reads allow at most {MAX_READ_KEY_SIZE}.",
                 limit=MAX_READ_KEY_SIZE,
                 actual=len(encoded),
@@ -217,12 +218,14 @@ class Kv:
         return Entry(_key_tuple(key), decode_value(raw.value, raw.encoding), raw.versionstamp.hex())
 
     def get_many(
-        self, keys: Sequence[Sequence[Any]], *, consistency: str = "strong"
+        self, keys: Iterable[Sequence[Any]], *, consistency: str = "strong"
     ) -> list[Entry[Any]]:
         """Reads up to 10 keys at one consistent point, in the order given."""
         self._check_open()
-        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
-            raise InvalidArgumentError(f"get_many takes a sequence of keys, not {keys!r}.")
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise InvalidArgumentError(f"get_many takes a list of keys, not {brief_repr(keys)}.")
+        if not isinstance(keys, Sequence):
+            keys = list(keys)
         if len(keys) > MAX_GET_MANY_KEYS:
             raise LimitExceededError(
                 f"get_many was given {len(keys)} keys; at most {MAX_GET_MANY_KEYS} are allowed.",
@@ -528,8 +531,15 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
 
         factory = SqliteEngine
         args = (target,)
-    accepted = inspect.signature(factory).parameters
+    accepted = {
+        name
+        for name, p in inspect.signature(factory).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
     for name in options:
-        if name not in accepted or accepted[name].kind is not inspect.Parameter.KEYWORD_ONLY:
-            raise InvalidArgumentError(f"open_kv({target!r}) does not take the option {name!r}.")
+        if name not in accepted:
+            raise InvalidArgumentError(
+                f"open_kv({target!r}) does not take the option {name!r}; "
+                f"it takes {', '.join(sorted(accepted))}."
+            )
     return Kv(factory(*args, **options))

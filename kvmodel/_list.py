@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from kvmodel._records import Entry
+from kvmodel._text import brief_repr
 from kvmodel._values import decode_value
 from kvmodel.engines.base import Consistency, RawEntry, ReadRange
 from kvmodel.errors import InvalidArgumentError, LimitExceededError
@@ -65,7 +66,7 @@ def _bound(name: str, key: Sequence[Any], *, extra: int = 0) -> bytes:
     encoded = encode_key(key)
     if len(encoded) + extra > MAX_READ_KEY_SIZE:
         raise LimitExceededError(
-            f"The {name} key {tuple(key)!r} makes a range bound of {len(encoded) + extra} "
+            f"The {name} key {brief_repr(key)} makes a range bound of {len(encoded) + extra} "
             f"bytes; read bounds are limited to {MAX_READ_KEY_SIZE} bytes.",
             limit=MAX_READ_KEY_SIZE,
             actual=len(encoded) + extra,
@@ -145,7 +146,7 @@ class ListState:
             if start is None or end is None:
                 raise InvalidArgumentError(
                     "list() needs a prefix, a prefix with a start or an end, "
-                    "or both a start and an end."
+                    "or both a start and an end; list(prefix=()) lists every key."
                 )
             explicit_start = first = _bound("start", start)
             explicit_end = last = _bound("end", end)

@@ -44,11 +44,19 @@ def duration_ms(name: str, value: object, *, maximum_s: float | None = None) -> 
         )
     if maximum_s is not None and seconds > maximum_s:
         raise QueueLimitError(
-            f"{name} of {seconds:g} s is over the limit of {maximum_s:g} s.",
+            f"{name} of {_human(seconds)} is over the limit of {_human(maximum_s)}.",
             limit=maximum_s,
             actual=seconds,
         )
     return math.ceil(seconds * 1000)
+
+
+def _human(seconds: float) -> str:
+    """A duration as people say it: "45 s", "2 hours", "30 days"."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def positive_int(name: str, value: object) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
@@ -55,6 +56,12 @@ class Entry(Generic[T]):
     key: Key
     value: T | None
     versionstamp: str | None
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpacks as ``key, value, versionstamp = entry``."""
+        yield self.key
+        yield self.value
+        yield self.versionstamp
 
 
 @attrs.frozen(slots=True)

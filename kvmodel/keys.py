@@ -41,6 +41,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
+from kvmodel._text import brief_repr
 from kvmodel.errors import DecodeError, InvalidKeyError
 
 __all__ = [
@@ -124,17 +125,13 @@ _SMALL_INTS = tuple(
 
 def _describe_key(key: object) -> str:
     """The key as an error message shows it (a list is shown as the tuple it stands for)."""
-    if isinstance(key, list):
-        key = tuple(key)
-    try:
-        return repr(key)
-    except ValueError:  # an int part beyond sys.get_int_max_str_digits()
-        return f"a key of {len(key)} parts"  # type: ignore[arg-type]
+    return brief_repr(key)
 
 
 def _bad_part(part: object, key: object) -> InvalidKeyError:
     return InvalidKeyError(
-        f"Key part {part!r} in {_describe_key(key)} is not a bytes, str, int, float or bool."
+        f"Key part {brief_repr(part)} in {_describe_key(key)} is not a bytes, str, int, "
+        "float or bool."
     )
 
 

@@ -17,6 +17,7 @@ from kvmodel.aio._kv import (
     AsyncKv,
     AsyncListIterator,
     AsyncWatchIterator,
+    OpeningKv,
     open_kv,
 )
 from kvmodel.aio._session import AsyncSession, transaction
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncListIterator",
     "AsyncSession",
     "AsyncWatchIterator",
+    "OpeningKv",
     "open_kv",
     "transaction",
 ]

@@ -13,7 +13,8 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -30,7 +31,14 @@ from kvmodel.engines.base import QueueMessage
 from kvmodel.engines.memory import MemoryEngine
 from kvmodel.errors import InvalidArgumentError, KvError
 
-__all__ = ["AsyncAtomicOperation", "AsyncKv", "AsyncListIterator", "AsyncWatchIterator", "open_kv"]
+__all__ = [
+    "AsyncAtomicOperation",
+    "AsyncKv",
+    "AsyncListIterator",
+    "AsyncWatchIterator",
+    "OpeningKv",
+    "open_kv",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -312,8 +320,51 @@ class AsyncWatchIterator(AsyncIterator[list[Entry[Any]]]):
         self._inner.close()
 
 
-async def open_kv(path: str | None = None, **options: Any) -> AsyncKv:
-    """Opens an AsyncKv; arguments as :func:`kvmodel.open_kv`."""
-    if path is None or path == ":memory:":
-        return AsyncKv(_open_sync(path, **options))
-    return AsyncKv(await asyncio.to_thread(_open_sync, path, **options))
+class OpeningKv(Awaitable[AsyncKv]):
+    """What :func:`open_kv` returns: await it, or use it in ``async with``.
+
+    ``kv = await aio.open_kv(path)`` and ``async with aio.open_kv(path) as kv:``
+    both work (the second closes the Kv on exit), as does DESIGN's
+    ``async with await aio.open_kv(path) as kv:``.
+    """
+
+    __slots__ = ("_kv", "_options", "_path")
+
+    def __init__(self, path: str | os.PathLike[str] | None, options: dict[str, Any]) -> None:
+        self._path = path
+        self._options = options
+        self._kv: AsyncKv | None = None
+
+    async def _open(self) -> AsyncKv:
+        if self._path is None or self._path == ":memory:":
+            return AsyncKv(_open_sync(self._path, **self._options))
+        return AsyncKv(await asyncio.to_thread(_open_sync, self._path, **self._options))
+
+    def __await__(self) -> Generator[Any, None, AsyncKv]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncKv:
+        self._kv = await self._open()
+        return self._kv
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._kv is not None:
+            await self._kv.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # The usual slip: kv = aio.open_kv(...) without await, then kv.set(...).
+        raise AttributeError(
+            f"aio.open_kv(...) must be awaited before use: write "
+            f"`kv = await aio.open_kv(...)` (or `async with aio.open_kv(...) as kv`), "
+            f"then kv.{name}."
+        )
+
+
+def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> OpeningKv:
+    """Opens an AsyncKv; arguments as :func:`kvmodel.open_kv`. Await it or ``async with`` it."""
+    return OpeningKv(path, options)
