@@ -50,6 +50,7 @@ __all__ = [
     "EngineCapabilities",
     "EngineLimits",
     "Enqueue",
+    "LeasedMessage",
     "Mutation",
     "MutationKind",
     "PollingWatchStream",
@@ -325,6 +326,43 @@ class Engine(Protocol):
 
 # ---------------------------------------------------------------------------
 # Helpers shared by engines.
+
+
+class LeasedMessage:
+    """A base for :class:`QueueMessage` implementations: the delivered value, read-only.
+
+    Subclasses add how to renew and settle their lease.
+    """
+
+    __slots__ = ("_attempt", "_encoding", "_payload")
+
+    def __init__(self, payload: bytes, encoding: int, attempt: int) -> None:
+        self._payload = payload
+        self._encoding = encoding
+        self._attempt = attempt
+
+    @property
+    def payload(self) -> bytes:
+        """The encoded value."""
+        return self._payload
+
+    @property
+    def encoding(self) -> int:
+        """The value's encoding (``VALUE_ENCODING_*``)."""
+        return self._encoding
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first delivery, 2 for the first retry, ..."""
+        return self._attempt
+
+    def renew_lease(self) -> bool:
+        """Extends the lease while a handler runs; False if the lease was lost."""
+        raise NotImplementedError
+
+    def finish(self, success: bool) -> None:
+        """Settles the message: drop it on success; on failure retry or dead-letter it."""
+        raise NotImplementedError
 
 
 def versionstamp_from_counter(counter: int) -> bytes:

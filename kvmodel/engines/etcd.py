@@ -70,6 +70,7 @@ from kvmodel.engines.base import (
     CommitOutcome,
     Consistency,
     EngineCapabilities,
+    LeasedMessage,
     MutationKind,
     PollingWatchStream,
     RawEntry,
@@ -936,7 +937,7 @@ def _queue_record(e: Any, attempt: int) -> bytes:
     return packed
 
 
-class _EtcdQueueMessage:
+class _EtcdQueueMessage(LeasedMessage):
     """A message claimed from the queue; the claim key lives on ``lease``."""
 
     def __init__(
@@ -950,30 +951,13 @@ class _EtcdQueueMessage:
         keys_if_undelivered: list[bytes],
         backoff: list[int],
     ) -> None:
+        super().__init__(payload, encoding, attempt)
         self._engine = engine
         self.key = key
         self.lease = lease
-        self._payload = payload
-        self._encoding = encoding
-        self._attempt = attempt
         self.keys_if_undelivered = keys_if_undelivered
         self.backoff = backoff
         self._finished = False
-
-    @property
-    def payload(self) -> bytes:
-        """The encoded value."""
-        return self._payload
-
-    @property
-    def encoding(self) -> int:
-        """The value's encoding."""
-        return self._encoding
-
-    @property
-    def attempt(self) -> int:
-        """1 for the first delivery, 2 for the first retry, ..."""
-        return self._attempt
 
     def renew_lease(self) -> bool:
         """Refreshes the claim's etcd lease; False if it already ran out."""

@@ -23,6 +23,7 @@ from kvmodel.engines.base import (
     Consistency,
     EngineCapabilities,
     Enqueue,
+    LeasedMessage,
     MutationKind,
     PollingWatchStream,
     RawEntry,
@@ -64,16 +65,16 @@ class _Message:
         self.lease_token: str | None = None
 
 
-class _MemoryQueueMessage:
+class _MemoryQueueMessage(LeasedMessage):
     """The handle a listener gets for a leased message."""
 
+    __slots__ = ("_engine", "_message", "_token")
+
     def __init__(self, engine: MemoryEngine, message: _Message, token: str) -> None:
+        super().__init__(message.payload, message.encoding, message.attempt)
         self._engine = engine
         self._message = message
         self._token = token
-        self.payload = message.payload
-        self.encoding = message.encoding
-        self.attempt = message.attempt
 
     def renew_lease(self) -> bool:
         return self._engine._renew(self._message, self._token)

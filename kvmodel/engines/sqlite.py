@@ -49,6 +49,7 @@ from kvmodel.engines.base import (
     CommitOutcome,
     Consistency,
     EngineCapabilities,
+    LeasedMessage,
     MutationKind,
     PollingWatchStream,
     RawEntry,
@@ -455,10 +456,10 @@ class _Poller:
 # Queue messages and watch streams.
 
 
-class _SqliteQueueMessage:
+class _SqliteQueueMessage(LeasedMessage):
     """A message leased from the queue table; the token proves the lease is ours."""
 
-    __slots__ = ("_attempt", "_encoding", "_engine", "_id", "_payload", "_token")
+    __slots__ = ("_engine", "_id", "_token")
 
     def __init__(
         self,
@@ -469,27 +470,10 @@ class _SqliteQueueMessage:
         encoding: int,
         attempt: int,
     ) -> None:
+        super().__init__(payload, encoding, attempt)
         self._engine = engine
         self._id = message_id
         self._token = token
-        self._payload = payload
-        self._encoding = encoding
-        self._attempt = attempt
-
-    @property
-    def payload(self) -> bytes:
-        """The encoded value."""
-        return self._payload
-
-    @property
-    def encoding(self) -> int:
-        """The value's encoding (``VALUE_ENCODING_*``)."""
-        return self._encoding
-
-    @property
-    def attempt(self) -> int:
-        """1 for the first delivery, 2 for the first retry, ..."""
-        return self._attempt
 
     def renew_lease(self) -> bool:
         """Extends the lease by the engine's lease timeout; False if the lease was lost."""
