@@ -559,7 +559,7 @@ class SqliteEngine:
         synchronous: str = "FULL",
         clock: Clock = time.time,
         lease_timeout: float = 30.0,
-        poll_interval: float = 0.01,
+        poll_interval: float = 0.02,
         busy_timeout: float = 30.0,
     ) -> None:
         path = os.fspath(path)
