@@ -2,15 +2,17 @@
 
 Each mode opens the SQLite file given on the command line, prints ``ready``
 once its Kv is open, and then works until it is killed (``commits``, ``orm``,
-``queue``) or until its time is up (``bank``, ``contention``, which print one
-JSON line of counts). The shared pieces (the ORM models, one bank transfer,
-one audit, the contention operations) live here too, so the in-process
-threads of the tests run exactly the code the processes run.
+``queue``, ``deadletter``) or until its time is up (``bank``, ``contention``,
+which print one JSON line of counts). The shared pieces (the ORM models, one
+bank transfer, one audit, the contention operations, the rounds of listener
+kills and the wait on a watched key) live here too, so the in-process threads
+of the tests run exactly the code the processes run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import selectors
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +43,12 @@ INITIAL_BALANCE = 100
 EMAILS = 12
 """Distinct e-mail addresses the ORM writers compete for (unique index)."""
 TEAMS = ("red", "green", "blue")
+HANDLED = ("progress", "handled")
+"""Summed by every queue handler run: the key the queue tests' drivers watch."""
+DEAD = ("progress", "dead")
+"""Listed in every message's keys_if_undelivered, so a dead letter wakes the drivers too."""
+SCHEDULE = (0.01, 0.02)
+"""Backoff schedule of the dead-letter test: a message gets len(SCHEDULE) + 1 failed runs."""
 
 
 def worker_command(mode: str, *args: object) -> list[str]:
@@ -234,6 +242,11 @@ def run_bank(path: str, seconds: float, seed: int) -> None:
 # -- queue under kills -----------------------------------------------------------
 
 
+def quiet_queue_log() -> None:
+    """Silences the queue's failure log: expected failures would fill the unread stderr pipe."""
+    logging.getLogger("kvmodel.queue").setLevel(logging.CRITICAL)
+
+
 def run_queue(path: str, lease: float, seed: int) -> None:
     """Listens to the queue; each handler commits its delivery, then lingers a little.
 
@@ -245,11 +258,94 @@ def run_queue(path: str, lease: float, seed: int) -> None:
     kv = km.open_kv(path, lease_timeout=lease)
 
     def handler(value: Any) -> None:
-        kv.atomic().sum(("handled", value), km.KvU64(1)).commit()
+        kv.atomic().sum(("handled", value), km.KvU64(1)).sum(HANDLED, km.KvU64(1)).commit()
         time.sleep(rng.random() * 0.02)
 
     print("ready", flush=True)
     kv.listen_queue(handler)
+
+
+def record_try(kv: km.Kv, i: int) -> int:
+    """Counts one handler run of message ``i`` (read-check-write); returns its number, from 1.
+
+    The check makes the numbers of one message's runs distinct even if two
+    listeners ever ran it at once, so "fails on its first two runs" cannot
+    fail three times.
+    """
+    key = ("tries", i)
+    while True:
+        entry = kv.get(key)
+        n = number(entry) + 1
+        if kv.atomic().check(entry).set(key, n).sum(HANDLED, km.KvU64(1)).commit().ok:
+            return n
+
+
+def fails(kind: str, run: int) -> bool:
+    """Whether a message of ``kind`` ("fail", "flaky" or "ok") fails on its ``run``-th run.
+
+    "flaky" fails len(SCHEDULE) times: one failure short of exhausting its
+    schedule, so it must never be dead-lettered.
+    """
+    return kind == "fail" or (kind == "flaky" and run <= len(SCHEDULE))
+
+
+def run_deadletter(path: str, lease: float, seed: int) -> None:
+    """Listens to the queue; a handler records its run, lingers, then fails or succeeds by kind."""
+    rng = random.Random(seed)
+    quiet_queue_log()
+    kv = km.open_kv(path, lease_timeout=lease)
+
+    def handler(value: Any) -> None:
+        i, kind = value
+        run = record_try(kv, i)
+        time.sleep(rng.random() * 0.02)  # kills land between the record and the finish too
+        if fails(kind, run):
+            raise RuntimeError(f"message {i} ({kind}) fails on run {run}")
+
+    print("ready", flush=True)
+    kv.listen_queue(handler)
+
+
+def kill_rounds(
+    rng: random.Random, mode: str, db: Path, lease: float, rounds: int, max_life: float
+) -> int:
+    """Runs ``rounds`` rounds of two listeners, each SIGKILLed at a random moment; returns kills."""
+    kills = 0
+    for _ in range(rounds):
+        procs = [spawn(mode, db, lease, rng.randrange(2**32)) for _ in range(2)]
+        try:
+            for proc in procs:
+                wait_ready(proc)
+            t0 = time.monotonic()
+            for at, proc in sorted(
+                ((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]
+            ):
+                time.sleep(max(0.0, t0 + at - time.monotonic()))  # the kill's random moment
+                assert proc.poll() is None, f"listener died by itself: {proc.communicate()[1]}"
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        finally:
+            kill_all(procs)
+    return kills
+
+
+def wait_for(
+    kv: km.Kv, keys: Sequence[tuple[Any, ...]], done: Callable[[], bool], timeout: float
+) -> bool:
+    """Waits until ``done()`` holds, looking again whenever a watched key changes.
+
+    Returns False if ``timeout`` seconds pass first. ``done`` is evaluated
+    after the watch has read its first state, so no change is missed.
+    """
+    deadline = time.monotonic() + timeout
+    with kv.watch(keys) as watch:
+        watch.poll(0)  # the first item: the watch now holds the state to compare with
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            watch.poll(remaining)
+    return True
 
 
 # -- contention --------------------------------------------------------------------
@@ -324,6 +420,8 @@ def main(argv: list[str]) -> None:
         run_bank(args[0], float(args[1]), int(args[2]))
     elif mode == "queue":
         run_queue(args[0], float(args[1]), int(args[2]))
+    elif mode == "deadletter":
+        run_deadletter(args[0], float(args[1]), int(args[2]))
     elif mode == "contention":
         run_contention(args[0], float(args[1]), int(args[2]), args[3])
     else:

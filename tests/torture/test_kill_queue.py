@@ -10,8 +10,6 @@ another listener takes the message again.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +17,17 @@ import pytest
 
 import kvmodel as km
 
-from ._workers import LONG_TIMEOUT, kill_all, number, spawn, wait_ready
+from ._workers import (
+    DEAD,
+    HANDLED,
+    LONG_TIMEOUT,
+    kill_all,
+    kill_rounds,
+    number,
+    spawn,
+    wait_for,
+    wait_ready,
+)
 
 LEASE = 0.3
 """Lease timeout of the listeners: short, so killed deliveries come back quickly."""
@@ -41,42 +49,36 @@ def test_every_message_is_handled_despite_listener_kills(
     with km.open_kv(db) as kv:
         for i in range(messages):
             # Many quick retries: a message caught by several kills is retried, not dropped.
-            kv.enqueue(i, backoff_schedule=[0.01] * 5, keys_if_undelivered=[("undelivered", i)])
-    kills = 0
-    procs: list[subprocess.Popen[str]] = []
+            kv.enqueue(
+                i, backoff_schedule=[0.01] * 5, keys_if_undelivered=[("undelivered", i), DEAD]
+            )
+    started = time.monotonic()
+    kills = kill_rounds(rng, "queue", db, LEASE, rounds, max_life)
+    # A last pair of listeners, left alive until every message is accounted for.
+    procs = [spawn("queue", db, LEASE, rng.randrange(2**32)) for _ in range(2)]
+    done: dict[int, int] = {}
+    dead: set[int] = set()
     try:
-        for _ in range(rounds):
-            procs = [spawn("queue", db, LEASE, rng.randrange(2**32)) for _ in range(2)]
-            for proc in procs:
-                wait_ready(proc)
-            t0 = time.monotonic()
-            for at, proc in sorted(
-                ((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]
-            ):
-                time.sleep(max(0.0, t0 + at - time.monotonic()))
-                assert proc.poll() is None, f"listener died by itself: {proc.communicate()[1]}"
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            kill_all(procs)
-        # A last pair of listeners, left alive until every message is accounted for.
-        procs = [spawn("queue", db, LEASE, rng.randrange(2**32)) for _ in range(2)]
         for proc in procs:
             wait_ready(proc)
         with km.open_kv(db) as kv:
-            deadline = time.monotonic() + (600 if torture_long else 30)
-            while True:
+
+            def accounted() -> bool:
+                nonlocal done, dead
                 done = handled(kv)
                 dead = {e.key[1] for e in kv.list(prefix=("undelivered",))}
-                if len(done.keys() | dead) == messages or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)  # polling a count across processes; no single key to watch
+                return len(done.keys() | dead) == messages
+
+            # Every handler run sums HANDLED and every dead letter writes DEAD.
+            wait_for(kv, [HANDLED, DEAD], accounted, 600 if torture_long else 30)
     finally:
         kill_all(procs)
     lost = messages - len(done.keys() | dead)
     duplicates = sum(done.values()) - len(done)
     print(
         f"\nkill-queue: seed={seed} messages={messages} rounds={rounds} kills={kills} "
-        f"handled={len(done)} lost={lost} duplicates={duplicates} dead_lettered={len(dead)}"
+        f"handled={len(done)} lost={lost} duplicates={duplicates} dead_lettered={len(dead)} "
+        f"seconds={time.monotonic() - started:.1f}"
     )
     assert lost == 0
     assert not dead, f"messages dropped after exhausting their retries: {sorted(dead)[:10]}"
