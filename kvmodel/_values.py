@@ -40,7 +40,7 @@ import re
 import struct
 import threading
 import zoneinfo
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Final, NoReturn
 
 import msgpack
@@ -178,7 +178,17 @@ def _pack_datetime(dt: datetime) -> bytes:
     raise _Unsupported(dt)
 
 
+# The common case, an aware UTC datetime (km.utcnow()), decoded without slicing
+# or building a timezone: the header, kind 1 and a zero offset.
+_UTC_TAIL = bytes([_TZ_OFFSET]) + bytes(8)
+_UTC_SIZE = _DT_HEADER.size + 8
+_unpack_header = _DT_HEADER.unpack_from
+
+
 def _unpack_datetime(payload: bytes) -> datetime:
+    if len(payload) == _UTC_SIZE and payload.endswith(_UTC_TAIL):
+        year, month, day, hour, minute, second, micro, fold, _ = _unpack_header(payload)
+        return datetime(year, month, day, hour, minute, second, micro, UTC, fold=fold)
     if len(payload) < _DT_HEADER.size:
         raise DecodeError(f"A datetime extension of {len(payload)} bytes is truncated.")
     year, month, day, hour, minute, second, micro, fold, kind = _DT_HEADER.unpack_from(payload)

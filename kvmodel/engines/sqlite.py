@@ -140,6 +140,10 @@ COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
 SELECT_POINT = "SELECT v, v_encoding, version, expiration_ms FROM kv WHERE k = ?"
+# Several point reads (get_many) in one statement, which is one snapshot; the
+# placeholders are filled in per call, up to get_many's 10 keys.
+_MAX_POINTS = 32
+SELECT_POINTS = "SELECT k, v, v_encoding, version, expiration_ms FROM kv WHERE k IN ({})"
 SELECT_RANGE = """
 SELECT k, v, v_encoding, version FROM kv
 WHERE k >= ? AND k < ? AND (expiration_ms IS NULL OR expiration_ms > ?)
@@ -852,12 +856,39 @@ class SqliteEngine:
         self._release(conn)
         return result
 
+    def _read_points(
+        self, conn: sqlite3.Connection, ranges: Sequence[ReadRange]
+    ) -> list[list[RawEntry]]:
+        """get_many's case: every range is one key, read with a single IN query."""
+        keys = [r.start for r in ranges]
+        sql = SELECT_POINTS.format(",".join("?" * len(keys)))
+        found = {row[0]: row for row in conn.execute(sql, keys)}
+        now_ms: int | None = None
+        out: list[list[RawEntry]] = []
+        for key in keys:
+            row = found.get(key)
+            if row is not None and row[4] is not None:
+                if now_ms is None:
+                    now_ms = self._now_ms()
+                if row[4] <= now_ms:
+                    row = None
+            out.append(
+                []
+                if row is None
+                else [RawEntry(key, row[1], row[2], versionstamp_from_counter(row[3]))]
+            )
+        return out
+
     def _read_ranges(
         self, conn: sqlite3.Connection, ranges: Sequence[ReadRange]
     ) -> list[list[RawEntry]]:
         if len(ranges) == 1:
             # A single statement reads one snapshot already.
             return [self._read_range(conn, ranges[0])]
+        if len(ranges) <= _MAX_POINTS and all(
+            r.end == r.start + b"\x00" and r.limit > 0 for r in ranges
+        ):
+            return self._read_points(conn, ranges)
         conn.execute(BEGIN_READ)
         try:
             result = [self._read_range(conn, r) for r in ranges]
