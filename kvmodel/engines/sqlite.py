@@ -11,7 +11,8 @@ The layout follows denokv's SQLite backend (``sqlite/backend.rs``):
 * ``queue`` holds enqueued messages with their ready time and lease.
 
 The file is marked with ``PRAGMA application_id`` and its schema version is
-``PRAGMA user_version``; :data:`MIGRATIONS` lists the schema changes in order.
+``PRAGMA user_version``; :data:`MIGRATIONS` lists the schema changes in order
+(the format lives in :mod:`kvmodel.engines._sqlite_schema`).
 An existing file is inspected read-only before anything is written, so a file
 that is not ours (or is damaged, or is newer) is refused byte-for-byte intact.
 
@@ -34,7 +35,6 @@ import os
 import random
 import secrets
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +42,49 @@ from typing import TypeVar
 
 import msgpack
 
+from kvmodel.engines._sqlite_poller import Poller
+from kvmodel.engines._sqlite_schema import (
+    APPLICATION_ID,
+    BEGIN_IMMEDIATE,
+    BEGIN_READ,
+    BUMP_COUNTER,
+    BUMP_COUNTER_RETURNING,
+    COLLECT_BATCH,
+    COMMIT,
+    DELETE,
+    DELETE_EXPIRED_BATCH,
+    DELETE_MESSAGE,
+    HAS_RETURNING,
+    INSERT_MESSAGE,
+    LEASE_MESSAGE,
+    LEASE_MESSAGE_NO_RETURNING,
+    MAX_POINTS,
+    MIGRATIONS,
+    RENEW_LEASE,
+    RESCHEDULE_MESSAGE,
+    ROLLBACK,
+    SCHEMA_VERSION,
+    SELECT_ANY_EXPIRED,
+    SELECT_ATTEMPT,
+    SELECT_COUNTER,
+    SELECT_LEASED_MESSAGE,
+    SELECT_NEXT_EXPIRATION,
+    SELECT_POINT,
+    SELECT_POINTS,
+    SELECT_QUEUE_WAKE,
+    SELECT_RANGE,
+    SELECT_RANGE_REVERSE,
+    SELECT_READY_MESSAGE,
+    SELECT_VALUE,
+    SELECT_VERSION,
+    SYNCHRONOUS_MODES,
+    UPSERT,
+    check_identity,
+    check_writable,
+    inspect_database,
+    inspect_header,
+    is_busy,
+)
 from kvmodel.engines.base import (
     AtomicWrite,
     ChangeSignal,
@@ -70,391 +113,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-APPLICATION_ID = 0x6B764D44
-"""``PRAGMA application_id`` of a kvmodel file ("kvMD" in ASCII)."""
-
-# ---------------------------------------------------------------------------
-# Schema. Each migration takes the file from version i to i + 1; never edit a
-# released migration, append a new one.
-
-CREATE_KV = """
-CREATE TABLE kv (
-    k BLOB PRIMARY KEY,
-    v BLOB NOT NULL,
-    v_encoding INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    expiration_ms INTEGER
-) WITHOUT ROWID
-"""
-# Partial: most keys never expire, and the collector only looks for those that do.
-CREATE_KV_EXPIRATION_INDEX = """
-CREATE INDEX kv_expiration_ms ON kv (expiration_ms) WHERE expiration_ms IS NOT NULL
-"""
-CREATE_COMMIT_COUNTER = """
-CREATE TABLE commit_counter (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    counter INTEGER NOT NULL
-)
-"""
-INSERT_COMMIT_COUNTER = "INSERT INTO commit_counter (id, counter) VALUES (0, 0)"
-CREATE_QUEUE = """
-CREATE TABLE queue (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ready_at_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    encoding INTEGER NOT NULL,
-    keys_if_undelivered BLOB NOT NULL,
-    backoff_schedule BLOB NOT NULL,
-    attempt INTEGER NOT NULL,
-    lease_until_ms INTEGER,
-    lease_token BLOB
-)
-"""
-CREATE_QUEUE_READY_INDEX = "CREATE INDEX queue_ready ON queue (ready_at_ms, id)"
-CREATE_QUEUE_LEASE_INDEX = """
-CREATE INDEX queue_lease ON queue (lease_until_ms) WHERE lease_until_ms IS NOT NULL
-"""
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 0 -> 1: the initial schema.
-    (
-        CREATE_KV,
-        CREATE_KV_EXPIRATION_INDEX,
-        CREATE_COMMIT_COUNTER,
-        INSERT_COMMIT_COUNTER,
-        CREATE_QUEUE,
-        CREATE_QUEUE_READY_INDEX,
-        CREATE_QUEUE_LEASE_INDEX,
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-"""The schema version this code writes (``PRAGMA user_version``)."""
-
-# ---------------------------------------------------------------------------
-# Statements.
-
-BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
-BEGIN_READ = "BEGIN"
-COMMIT = "COMMIT"
-ROLLBACK = "ROLLBACK"
-
-SELECT_POINT = "SELECT v, v_encoding, version, expiration_ms FROM kv WHERE k = ?"
-# Several point reads (get_many) in one statement, which is one snapshot; the
-# placeholders are filled in per call, up to get_many's 10 keys.
-_MAX_POINTS = 32
-SELECT_POINTS = "SELECT k, v, v_encoding, version, expiration_ms FROM kv WHERE k IN ({})"
-SELECT_RANGE = """
-SELECT k, v, v_encoding, version FROM kv
-WHERE k >= ? AND k < ? AND (expiration_ms IS NULL OR expiration_ms > ?)
-ORDER BY k LIMIT ?
-"""
-SELECT_RANGE_REVERSE = """
-SELECT k, v, v_encoding, version FROM kv
-WHERE k >= ? AND k < ? AND (expiration_ms IS NULL OR expiration_ms > ?)
-ORDER BY k DESC LIMIT ?
-"""
-SELECT_VERSION = "SELECT version, expiration_ms FROM kv WHERE k = ?"
-SELECT_VALUE = "SELECT v, v_encoding, expiration_ms FROM kv WHERE k = ?"
-UPSERT = (
-    "INSERT OR REPLACE INTO kv (k, v, v_encoding, version, expiration_ms) VALUES (?, ?, ?, ?, ?)"
-)
-DELETE = "DELETE FROM kv WHERE k = ?"
-BUMP_COUNTER_RETURNING = (
-    "UPDATE commit_counter SET counter = counter + 1 WHERE id = 0 RETURNING counter"
-)
-BUMP_COUNTER = "UPDATE commit_counter SET counter = counter + 1 WHERE id = 0"
-SELECT_COUNTER = "SELECT counter FROM commit_counter WHERE id = 0"
-
-SELECT_ANY_EXPIRED = (
-    "SELECT 1 FROM kv WHERE expiration_ms IS NOT NULL AND expiration_ms <= ? LIMIT 1"
-)
-DELETE_EXPIRED_BATCH = """
-DELETE FROM kv WHERE k IN (
-    SELECT k FROM kv WHERE expiration_ms IS NOT NULL AND expiration_ms <= ? LIMIT ?
-)
-"""
-SELECT_NEXT_EXPIRATION = "SELECT MIN(expiration_ms) FROM kv WHERE expiration_ms IS NOT NULL"
-
-INSERT_MESSAGE = """
-INSERT INTO queue (ready_at_ms, payload, encoding, keys_if_undelivered, backoff_schedule, attempt)
-VALUES (?, ?, ?, ?, ?, 1)
-"""
-# The next deliverable message: ready, and no live lease holds it. Equal ready
-# times are delivered in enqueue (id) order.
-SELECT_READY_MESSAGE = """
-SELECT id, payload, encoding, attempt FROM queue
-WHERE ready_at_ms <= ? AND (lease_until_ms IS NULL OR lease_until_ms <= ?)
-ORDER BY ready_at_ms, id LIMIT 1
-"""
-# When the queue can next change by itself: an unleased message becomes ready,
-# or a lease runs out.
-SELECT_QUEUE_WAKE = """
-SELECT
-    (SELECT ready_at_ms FROM queue WHERE lease_until_ms IS NULL ORDER BY ready_at_ms, id LIMIT 1),
-    (SELECT MIN(lease_until_ms) FROM queue WHERE lease_until_ms IS NOT NULL)
-"""
-# A message whose previous lease ran out (its listener died) counts that
-# abandoned delivery as an attempt, as a failed one would.
-LEASE_MESSAGE = """
-UPDATE queue SET lease_until_ms = ?, lease_token = ?,
-    attempt = attempt + (lease_token IS NOT NULL)
-WHERE id = ?
-RETURNING attempt
-"""
-LEASE_MESSAGE_NO_RETURNING = """
-UPDATE queue SET lease_until_ms = ?, lease_token = ?,
-    attempt = attempt + (lease_token IS NOT NULL)
-WHERE id = ?
-"""
-SELECT_ATTEMPT = "SELECT attempt FROM queue WHERE id = ?"
-RENEW_LEASE = "UPDATE queue SET lease_until_ms = ? WHERE id = ? AND lease_token = ?"
-SELECT_LEASED_MESSAGE = """
-SELECT payload, encoding, keys_if_undelivered, backoff_schedule FROM queue
-WHERE id = ? AND lease_token = ?
-"""
-RESCHEDULE_MESSAGE = """
-UPDATE queue SET ready_at_ms = ?, backoff_schedule = ?, attempt = attempt + 1,
-    lease_until_ms = NULL, lease_token = NULL
-WHERE id = ?
-"""
-DELETE_MESSAGE = "DELETE FROM queue WHERE id = ?"
-
-DATA_VERSION = "PRAGMA data_version"
-
-# Poll intervals up to this many seconds sleep plainly (cheapest); longer ones
-# sleep on a condition so close() need not wait for them.
-_PLAIN_SLEEP_MAX = 0.1
-
-# Keys the collector deletes per transaction, so it never holds the write lock long.
-COLLECT_BATCH = 1000
-
-_HEADER_MAGIC = b"SQLite format 3\x00"
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
-_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """True when ``exc`` means another connection holds a lock (worth retrying)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    text = str(exc)
-    return "database is locked" in text or "database table is locked" in text
-
-
-# ---------------------------------------------------------------------------
-# Opening: inspect an existing file without writing to it.
-
-
-def _inspect_header(path: str) -> None:
-    """Refuses a file that is not an intact SQLite database, reading its bytes only."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-            size = os.fstat(f.fileno()).st_size
-    except OSError as exc:
-        raise EngineError(f"Cannot read the database file {path!r}: {exc.strerror}.") from exc
-    if not header.startswith(_HEADER_MAGIC[: len(header)]) or len(header) < 100:
-        if header.startswith(_HEADER_MAGIC[: len(header)]):
-            raise EngineError(
-                f"The file {path!r} is a truncated SQLite database ({size} bytes); "
-                "restore it from a backup or choose another path."
-            )
-        raise EngineError(
-            f"The file {path!r} is not a SQLite database; choose another path or remove it."
-        )
-    page_size = int.from_bytes(header[16:18], "big")
-    if page_size == 1:
-        page_size = 65536
-    page_count = int.from_bytes(header[28:32], "big")
-    # The in-header page count is valid only when its "version-valid-for" number
-    # matches the change counter (file format, section 1.3.7). A non-empty WAL
-    # means a checkpoint may be half done; SQLite completes it from the WAL.
-    count_valid = header[92:96] == header[24:28]
-    wal = path + "-wal"
-    wal_pending = os.path.exists(wal) and os.path.getsize(wal) > 0
-    if page_size < 512 or page_size & (page_size - 1):
-        raise EngineError(
-            f"The file {path!r} has a damaged SQLite header (page size {page_size}); "
-            "restore it from a backup or choose another path."
-        )
-    if not wal_pending and (size % page_size or (count_valid and size < page_count * page_size)):
-        raise EngineError(
-            f"The file {path!r} is a truncated SQLite database: its header promises "
-            f"{page_count} pages of {page_size} bytes but it holds {size} bytes; "
-            "restore it from a backup or choose another path."
-        )
-
-
-def _check_identity(path: str, application_id: int, user_version: int, tables: list[str]) -> None:
-    """Refuses another application's database or a newer kvmodel schema."""
-    if application_id == APPLICATION_ID:
-        if user_version > SCHEMA_VERSION:
-            raise EngineError(
-                f"The database {path!r} has kvmodel schema version {user_version}, newer than "
-                f"version {SCHEMA_VERSION} which this kvmodel understands; upgrade kvmodel."
-            )
-        return
-    if application_id != 0 or tables:
-        raise EngineError(
-            f"The file {path!r} is a SQLite database of another application "
-            f"(application_id {application_id}, tables {tables!r}); "
-            "kvmodel only opens its own files or empty ones."
-        )
-
-
-def _inspect_database(path: str) -> None:
-    """Opens an existing file read-only and refuses it unless kvmodel may use it."""
-    uri = "file:" + _uri_path(path) + "?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise EngineError(f"Cannot open the database file {path!r}: {exc}.") from exc
-    try:
-        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
-    except sqlite3.Error as exc:
-        raise EngineError(
-            f"The file {path!r} is not a readable SQLite database ({exc}); "
-            "restore it from a backup or choose another path."
-        ) from exc
-    finally:
-        conn.close()
-    _check_identity(path, application_id, user_version, tables)
-
-
-def _uri_path(path: str) -> str:
-    """Escapes a filesystem path for a ``file:`` URI."""
-    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
-
-
-def _check_writable(path: str, exists: bool) -> None:
-    """Refuses a read-only file or directory with a clear message before SQLite fails."""
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise EngineError(
-            f"The directory {directory!r} of the database {path!r} does not exist; create it first."
-        )
-    if exists:
-        mode = os.stat(path).st_mode
-        # The mode bits are checked too: os.access says yes to root for any file.
-        if not os.access(path, os.W_OK) or not stat.S_IMODE(mode) & 0o222:
-            raise EngineError(
-                f"The database file {path!r} is read-only; kvmodel needs to write to it "
-                "(make it writable, or copy it somewhere writable)."
-            )
-    if not os.access(directory, os.W_OK):
-        raise EngineError(
-            f"The directory {directory!r} is not writable; SQLite needs to create "
-            f"{os.path.basename(path)!r} and its -wal and -shm files there."
-        )
-
-
-# ---------------------------------------------------------------------------
-# The poller: one thread per engine, running only while someone waits.
-
-
-class _Poller:
-    """Bumps a ChangeSignal when ``PRAGMA data_version`` says another connection committed.
-
-    The baseline version is read when the engine opens, and the poller only ever
-    replaces it after bumping, so a commit made while nobody was waiting still
-    wakes the next waiter (spuriously at worst, which waiters tolerate).
-    The thread holds no reference to the engine, so an unclosed engine can be
-    garbage-collected.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, signal: ChangeSignal, interval: float) -> None:
-        self._conn = conn
-        self._signal = signal
-        self._interval = interval
-        self._cond = threading.Condition()
-        self._waiters = 0
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._version: int = conn.execute(DATA_VERSION).fetchone()[0]
-
-    @property
-    def waiters(self) -> int:
-        """How many callers are currently waiting."""
-        return self._waiters
-
-    def add_waiter(self) -> None:
-        """Registers a waiter, starting the thread on first use."""
-        with self._cond:
-            if self._closed:
-                return
-            self._waiters += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="kvmodel-sqlite-poller", daemon=True
-                )
-                self._thread.start()
-            elif self._waiters == 1:
-                self._cond.notify_all()
-
-    def remove_waiter(self) -> None:
-        """Unregisters a waiter; the thread goes to sleep when none is left."""
-        with self._cond:
-            self._waiters -= 1
-
-    def close(self) -> None:
-        """Stops the thread and closes the poller's connection."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is None:
-            self._conn.close()
-        elif thread is not threading.current_thread():
-            thread.join(timeout=5.0)  # the thread closes its own connection
-
-    def _run(self) -> None:
-        # Per tick, with someone waiting (measured, 100 ticks/s on this VM):
-        # a thread wake-up by time.sleep costs about 0.26% of a core, a timed
-        # Condition.wait about 0.38%, and PRAGMA data_version through a reused
-        # cursor about 0.25% (0.39% through conn.execute). So short intervals
-        # sleep plainly (close() then waits at most one interval for the join)
-        # and the waiter count is read without the lock; only an idle poller
-        # takes the condition, to sleep until a waiter arrives.
-        cond = self._cond
-        interval = self._interval
-        interruptible = interval > _PLAIN_SLEEP_MAX
-        cursor = self._conn.cursor()
-        while True:
-            if self._waiters <= 0 or self._closed:
-                with cond:
-                    # Sleep without a timeout while nobody waits: an idle engine costs nothing.
-                    while self._waiters <= 0 and not self._closed:
-                        cond.wait()
-                    if self._closed:
-                        break
-            if interruptible:
-                with cond:
-                    cond.wait(interval)
-            else:
-                time.sleep(interval)
-            if self._closed:
-                break
-            try:
-                version = cursor.execute(DATA_VERSION).fetchone()[0]
-            except sqlite3.Error:
-                # A transient lock or I/O problem: wake the waiters, whose own
-                # queries surface a lasting failure as an EngineError.
-                self._signal.bump()
-                continue
-            if version != self._version:
-                self._version = version
-                self._signal.bump()
-        cursor.close()
-        self._conn.close()
-
 
 # ---------------------------------------------------------------------------
 # Queue messages and watch streams.
@@ -501,7 +159,7 @@ class _SqliteWatchStream(PollingWatchStream):
         *,
         clock: Clock,
         expiry_deadline: Callable[[], float | None],
-        poller: _Poller,
+        poller: Poller,
     ) -> None:
         super().__init__(signal, read, clock=clock, expiry_deadline=expiry_deadline)
         self._poller = poller
@@ -567,7 +225,7 @@ class SqliteEngine:
         busy_timeout: float = 30.0,
     ) -> None:
         path = os.fspath(path)
-        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS_MODES:
+        if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS_MODES:
             raise InvalidArgumentError(
                 f"synchronous={synchronous!r} is not supported; use 'FULL' or 'NORMAL'."
             )
@@ -608,14 +266,14 @@ class SqliteEngine:
 
         exists = os.path.exists(path) and os.path.getsize(path) > 0
         if exists:
-            _inspect_header(path)
-        _check_writable(path, os.path.exists(path))
+            inspect_header(path)
+        check_writable(path, os.path.exists(path))
         if exists:
-            _inspect_database(path)
+            inspect_database(path)
         conn = self._connect_and_migrate()
         self._pool.append(conn)
         try:
-            self._poller = _Poller(self._connect(), self._signal, float(poll_interval))
+            self._poller = Poller(self._connect(), self._signal, float(poll_interval))
         except sqlite3.Error as exc:
             conn.close()
             raise EngineError(f"Cannot open the database {path!r}: {exc}.") from exc
@@ -682,7 +340,7 @@ class SqliteEngine:
                 tables = [
                     row[0] for row in conn.execute("SELECT name FROM sqlite_master ORDER BY name")
                 ]
-                _check_identity(path, application_id, version, tables)
+                check_identity(path, application_id, version, tables)
                 for migration in MIGRATIONS[version:]:
                     for statement in migration:
                         conn.execute(statement)
@@ -707,7 +365,7 @@ class SqliteEngine:
         application_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if application_id == APPLICATION_ID:
-            _check_identity(self._path, application_id, version, [])
+            check_identity(self._path, application_id, version, [])
         return bool(application_id == APPLICATION_ID and version == SCHEMA_VERSION)
 
     def _release(self, conn: sqlite3.Connection) -> None:
@@ -747,7 +405,7 @@ class SqliteEngine:
             try:
                 return op(conn)
             except sqlite3.Error as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise self._wrap(exc, doing) from exc
                 return self._retry_busy(conn, op, doing, exc)
         finally:
@@ -781,7 +439,7 @@ class SqliteEngine:
                     conn.execute(f"PRAGMA busy_timeout = {max(1, int(remaining * 1000))}")
                     return op(conn)
                 except sqlite3.Error as exc:
-                    if not _is_busy(exc):
+                    if not is_busy(exc):
                         raise self._wrap(exc, doing) from exc
                     last = exc
         finally:
@@ -842,7 +500,7 @@ class SqliteEngine:
             result = self._read_ranges(conn, ranges)
         except sqlite3.Error as exc:
             try:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise self._wrap(exc, "reading") from exc
                 result = self._retry_busy(
                     conn, lambda c: self._read_ranges(c, ranges), "reading", exc
@@ -885,7 +543,7 @@ class SqliteEngine:
         if len(ranges) == 1:
             # A single statement reads one snapshot already.
             return [self._read_range(conn, ranges[0])]
-        if len(ranges) <= _MAX_POINTS and all(
+        if len(ranges) <= MAX_POINTS and all(
             r.end == r.start + b"\x00" and r.limit > 0 for r in ranges
         ):
             return self._read_points(conn, ranges)
@@ -955,7 +613,7 @@ class SqliteEngine:
             try:
                 outcome = self._commit(conn, write)
             except sqlite3.Error as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise self._wrap(exc, "committing") from exc
                 outcome = self._retry_busy(
                     conn, lambda c: self._commit(c, write), "committing", exc
@@ -1022,7 +680,7 @@ class SqliteEngine:
 
     @staticmethod
     def _bump_counter(conn: sqlite3.Connection) -> int:
-        if _HAS_RETURNING:
+        if HAS_RETURNING:
             # fetchall steps the statement to completion before COMMIT.
             rows = conn.execute(BUMP_COUNTER_RETURNING).fetchall()
             return int(rows[0][0])
@@ -1039,7 +697,7 @@ class SqliteEngine:
         the engine is closed.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        poller: _Poller | None = None
+        poller: Poller | None = None
         try:
             while not self._closed:
                 seen = self._signal.seq
@@ -1102,7 +760,7 @@ class SqliteEngine:
             message_id, payload, encoding, attempt = row
             token = secrets.token_bytes(16)
             lease = (now_ms + self._lease_timeout_ms, token, message_id)
-            if _HAS_RETURNING:
+            if HAS_RETURNING:
                 attempt = execute(LEASE_MESSAGE, lease).fetchall()[0][0]
             else:
                 execute(LEASE_MESSAGE_NO_RETURNING, lease)
