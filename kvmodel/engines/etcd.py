@@ -43,25 +43,38 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import struct
 import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
+from kvmodel.engines._etcd_records import (
+    NO_DEADLINE,
+    Stored,
+    TxnPlan,
+    as_int,
+    cmp_alive,
+    cmp_created,
+    cmp_mod,
+    delete_op,
+    encode_stored,
+    prefix_end,
+    put_op,
+    range_op,
+)
 from kvmodel.engines._etcd_transport import (
     EtcdAmbiguousError,
     EtcdServerError,
     EtcdTransport,
     EtcdUnavailableError,
-    WatchConnection,
     b64,
     unb64,
 )
+from kvmodel.engines._etcd_watch import Watcher
 from kvmodel.engines.base import (
     AtomicWrite,
     ChangeSignal,
@@ -71,15 +84,12 @@ from kvmodel.engines.base import (
     Consistency,
     EngineCapabilities,
     LeasedMessage,
-    MutationKind,
     PollingWatchStream,
     RawEntry,
     ReadRange,
-    apply_numeric_mutation,
     next_backoff,
     versionstamp_from_counter,
     versionstamp_to_counter,
-    versionstamped_key,
 )
 from kvmodel.errors import EngineError, InvalidArgumentError, KvClosedError, LimitExceededError
 from kvmodel.limits import EngineLimits
@@ -112,145 +122,10 @@ def etcd_limits(max_txn_ops: int = MAX_TXN_OPS) -> EngineLimits:
 ETCD_LIMITS = etcd_limits()
 """The limits of an etcd cluster with default settings (128 operations per txn)."""
 
-_NO_DEADLINE = 0xFFFF_FFFF_FFFF_FFFF
-_HEADER = struct.Struct(">QB")  # deadline_ms, encoding
 _MARKER_TTL = 600  # s; a marker must outlive any resolution of an ambiguous commit
 _MARKER_LEASE_ROTATE = 300.0  # s; markers live between 300 and 600 s
 _MAX_ATTEMPTS = 64
 _QUEUE_SCAN = 64
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The first key after every key that starts with ``prefix``."""
-    p = bytearray(prefix)
-    while p and p[-1] == 0xFF:
-        p.pop()
-    if not p:
-        return b"\x00"  # etcd: "to the end of the keyspace"
-    p[-1] += 1
-    return bytes(p)
-
-
-def _i(value: Any) -> int:
-    """A gateway int64 (a JSON string, absent when zero)."""
-    return int(value) if value else 0
-
-
-class _Stored:
-    """A decoded data key: the etcd record plus its header."""
-
-    __slots__ = ("create_revision", "deadline_ms", "encoding", "key", "mod_revision", "value")
-
-    def __init__(self, key: bytes, kv: Json) -> None:
-        raw = unb64(kv.get("value"))
-        if len(raw) < _HEADER.size:
-            raise EngineError(f"The etcd value at {key!r} has no kvmodel header.")
-        self.key = key
-        deadline, encoding = _HEADER.unpack_from(raw)
-        self.deadline_ms: int = deadline
-        self.encoding: int = encoding
-        self.value = raw[_HEADER.size :]
-        self.mod_revision = _i(kv.get("mod_revision"))
-        self.create_revision = _i(kv.get("create_revision"))
-
-    def expired(self, now_ms: int) -> bool:
-        return self.deadline_ms <= now_ms
-
-    def entry(self) -> RawEntry:
-        return RawEntry(
-            self.key, self.value, self.encoding, versionstamp_from_counter(self.mod_revision)
-        )
-
-
-def _encode_value(value: bytes, encoding: int, expire_at_ms: int | None) -> bytes:
-    deadline = _NO_DEADLINE if expire_at_ms is None else max(0, expire_at_ms)
-    return _HEADER.pack(deadline, encoding) + value
-
-
-def _put(key: bytes, value: bytes, lease: int = 0) -> Json:
-    req: Json = {"key": b64(key), "value": b64(value)}
-    if lease:
-        req["lease"] = str(lease)
-    return {"request_put": req}
-
-
-def _delete(key: bytes) -> Json:
-    return {"request_delete_range": {"key": b64(key)}}
-
-
-def _range(key: bytes, end: bytes | None = None, **extra: Any) -> Json:
-    req: Json = {"key": b64(key), **extra}
-    if end is not None:
-        req["range_end"] = b64(end)
-    return {"request_range": req}
-
-
-def _cmp_created(key: bytes, revision: int) -> Json:
-    return {
-        "key": b64(key),
-        "target": "CREATE",
-        "result": "EQUAL",
-        "create_revision": str(revision),
-    }
-
-
-def _cmp_mod(key: bytes, revision: int) -> Json:
-    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
-
-
-def _cmp_alive(key: bytes, now_ms: int) -> Json:
-    # deadline > now_ms  <=>  value > be64(now_ms) ++ 0xff, since value[8] < 0xff.
-    bound = now_ms.to_bytes(8, "big") + b"\xff"
-    return {"key": b64(key), "target": "VALUE", "result": "GREATER", "value": b64(bound)}
-
-
-class _Plan:
-    """The folded form of a commit's mutations: one final operation per key."""
-
-    def __init__(self, write: AtomicWrite) -> None:
-        self.write = write
-        # Keys whose first mutation is numeric: their stored value must be read.
-        self.read_keys: list[bytes] = []
-        seen: set[bytes] = set()
-        self.versionstamped = False
-        for m in write.mutations:
-            if m.kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
-                self.versionstamped = True
-                continue
-            if m.key not in seen:
-                seen.add(m.key)
-                if m.kind in (MutationKind.SUM, MutationKind.MIN, MutationKind.MAX):
-                    self.read_keys.append(m.key)
-
-    def fold(
-        self, versionstamp: bytes, stored: dict[bytes, _Stored | None], now_ms: int
-    ) -> dict[bytes, tuple[bytes, int | None] | None]:
-        """Key -> (encoded stored bytes, expire_at_ms) for a put, or None for a delete.
-
-        Raises KvTypeError when a numeric mutation meets a value that is not LE64.
-        """
-        final: dict[bytes, tuple[bytes, int, int | None] | None] = {}
-        for m in self.write.mutations:
-            key = m.key
-            if m.kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
-                key = versionstamped_key(m.key, versionstamp)
-            if m.kind in (MutationKind.SET, MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY):
-                final[key] = (m.value, m.encoding, m.expire_at_ms)
-            elif m.kind is MutationKind.DELETE:
-                final[key] = None
-            else:
-                if key in final:
-                    cur = final[key]
-                    current = None if cur is None else (cur[0], cur[1])
-                else:
-                    s = stored.get(key)
-                    current = None if s is None or s.expired(now_ms) else (s.value, s.encoding)
-                result = apply_numeric_mutation(m.kind, current, m.value)
-                final[key] = (result, 2, None)
-        return {
-            k: None if v is None else (_encode_value(v[0], v[1], v[2]), v[2])
-            for k, v in final.items()
-        }
 
 
 class EtcdEngine:
@@ -319,7 +194,7 @@ class EtcdEngine:
         self._bucket_leases: dict[int, int] = {}
         self._closed = False
         self._queue_signal = ChangeSignal()
-        self._queue_watch: _Watcher | None = None
+        self._queue_watch: Watcher | None = None
         self._streams: weakref.WeakSet[_EtcdWatchStream] = weakref.WeakSet()
         # Outcomes of commits whose answer was lost, for tests and monitoring.
         self.ambiguous_applied = 0
@@ -459,7 +334,7 @@ class EtcdEngine:
 
     def _read_ranges(
         self, ranges: Sequence[ReadRange], *, serializable: bool = False
-    ) -> tuple[list[list[_Stored]], int]:
+    ) -> tuple[list[list[Stored]], int]:
         """Reads the ranges at one revision: one read-only txn, then pinned pages."""
         for _ in range(_MAX_ATTEMPTS):
             try:
@@ -471,25 +346,25 @@ class EtcdEngine:
 
     def _read_ranges_once(
         self, ranges: Sequence[ReadRange], serializable: bool
-    ) -> tuple[list[list[_Stored]], int]:
+    ) -> tuple[list[list[Stored]], int]:
         now_ms = self._now_ms()
         todo = [r for r in ranges if r.start < r.end and r.limit > 0]
         first = [{"request_range": self._range_body(r, r.limit, 0, serializable)} for r in todo]
         resp = self._call("/v3/kv/txn", {"success": first} if first else {})
-        revision = _i(resp["header"]["revision"])
+        revision = as_int(resp["header"]["revision"])
         answers = iter(resp.get("responses", []))
-        results: list[list[_Stored]] = []
+        results: list[list[Stored]] = []
         for r in ranges:
             if not (r.start < r.end and r.limit > 0):
                 results.append([])
                 continue
             rr = next(answers).get("response_range", {})
-            found: list[_Stored] = []
+            found: list[Stored] = []
             cur = r
             while True:
                 kvs = rr.get("kvs", [])
                 for kv in kvs:
-                    s = _Stored(unb64(kv["key"])[len(self._data) :], kv)
+                    s = Stored(unb64(kv["key"])[len(self._data) :], kv)
                     if not s.expired(now_ms):
                         found.append(s)
                 if len(found) >= r.limit or not rr.get("more") or not kvs:
@@ -505,26 +380,26 @@ class EtcdEngine:
             results.append(found[: r.limit])
         return results, revision
 
-    def _read_keys(self, keys: Sequence[bytes]) -> tuple[dict[bytes, _Stored], int, int]:
+    def _read_keys(self, keys: Sequence[bytes]) -> tuple[dict[bytes, Stored], int, int]:
         """The stored records (expired ones too) of some data keys, the revision and the fence's."""
-        ops = [_range(self._fence), *(_range(self._data + k) for k in dict.fromkeys(keys))]
+        ops = [range_op(self._fence), *(range_op(self._data + k) for k in dict.fromkeys(keys))]
         resp = self._call("/v3/kv/txn", {"success": ops})
         answers = resp.get("responses", [])
         fence = answers[0].get("response_range", {}).get("kvs", [])
-        out: dict[bytes, _Stored] = {}
+        out: dict[bytes, Stored] = {}
         for answer in answers[1:]:
             for kv in answer.get("response_range", {}).get("kvs", []):
                 key = unb64(kv["key"])[len(self._data) :]
-                out[key] = _Stored(key, kv)
-        fence_revision = _i(fence[0]["mod_revision"]) if fence else 0
-        return out, _i(resp["header"]["revision"]), fence_revision
+                out[key] = Stored(key, kv)
+        fence_revision = as_int(fence[0]["mod_revision"]) if fence else 0
+        return out, as_int(resp["header"]["revision"]), fence_revision
 
     # -- commits -------------------------------------------------------------
 
     def atomic_write(self, write: AtomicWrite) -> CommitOutcome:
         """Applies a write all-or-nothing as one etcd txn, or reports the failed checks."""
         self._raise_if_closed()
-        plan = _Plan(write)
+        plan = TxnPlan(write)
         check_keys = list(dict.fromkeys(c.key for c in write.checks))
         # Checks that stay correct only with a compare on the deadline, and
         # expired-but-present keys that a None check may find (compare on them).
@@ -534,7 +409,7 @@ class EtcdEngine:
             alive_checks = "deadline"
         for _ in range(_MAX_ATTEMPTS):
             now_ms = self._now_ms()
-            stored: dict[bytes, _Stored] = {}
+            stored: dict[bytes, Stored] = {}
             revision = fence_revision = 0
             pre_read = plan.read_keys + (check_keys if alive_checks == "deadline" else [])
             if pre_read or plan.versionstamped:
@@ -547,20 +422,20 @@ class EtcdEngine:
             for key in plan.read_keys:
                 s = stored.get(key)
                 full = self._data + key
-                compares.append(_cmp_mod(full, s.mod_revision) if s else _cmp_created(full, 0))
+                compares.append(cmp_mod(full, s.mod_revision) if s else cmp_created(full, 0))
             if plan.versionstamped:
-                compares.append(_cmp_mod(self._fence, fence_revision))
+                compares.append(cmp_mod(self._fence, fence_revision))
             success: list[Json] = []
             for key, op in final.items():
                 if op is None:
-                    success.append(_delete(self._data + key))
+                    success.append(delete_op(self._data + key))
                 else:
                     lease = self._expiry_lease(op[1]) if op[1] is not None else 0
-                    success.append(_put(self._data + key, op[0], lease))
+                    success.append(put_op(self._data + key, op[0], lease))
             uid = os.urandom(12)
             for i, e in enumerate(write.enqueues):
-                success.append(_put(self._queue_key(e.ready_at_ms, uid, i), _queue_record(e, 1)))
-            failure = [_range(self._data + k) for k in check_keys]
+                success.append(put_op(self._queue_key(e.ready_at_ms, uid, i), _queue_record(e, 1)))
+            failure = [range_op(self._data + k) for k in check_keys]
             result = self._commit(compares, success, failure, uid=uid)
             if result is None:
                 continue  # fenced off after a lost answer, or a lease ran out
@@ -584,23 +459,23 @@ class EtcdEngine:
         self,
         c: Check,
         alive_checks: str,
-        stored: dict[bytes, _Stored],
+        stored: dict[bytes, Stored],
         expired_mods: dict[bytes, int],
         now_ms: int,
     ) -> list[Json]:
         full = self._data + c.key
         if c.versionstamp is None:
             if c.key in expired_mods:
-                return [_cmp_mod(full, expired_mods[c.key])]
-            return [_cmp_created(full, 0)]
+                return [cmp_mod(full, expired_mods[c.key])]
+            return [cmp_created(full, 0)]
         counter = versionstamp_to_counter(c.versionstamp)
         if alive_checks == "all":
-            return [_cmp_mod(full, counter), _cmp_alive(full, now_ms)]
+            return [cmp_mod(full, counter), cmp_alive(full, now_ms)]
         # Pre-read mode: only keys that carry a deadline need the second compare.
         s = stored.get(c.key)
-        if s is not None and s.mod_revision == counter and s.deadline_ms != _NO_DEADLINE:
-            return [_cmp_mod(full, counter), _cmp_alive(full, now_ms)]
-        return [_cmp_mod(full, counter)]
+        if s is not None and s.mod_revision == counter and s.deadline_ms != NO_DEADLINE:
+            return [cmp_mod(full, counter), cmp_alive(full, now_ms)]
+        return [cmp_mod(full, counter)]
 
     def _failed_checks(
         self, checks: Sequence[Check], resp: Json, expired_mods: dict[bytes, int]
@@ -611,11 +486,11 @@ class EtcdEngine:
         the next attempt compares on them instead of failing.
         """
         now_ms = self._now_ms()
-        current: dict[bytes, _Stored] = {}
+        current: dict[bytes, Stored] = {}
         for answer in resp.get("responses", []):
             for kv in answer.get("response_range", {}).get("kvs", []):
                 key = unb64(kv["key"])[len(self._data) :]
-                current[key] = _Stored(key, kv)
+                current[key] = Stored(key, kv)
         failed = []
         for i, c in enumerate(checks):
             s = current.get(c.key)
@@ -640,8 +515,8 @@ class EtcdEngine:
         """
         marker = self._markers + uid
         marker_lease = self._marker_lease_id()
-        compares = [*compares, _cmp_created(marker, 0)]
-        success = [*success, _put(marker, b"c", marker_lease), _put(self._fence, b"")]
+        compares = [*compares, cmp_created(marker, 0)]
+        success = [*success, put_op(marker, b"c", marker_lease), put_op(self._fence, b"")]
         for what, n in (("compares", len(compares)), ("operations", len(success))):
             if n > self.max_txn_ops:
                 raise LimitExceededError(
@@ -668,7 +543,7 @@ class EtcdEngine:
             raise
         except EtcdAmbiguousError as exc:
             return self._resolve(marker, exc)
-        return bool(resp.get("succeeded")), resp, _i(resp["header"]["revision"])
+        return bool(resp.get("succeeded")), resp, as_int(resp["header"]["revision"])
 
     def _resolve(self, marker: bytes, cause: EtcdAmbiguousError) -> tuple[bool, Json, int] | None:
         """Learns whether a commit whose answer was lost applied, making sure it cannot later.
@@ -686,9 +561,9 @@ class EtcdEngine:
                 resp = self._call(
                     "/v3/kv/txn",
                     {
-                        "compare": [_cmp_created(marker, 0)],
-                        "success": [_put(marker, b"a", lease)],
-                        "failure": [_range(marker)],
+                        "compare": [cmp_created(marker, 0)],
+                        "success": [put_op(marker, b"a", lease)],
+                        "failure": [range_op(marker)],
                     },
                     write=True,
                 )
@@ -710,7 +585,7 @@ class EtcdEngine:
                 self.ambiguous_not_applied += 1
                 return None  # our own abort marker from an earlier lost attempt
             self.ambiguous_applied += 1
-            rev = _i(kvs[0]["create_revision"])
+            rev = as_int(kvs[0]["create_revision"])
             return True, {"header": {"revision": str(rev)}, "succeeded": True}, rev
         raise EngineError(
             "The answer to a commit was lost and etcd did not answer in "
@@ -719,8 +594,8 @@ class EtcdEngine:
 
     def _repair_versionstamps(
         self,
-        plan: _Plan,
-        stored: dict[bytes, _Stored],
+        plan: TxnPlan,
+        stored: dict[bytes, Stored],
         final: dict[bytes, tuple[bytes, int | None] | None],
         predicted: int,
         actual: int,
@@ -736,16 +611,16 @@ class EtcdEngine:
             _, revision, fence_revision = self._read_keys([])
             new_final = plan.fold(versionstamp_from_counter(revision + 1), dict(stored), 0)
             compares = [
-                _cmp_mod(self._data + k, actual) for k, op in final.items() if op is not None
+                cmp_mod(self._data + k, actual) for k, op in final.items() if op is not None
             ]
-            compares.append(_cmp_mod(self._fence, fence_revision))
-            success = [_delete(self._data + k) for k in final if k not in new_final]
+            compares.append(cmp_mod(self._fence, fence_revision))
+            success = [delete_op(self._data + k) for k in final if k not in new_final]
             for key, op in new_final.items():
                 if op is None:
-                    success.append(_delete(self._data + key))
+                    success.append(delete_op(self._data + key))
                 else:
                     lease = self._expiry_lease(op[1]) if op[1] is not None else 0
-                    success.append(_put(self._data + key, op[0], lease))
+                    success.append(put_op(self._data + key, op[0], lease))
             result = self._commit(compares, success, [], uid=os.urandom(12))
             if result is None:
                 continue
@@ -792,9 +667,9 @@ class EtcdEngine:
             "/v3/kv/txn",
             {
                 "success": [
-                    _range(self._queue, ready_end, limit=str(_QUEUE_SCAN)),
-                    _range(self._claims, _prefix_end(self._claims), keys_only=True),
-                    _range(ready_end, _prefix_end(self._queue), limit="1", keys_only=True),
+                    range_op(self._queue, ready_end, limit=str(_QUEUE_SCAN)),
+                    range_op(self._claims, prefix_end(self._claims), keys_only=True),
+                    range_op(ready_end, prefix_end(self._queue), limit="1", keys_only=True),
                 ]
             },
         )
@@ -809,7 +684,7 @@ class EtcdEngine:
             if key in claimed:
                 continue
             rest = key[len(self._queue) :]
-            order = (rest[:8], _i(kv["create_revision"]), rest[-2:])
+            order = (rest[:8], as_int(kv["create_revision"]), rest[-2:])
             candidates.append((order, key, kv))
         candidates.sort(key=lambda c: c[0])
         lease = 0
@@ -821,8 +696,8 @@ class EtcdEngine:
             # The claim counts the delivery at once, so an abandoned one counts too.
             counted = msgpack.packb([attempt + 1, encoding, payload, kiu, backoff])
             result = self._commit(
-                [_cmp_mod(key, _i(kv["mod_revision"])), _cmp_created(claim, 0)],
-                [_put(claim, b"", lease), _put(key, counted)],
+                [cmp_mod(key, as_int(kv["mod_revision"])), cmp_created(claim, 0)],
+                [put_op(claim, b"", lease), put_op(key, counted)],
                 [],
                 uid=os.urandom(12),
             )
@@ -850,7 +725,7 @@ class EtcdEngine:
         stream = self._transport.open_stream("/v3/lease/keepalive", [{"ID": str(lease)}])
         try:
             for result in stream.messages():
-                return _i(result.get("TTL")) > 0
+                return as_int(result.get("TTL")) > 0
             return False
         except (OSError, ValueError) as exc:
             raise EngineError(f"Renewing the queue lease {lease} on etcd failed: {exc}.") from exc
@@ -862,7 +737,7 @@ class EtcdEngine:
         compares = [
             {"key": b64(claim), "target": "LEASE", "result": "EQUAL", "lease": str(msg.lease)}
         ]
-        ops = [_delete(msg.key), _delete(claim)]
+        ops = [delete_op(msg.key), delete_op(claim)]
         if not success:
             step = next_backoff(msg.backoff)
             if step is not None:
@@ -878,10 +753,12 @@ class EtcdEngine:
                         list(rest),
                     ]
                 )
-                ops.append(_put(self._queue_key(ready, uid, 0), record))
+                ops.append(put_op(self._queue_key(ready, uid, 0), record))
             else:
                 for k in dict.fromkeys(msg.keys_if_undelivered):
-                    ops.append(_put(self._data + k, _encode_value(msg.payload, msg.encoding, None)))
+                    ops.append(
+                        put_op(self._data + k, encode_stored(msg.payload, msg.encoding, None))
+                    )
         for _ in range(_MAX_ATTEMPTS):
             result = self._commit(compares, ops, [], uid=os.urandom(12))
             if result is not None:
@@ -893,11 +770,11 @@ class EtcdEngine:
         with self._lock:
             if self._queue_watch is not None or self._closed:
                 return
-            self._queue_watch = _Watcher(
+            self._queue_watch = Watcher(
                 self._transport,
                 [
-                    (self._queue, _prefix_end(self._queue)),
-                    (self._claims, _prefix_end(self._claims)),
+                    (self._queue, prefix_end(self._queue)),
+                    (self._claims, prefix_end(self._claims)),
                 ],
                 0,
                 self._queue_signal.bump,
@@ -974,90 +851,6 @@ class _EtcdQueueMessage(LeasedMessage):
         return f"<etcd queue message {self.key!r} attempt={self._attempt}>"
 
 
-class _Watcher:
-    """A background thread following etcd watch streams, calling ``on_change`` per event.
-
-    It reconnects (to another member if needed) from the last revision it saw,
-    and calls ``on_change`` after a reconnect or a compaction too, since events
-    may have been missed: the caller re-reads.
-    """
-
-    def __init__(
-        self,
-        transport: EtcdTransport,
-        ranges: list[tuple[bytes, bytes | None]],
-        start_revision: int,
-        on_change: Callable[[], None],
-    ) -> None:
-        self._transport = transport
-        self._ranges = ranges
-        self._next_revision = start_revision
-        self._on_change = on_change
-        self._stopped = False
-        self._conn: WatchConnection | None = None
-        self._index = 0
-        self._thread = threading.Thread(target=self._run, name="kvmodel-etcd-watch", daemon=True)
-        self._thread.start()
-
-    def _requests(self) -> list[Json]:
-        out = []
-        for start, end in self._ranges:
-            req: Json = {"key": b64(start)}
-            if end is not None:
-                req["range_end"] = b64(end)
-            if self._next_revision:
-                req["start_revision"] = str(self._next_revision)
-            out.append({"create_request": req})
-        return out
-
-    def _run(self) -> None:
-        pause = 0.05
-        while not self._stopped:
-            try:
-                conn = self._transport.open_stream("/v3/watch", self._requests(), start=self._index)
-            except EngineError:
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-                continue
-            self._conn = conn
-            self._index = conn.index
-            if self._stopped:
-                conn.close()
-                return
-            conn.set_timeout(None)
-            try:
-                for result in conn.messages():
-                    pause = 0.05
-                    revision = _i(result.get("header", {}).get("revision"))
-                    if result.get("compact_revision") or result.get("canceled"):
-                        # Events were compacted away: resume at the present and re-read.
-                        self._next_revision = revision + 1
-                        self._on_change()
-                        break
-                    if not self._next_revision and revision:
-                        self._next_revision = revision + 1
-                    events = result.get("events")
-                    if events:
-                        last = max(_i(e.get("kv", {}).get("mod_revision")) for e in events)
-                        self._next_revision = max(self._next_revision, last + 1)
-                        self._on_change()
-            except (OSError, ValueError):
-                pass
-            finally:
-                conn.close()
-            if not self._stopped:
-                # The stream broke (a member died): wake the reader, try the next member.
-                self._index += 1
-                self._on_change()
-                time.sleep(pause)
-
-    def stop(self) -> None:
-        """Ends the thread and closes its stream."""
-        self._stopped = True
-        if self._conn is not None:
-            self._conn.interrupt()
-
-
 class _EtcdWatchStream:
     """Watched keys: an etcd watch stream wakes a PollingWatchStream that re-reads."""
 
@@ -1065,7 +858,7 @@ class _EtcdWatchStream:
         self._engine = engine
         self._keys = keys
         self._signal = ChangeSignal()
-        self._watcher: _Watcher | None = None
+        self._watcher: Watcher | None = None
         self._deadline: float | None = None
         self._inner = PollingWatchStream(
             self._signal, self._read, clock=engine.clock, expiry_deadline=lambda: self._deadline
@@ -1074,11 +867,11 @@ class _EtcdWatchStream:
     def _read(self) -> list[RawEntry | None]:
         ranges = [ReadRange(k, k + b"\x00", 1) for k in self._keys]
         stored, revision = self._engine._read_ranges(ranges)
-        deadlines = [s[0].deadline_ms for s in stored if s and s[0].deadline_ms != _NO_DEADLINE]
+        deadlines = [s[0].deadline_ms for s in stored if s and s[0].deadline_ms != NO_DEADLINE]
         self._deadline = min(deadlines) / 1000 if deadlines else None
         if self._watcher is None:
             data = self._engine._data
-            self._watcher = _Watcher(
+            self._watcher = Watcher(
                 self._engine._transport,
                 [(data + k, None) for k in dict.fromkeys(self._keys)],
                 revision + 1,
