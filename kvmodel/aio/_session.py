@@ -8,7 +8,6 @@ identity map and dirty tracking are the sync session's, not a copy.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 from kvmodel._records import CommitResult
 from kvmodel.aio._kv import AsyncKv
 from kvmodel.errors import ConflictError, InvalidArgumentError, UniqueViolationError
+from kvmodel.orm._transaction import check_retries, retry_delay
 from kvmodel.orm.index import IndexBase
 from kvmodel.orm.model import Model
 from kvmodel.orm.query import Page
@@ -165,8 +165,7 @@ async def transaction(
     max_delay: float = 0.5,
 ) -> T:
     """Awaits ``fn(session)`` and commits, rerunning it on conflict (see kvmodel.transaction)."""
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise InvalidArgumentError(f"retries must be an int >= 0, not {retries!r}.")
+    check_retries(retries)
     attempt = 0
     while True:
         session = AsyncSession(kv)
@@ -179,6 +178,5 @@ async def transaction(
         except ConflictError:
             if attempt >= retries:
                 raise
-        # Full-jitter backoff, as the sync transaction.
-        await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * (2**attempt))))
+        await asyncio.sleep(retry_delay(attempt, base_delay, max_delay))
         attempt += 1

@@ -13,7 +13,7 @@ from kvmodel.orm.session import Session
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
 
-__all__ = ["transaction"]
+__all__ = ["check_retries", "retry_delay", "transaction"]
 
 T = TypeVar("T")
 
@@ -55,8 +55,7 @@ def transaction(
     Raises:
         ConflictError: still conflicting after ``retries`` reruns.
     """
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise InvalidArgumentError(f"retries must be an int >= 0, not {retries!r}.")
+    check_retries(retries)
     attempt = 0
     while True:
         session = Session(kv)
@@ -69,6 +68,16 @@ def transaction(
         except ConflictError:
             if attempt >= retries:
                 raise
-        delay = min(max_delay, base_delay * (2**attempt))
-        time.sleep(random.uniform(0, delay))
+        time.sleep(retry_delay(attempt, base_delay, max_delay))
         attempt += 1
+
+
+def check_retries(retries: object) -> None:
+    """Rejects a retry count that is not an int >= 0."""
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise InvalidArgumentError(f"retries must be an int >= 0, not {retries!r}.")
+
+
+def retry_delay(attempt: int, base_delay: float, max_delay: float) -> float:
+    """Seconds to sleep before rerun ``attempt + 1``: "full jitter" exponential backoff."""
+    return random.uniform(0, min(max_delay, base_delay * (2**attempt)))
