@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/kv_bench.py
 
 torture: $(STAMP)
-	KVMODEL_TORTURE=long $(BIN)/pytest -q tests/torture
+	KVMODEL_TORTURE=long $(BIN)/pytest -q -s tests/torture
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

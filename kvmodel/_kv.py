@@ -104,7 +104,10 @@ class Kv:
         self._closed = False
         self._close_lock = threading.Lock()
         self._collector: _ExpiryCollector | None = None
-        self._listeners: list[Any] = []
+        if engine.capabilities.durable:
+            # A durable store may hold expiring keys that other Kvs (or an
+            # earlier run) wrote: collect them too, not only our own.
+            self._expiry_scheduled(self._clock())
 
     # -- helpers shared with the atomic builder and the async facade ---------------
 

@@ -209,6 +209,23 @@ def test_the_collector_deletes_expired_keys_in_the_background(kv_store: KvStore)
     assert kv.engine.collect_expired() is None
 
 
+def test_a_reopened_store_collects_keys_an_earlier_kv_left_expiring(kv_store: KvStore) -> None:
+    """A Kv opened on a durable store deletes expired keys it did not write itself."""
+    if not kv_store.capabilities.durable:
+        pytest.skip("engine is not durable")
+    clock = ShiftableClock()
+    writer = kv_store.open(clock=clock)
+    writer.set(("e",), "expiring", expire_in=0.1)
+    writer.close()
+    kv = kv_store.open(clock=clock)
+
+    def stored() -> bool:
+        with clock.shifted(-3600):
+            return kv.get(("e",)).versionstamp is not None
+
+    assert wait_until(lambda: not stored(), timeout=WAIT_TIMEOUT), "the expired key is still stored"
+
+
 def test_an_expiry_written_through_another_kv_wakes_a_watcher(kv_store: KvStore) -> None:
     """A watcher on one Kv sees a key expire that another Kv of the store wrote."""
     writer = kv_store.open()
