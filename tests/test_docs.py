@@ -31,7 +31,9 @@ import inspect
 import io
 import pkgutil
 import re
+import sys
 import tokenize
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DOC_PAGES = [
     "docs/tutorial/kv.md",
+    "docs/tutorial/models.md",
+    "docs/explanation/reliability.md",
     "docs/reference/limits.md",
     "docs/reference/errors.md",
     "docs/reference/engine-protocol.md",
@@ -154,7 +158,11 @@ def test_runnable_snippets_of_a_page_run(
     """Every runnable python block of the page runs, and its checked comments hold."""
     text = (ROOT / page).read_text(encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "__doc_snippet__"}
+    # The page runs as a real module, as a reader's script would: models resolve
+    # their annotations through sys.modules[cls.__module__].
+    module = types.ModuleType("__doc_snippet__")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace: dict[str, Any] = module.__dict__
     for line, code, mode in python_blocks(text):
         if mode == "run":
             run_block(code, namespace, f"{page}:{line}")
