@@ -274,21 +274,25 @@ def _freeze(obj: Any) -> Any:
 _MAX_LEN = MAX_VALUE_SIZE
 
 
+# The decoder's settings: extension types whitelisted by _ext_hook, and every
+# length bounded by what a valid value can hold.
+_UNPACK_OPTIONS: dict[str, Any] = {
+    "raw": False,
+    "use_list": True,
+    "strict_map_key": False,
+    "ext_hook": _ext_hook,
+    "timestamp": 3,
+    "max_str_len": _MAX_LEN,
+    "max_bin_len": _MAX_LEN,
+    "max_array_len": _MAX_LEN,
+    "max_map_len": _MAX_LEN // 2,
+    "max_ext_len": _MAX_LEN,
+}
+
+
 def _unpack(data: bytes | bytearray | memoryview) -> object:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=False,
-            ext_hook=_ext_hook,
-            timestamp=3,
-            max_str_len=_MAX_LEN,
-            max_bin_len=_MAX_LEN,
-            max_array_len=_MAX_LEN,
-            max_map_len=_MAX_LEN // 2,
-            max_ext_len=_MAX_LEN,
-        )
+        return msgpack.unpackb(data, **_UNPACK_OPTIONS)
     except DecodeError:
         raise
     except TypeError:
@@ -298,20 +302,7 @@ def _unpack(data: bytes | bytearray | memoryview) -> object:
     # Slow path, only for maps with tuple keys: rebuild every map from its pairs,
     # turning array keys back into tuples.
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=False,
-            ext_hook=_ext_hook,
-            timestamp=3,
-            object_pairs_hook=_tuple_keys,
-            max_str_len=_MAX_LEN,
-            max_bin_len=_MAX_LEN,
-            max_array_len=_MAX_LEN,
-            max_map_len=_MAX_LEN // 2,
-            max_ext_len=_MAX_LEN,
-        )
+        return msgpack.unpackb(data, object_pairs_hook=_tuple_keys, **_UNPACK_OPTIONS)
     except DecodeError:
         raise
     except Exception as exc:
