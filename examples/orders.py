@@ -155,25 +155,33 @@ def running(target: Callable[[], object], name: str) -> Iterator[threading.Threa
     yield thread
 
 
-def watch_statuses(
-    kv: km.Kv, order_ids: list[str], say: Callable[[str], None]
-) -> Callable[[], None]:
-    """A loop that prints each status change of the orders until the Kv closes."""
+class StatusWatch:
+    """Prints each status change of some orders, as a kv.watch reports it, until the Kv closes."""
 
-    def loop() -> None:
+    def __init__(self, kv: km.Kv, order_ids: list[str], say: Callable[[str], None]) -> None:
+        self.kv = kv
         # A document lives at (prefix, *primary key): see docs/explanation/models-and-keys.md.
-        keys = [("orders", order_id) for order_id in order_ids]
-        last: dict[str, str] = {}
-        for entries in kv.watch(keys):
+        self.keys = [("orders", order_id) for order_id in order_ids]
+        self.say = say
+        self.last: dict[str, str] = {}
+        self._changed = threading.Condition()
+
+    def __call__(self) -> None:
+        for entries in self.kv.watch(self.keys):
             for entry in entries:
                 if entry.value is None:
                     continue
                 order_id, status = entry.key[1], entry.value["status"]
-                if last.get(order_id) != status:
-                    last[order_id] = status
-                    say(f"  watch  order {order_id} is {status}")
+                if self.last.get(order_id) != status:
+                    self.say(f"  watch  order {order_id} is {status}")
+                    with self._changed:
+                        self.last[order_id] = status
+                        self._changed.notify_all()
 
-    return loop
+    def wait_for(self, order_id: str, status: str, timeout: float = 10) -> bool:
+        """Waits until the watch has printed ``status`` for the order."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.last.get(order_id) == status, timeout)
 
 
 # -- the demo -------------------------------------------------------------------------
@@ -202,14 +210,16 @@ def run_demo(db_path: str | Path, *, say: Callable[[str], None] = print) -> dict
         say("")
         say("2. A worker takes the queue; a watch prints each status change.")
         worker = Worker(kv, say)
+        watch = StatusWatch(kv, ids, say)
         with (
             running(lambda: kv.listen_queue(worker), "orders-worker"),
-            running(watch_statuses(kv, ids, say), "orders-watch"),
+            running(watch, "orders-watch"),
         ):
             for _ in orders:
                 if not worker.shipped.acquire(timeout=30):
                     raise RuntimeError("The worker did not ship every order within 30 s.")
-            time.sleep(0.1)  # let the watch print the last change
+            for order_id in ids:
+                watch.wait_for(order_id, "shipped")
 
         say("")
         say("3. Two clerks update one order at once; optimistic checks retry the loser.")
@@ -224,6 +234,7 @@ def run_demo(db_path: str | Path, *, say: Callable[[str], None] = print) -> dict
             clerk.join()
         final = get_order(kv, contested)
         assert final is not None
+        watch.wait_for(contested, final.status)
         by_status = {s: Order.by_status.count(kv, s) for s in ("delivered", "returned")}
         say(f"  order {contested} ended {final.status!r}; index entries: {by_status}")
 
