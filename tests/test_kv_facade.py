@@ -72,3 +72,19 @@ def test_aio_open_kv_without_await_explains_itself() -> None:
     """Using the result of open_kv without await says to await it."""
     with pytest.raises(AttributeError, match="must be awaited"):
         aio.open_kv().set  # noqa: B018
+
+
+def test_a_cancelled_async_watch_loses_no_change() -> None:
+    """Cancelling a task waiting on an async watch neither ends the watch nor drops a change."""
+
+    async def main() -> None:
+        async with aio.open_kv() as kv:
+            watch = kv.watch([("k",)])
+            assert [e.value for e in await anext(watch)] == [None]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(watch), 0.05)
+            await kv.set(("k",), 1)
+            entries = await asyncio.wait_for(anext(watch), 5)
+            assert [e.value for e in entries] == [1]
+
+    asyncio.run(main())

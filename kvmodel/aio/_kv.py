@@ -277,6 +277,10 @@ class _Ended:
     """The marker of a watch that ended."""
 
 
+# How long one thread waits for a change before handing back to the event loop.
+_WATCH_POLL_SECONDS = 1.0
+
+
 _ENDED = _Ended()
 
 
@@ -285,6 +289,7 @@ class AsyncWatchIterator(AsyncIterator[list[Entry[Any]]]):
 
     def __init__(self, inner: WatchIterator) -> None:
         self._inner = inner
+        self._pending: asyncio.Future[list[Entry[Any]] | _Ended | None] | None = None
 
     def __aiter__(self) -> AsyncWatchIterator:
         return self
@@ -292,13 +297,20 @@ class AsyncWatchIterator(AsyncIterator[list[Entry[Any]]]):
     def _poll_or_end(self) -> list[Entry[Any]] | _Ended | None:
         # StopIteration cannot cross into a Future, so the thread returns a marker.
         try:
-            return self._inner.poll(None)
+            return self._inner.poll(_WATCH_POLL_SECONDS)
         except StopIteration:
             return _ENDED
 
     async def __anext__(self) -> list[Entry[Any]]:
         while True:
-            entries = await asyncio.to_thread(self._poll_or_end)
+            # The wait runs in a thread and is shielded: if the awaiting task is
+            # cancelled, the poll finishes within _WATCH_POLL_SECONDS and its
+            # result waits for the next __anext__, so no change is lost and no
+            # thread blocks for long.
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(asyncio.to_thread(self._poll_or_end))
+            entries = await asyncio.shield(self._pending)
+            self._pending = None
             if isinstance(entries, _Ended):
                 raise StopAsyncIteration
             if entries is not None:
