@@ -49,7 +49,6 @@ from kvmodel.orm import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "VERSIONSTAMP",
     "AtomicOperation",
     "CommitResult",
     "ConflictError",
@@ -75,6 +74,7 @@ __all__ = [
     "Session",
     "Unique",
     "UniqueViolationError",
+    "VERSIONSTAMP",
     "WatchIterator",
     "check_indexes",
     "field",

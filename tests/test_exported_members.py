@@ -1,0 +1,37 @@
+"""kvmodel's public surface: ``__all__`` of kvmodel and kvmodel.aio is exactly what they export."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import kvmodel
+import kvmodel.aio
+
+
+@pytest.mark.parametrize("module", [kvmodel, kvmodel.aio], ids=lambda m: m.__name__)
+def test_all_is_sorted_and_every_name_exists(module: types.ModuleType) -> None:
+    """__all__ is sorted and each of its names is defined."""
+    assert module.__all__ == sorted(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name), name
+
+
+@pytest.mark.parametrize("module", [kvmodel, kvmodel.aio], ids=lambda m: m.__name__)
+def test_every_public_attribute_is_in_all(module: types.ModuleType) -> None:
+    """No public name escapes __all__ (submodules and __version__ aside)."""
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public - {"annotations"} == set(module.__all__)
+
+
+def test_reexported_classes_read_as_kvmodel() -> None:
+    """Classes re-exported at the top level show as kvmodel.X in reprs and tracebacks."""
+    for name in kvmodel.__all__:
+        value = getattr(kvmodel, name)
+        if isinstance(value, type) and value is not kvmodel.Model:
+            assert value.__module__ == "kvmodel", name
