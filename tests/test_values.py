@@ -530,3 +530,28 @@ def test_kvu64_copies_and_pickles(monkeypatch: pytest.MonkeyPatch) -> None:
     assert copy.copy(n) == n
     assert copy.deepcopy(n) == n
     assert pickle.loads(pickle.dumps(n)) == n
+
+
+def test_utc_datetimes_use_msgpacks_own_timestamp() -> None:
+    """A datetime in timezone.utc is written as msgpack's timestamp (-1) and reads back equal."""
+    import datetime as dt
+
+    import msgpack
+
+    from kvmodel._values import EXT_DATETIME
+
+    utc = dt.datetime(2026, 11, 28, 5, 45, 1, 123456, tzinfo=dt.UTC)
+    data, encoding = encode_value({"at": utc})
+    assert msgpack.unpackb(data, timestamp=0)["at"].__class__ is msgpack.Timestamp
+    back = decode_value(data, encoding)["at"]
+    assert back == utc and back.tzinfo is dt.UTC
+    # Other zones, and a fold, keep kvmodel's own extension so nothing is lost.
+    for other in (
+        utc.replace(tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        utc.replace(tzinfo=dt.timezone(dt.timedelta(0), "Z")),
+        utc.replace(fold=1),
+    ):
+        data, encoding = encode_value(other)
+        assert msgpack.unpackb(data, ext_hook=lambda code, _: code) == EXT_DATETIME
+        back = decode_value(data, encoding)
+        assert back == other and back.tzinfo == other.tzinfo and back.fold == other.fold
