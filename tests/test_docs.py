@@ -58,6 +58,16 @@ DOC_PAGES = [
     "docs/explanation/architecture.md",
     "docs/explanation/consistency.md",
     "docs/index.md",
+    "docs/how-to/unique-constraints.md",
+    "docs/how-to/retries.md",
+    "docs/how-to/choose-an-engine.md",
+    "docs/explanation/models-and-keys.md",
+    "docs/explanation/unit-of-work.md",
+    "docs/reference/type-mapping.md",
+    "docs/reference/key-encoding.md",
+    "docs/reference/value-encoding.md",
+    "docs/reference/sqlite-engine.md",
+    "docs/reference/etcd-engine.md",
 ]
 
 _FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
