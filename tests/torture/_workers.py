@@ -314,18 +314,29 @@ def kill_rounds(
     for _ in range(rounds):
         procs = [spawn(mode, db, lease, rng.randrange(2**32)) for _ in range(2)]
         try:
-            for proc in procs:
-                wait_ready(proc)
-            t0 = time.monotonic()
-            for at, proc in sorted(
-                ((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]
-            ):
-                time.sleep(max(0.0, t0 + at - time.monotonic()))  # the kill's random moment
-                assert proc.poll() is None, f"listener died by itself: {proc.communicate()[1]}"
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
+            kills += kill_at_random_moments(procs, rng, max_life)
         finally:
             kill_all(procs)
+    return kills
+
+
+def kill_at_random_moments(
+    procs: list[subprocess.Popen[str]], rng: random.Random, max_life: float
+) -> int:
+    """Waits until every worker is ready, then SIGKILLs each at its own random moment.
+
+    Each worker lives between 0.05 s and ``max_life`` s; a worker that died by
+    itself fails the test with its stderr. Returns the number of kills.
+    """
+    for proc in procs:
+        wait_ready(proc)
+    t0 = time.monotonic()
+    kills = 0
+    for at, proc in sorted(((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]):
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        assert proc.poll() is None, f"worker died by itself: {proc.communicate()[1]}"
+        proc.send_signal(signal.SIGKILL)
+        kills += 1
     return kills
 
 

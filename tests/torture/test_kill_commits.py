@@ -10,7 +10,6 @@ round, and after each round reopens the file and checks the invariants.
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import time
 from collections import defaultdict
@@ -21,7 +20,7 @@ import pytest
 
 import kvmodel as km
 
-from ._workers import GROUP_SIZE, LONG_TIMEOUT, kill_all, spawn, wait_ready
+from ._workers import GROUP_SIZE, LONG_TIMEOUT, kill_all, kill_at_random_moments, spawn
 
 WRITERS = 3
 GROUPS = 6
@@ -120,17 +119,8 @@ def test_acknowledged_commits_survive_sigkill_and_no_group_is_partial(
                     "commits", db, logs[w], f"w{w}r{round_no}", rng.randrange(2**32), GROUPS
                 )
                 procs.append(proc)
-            for proc in procs:
-                wait_ready(proc)
             # Each writer dies at its own random moment of the round.
-            t0 = time.monotonic()
-            for at, proc in sorted(
-                ((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]
-            ):
-                time.sleep(max(0.0, t0 + at - time.monotonic()))
-                assert proc.poll() is None, f"writer died by itself: {proc.communicate()[1]}"
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
+            kills += kill_at_random_moments(procs, rng, max_life)
         finally:
             kill_all(procs)
         counts = check_database(db, logs)

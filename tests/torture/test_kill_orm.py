@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import pytest
 
 import kvmodel as km
 
-from ._workers import LONG_TIMEOUT, Member, kill_all, spawn, wait_ready
+from ._workers import LONG_TIMEOUT, Member, kill_all, kill_at_random_moments, spawn
 
 WRITERS = 3
 
@@ -65,16 +63,8 @@ def test_sessions_survive_sigkill_with_consistent_indexes(
         try:
             for w in range(WRITERS):
                 procs.append(spawn("orm", db, logs[w], f"w{w}", rng.randrange(2**32)))
-            for proc in procs:
-                wait_ready(proc)
-            t0 = time.monotonic()
-            for at, proc in sorted(
-                ((rng.uniform(0.05, max_life), p) for p in procs), key=lambda x: x[0]
-            ):
-                time.sleep(max(0.0, t0 + at - time.monotonic()))
-                assert proc.poll() is None, f"writer died by itself: {proc.communicate()[1]}"
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
+            # Each writer dies at its own random moment of the round.
+            kills += kill_at_random_moments(procs, rng, max_life)
         finally:
             kill_all(procs)
         with km.open_kv(db) as kv:
