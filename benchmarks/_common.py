@@ -13,10 +13,14 @@ beside its table.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as _dt
+import gc
+import itertools
 import json
 import os
 import platform
+import pstats
 import sqlite3
 import statistics
 import sys
@@ -25,6 +29,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository root, for showing paths relative to it."""
 
 __all__ = [
     "STATUSES",
@@ -384,3 +391,63 @@ def bench_header(report: Report, **facts: Any) -> None:
 def median(samples: Sequence[float]) -> float:
     """The median of ``samples`` (NaN when empty)."""
     return statistics.median(samples) if samples else float("nan")
+
+
+def print_profile(profiler: cProfile.Profile, title: str, top: int = 25) -> None:
+    """Prints the functions with the most own time, with their share of the total."""
+    stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for (_cc, _nc, tt, _ct, _callers) in entries.values()) or 1.0
+    rows = sorted(entries.items(), key=lambda kv: -kv[1][2])[:top]
+    print(f"\ncProfile of {title}: {total:.3f} s own time in all functions")
+    print(f"{'own %':>6} {'cum %':>6} {'calls':>9}  function")
+    for (path, line, func), (_cc, nc, tt, ct, _callers) in rows:
+        where = path.replace(REPO + os.sep, "") if path != "~" else ""
+        print(f"{tt / total:6.1%} {ct / total:6.1%} {nc:9d}  {func} ({where}:{line})")
+    sys.stdout.flush()
+
+
+def run_interleaved(
+    report: Report,
+    workloads: Sequence[Any],
+    columns: Sequence[Any],
+    *,
+    chunks: int,
+    profile: str | None = None,
+    profiled: Callable[[str], bool] = lambda name: True,
+) -> None:
+    """Runs each workload on every column, the columns taking turns slice by slice.
+
+    Taking turns in ``chunks`` slices makes a burst of load on this shared
+    machine (or a slow patch of fsyncs) fall on every column alike. The columns
+    must agree on each step's count, or the rates would compare different work.
+    With ``profile``, that workload runs under cProfile on the columns whose
+    name ``profiled`` accepts, and their hot spots are printed.
+    """
+    for w in workloads:
+        parts = min(chunks, w.items)
+        bounds = [w.items * i // parts for i in range(parts + 1)]
+        secs = dict.fromkeys((c.name for c in columns), 0.0)
+        counts = dict.fromkeys((c.name for c in columns), 0)
+        profilers = {
+            c.name: cProfile.Profile() for c in columns if w.name == profile and profiled(c.name)
+        }
+        gc.collect()
+        for lo, hi in itertools.pairwise(bounds):
+            for c in columns:
+                profiler = profilers.get(c.name)
+                start = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
+                counts[c.name] += w.step(c, lo, hi)
+                if profiler is not None:
+                    profiler.disable()
+                secs[c.name] += time.perf_counter() - start
+        for c in columns:
+            report.add(
+                Result(w.name, c.name, w.ops, w.unit, secs[c.name], {"count": counts[c.name]})
+            )
+        for name, profiler in profilers.items():
+            print_profile(profiler, f"{w.name} on {name}")
+        if len(set(counts.values())) != 1:
+            raise SystemExit(f"Columns disagree on {w.name}: {counts!r}")

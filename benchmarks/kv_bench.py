@@ -22,11 +22,8 @@ sampling the process's memory, to show that a full scan holds one batch at a tim
 from __future__ import annotations
 
 import argparse
-import cProfile
 import gc
-import itertools
 import os
-import pstats
 import sqlite3
 import sys
 import tempfile
@@ -53,6 +50,7 @@ from _common import (
     bench_header,
     next_status,
     rss_bytes,
+    run_interleaved,
 )
 
 _packb = msgpack.packb
@@ -505,51 +503,8 @@ MEMORY_TARGETS = {
 def run_workloads(
     report: Report, columns: list[KvColumn], d: Data, *, chunks: int, profile: str | None = None
 ) -> None:
-    """Runs each workload on every column, interleaved in ``chunks`` slices.
-
-    The columns take turns slice by slice, so a burst of load on this shared
-    machine (or a slow patch of fsyncs) falls on all of them alike. With
-    ``profile``, that workload runs under cProfile and its hot spots are printed.
-    """
-    for w in workloads(d):
-        bounds = [w.items * i // min(chunks, w.items) for i in range(min(chunks, w.items) + 1)]
-        secs = dict.fromkeys((c.name for c in columns), 0.0)
-        counts = dict.fromkeys((c.name for c in columns), 0)
-        profilers = {c.name: cProfile.Profile() for c in columns if w.name == profile}
-        gc.collect()
-        for lo, hi in itertools.pairwise(bounds):
-            for c in columns:
-                profiler = profilers.get(c.name)
-                start = time.perf_counter()
-                if profiler is not None:
-                    profiler.enable()
-                counts[c.name] += w.step(c, lo, hi)
-                if profiler is not None:
-                    profiler.disable()
-                secs[c.name] += time.perf_counter() - start
-        for c in columns:
-            report.add(
-                Result(w.name, c.name, w.ops, w.unit, secs[c.name], {"count": counts[c.name]})
-            )
-            if c.name in profilers:
-                print_profile(profilers[c.name], f"{w.name} on {c.name}")
-        if len(set(counts.values())) != 1:
-            # Every column must have done the same work, or the rates mean nothing.
-            raise SystemExit(f"Columns disagree on {w.name}: {counts!r}")
-
-
-def print_profile(profiler: cProfile.Profile, title: str, top: int = 25) -> None:
-    """Prints the functions with the most own time, with their share of the total."""
-    stats = pstats.Stats(profiler)
-    entries = stats.stats  # type: ignore[attr-defined]
-    total = sum(tt for (_cc, _nc, tt, _ct, _callers) in entries.values()) or 1.0
-    rows = sorted(entries.items(), key=lambda kv: -kv[1][2])[:top]
-    print(f"\ncProfile of {title}: {total:.3f} s own time in all functions")
-    print(f"{'own %':>6} {'cum %':>6} {'calls':>9}  function")
-    for (path, line, func), (_cc, nc, tt, ct, _callers) in rows:
-        where = path.replace(REPO + os.sep, "") if path != "~" else ""
-        print(f"{tt / total:6.1%} {ct / total:6.1%} {nc:9d}  {func} ({where}:{line})")
-    sys.stdout.flush()
+    """Runs the KV workloads on every column, interleaved (see ``run_interleaved``)."""
+    run_interleaved(report, workloads(d), columns, chunks=chunks, profile=profile)
 
 
 # -- streaming check -------------------------------------------------------------

@@ -30,13 +30,9 @@ The columns take turns slice by slice (``--chunks``), as in kv_bench.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import itertools
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,7 +43,7 @@ import attrs
 import kvmodel as km
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Report, Result, Rng, Target, add_common_args, bench_header, next_status
+from _common import Report, Rng, Target, add_common_args, bench_header, next_status, run_interleaved
 
 try:
     import sqlalchemy as sa
@@ -282,6 +278,11 @@ class Workload:
     items: int
     step: Callable[[OrmColumn, int, int], int]
 
+    @property
+    def ops(self) -> int:
+        """One operation per item."""
+        return self.items
+
 
 def workloads(d: OrderData) -> list[Workload]:
     """The workloads in run order; each step returns a count all columns must agree on."""
@@ -321,51 +322,14 @@ def run(
     profile: str | None,
 ) -> None:
     """Runs each workload on every column, the columns taking turns slice by slice."""
-    for w in workloads(d):
-        parts = min(chunks, w.items)
-        bounds = [w.items * i // parts for i in range(parts + 1)]
-        secs = dict.fromkeys((c.name for c in columns), 0.0)
-        counts = dict.fromkeys((c.name for c in columns), 0)
-        profilers = {
-            c.name: cProfile.Profile()
-            for c in columns
-            if w.name == profile and c.name.startswith("kvmodel")
-        }
-        gc.collect()
-        for lo, hi in itertools.pairwise(bounds):
-            for c in columns:
-                profiler = profilers.get(c.name)
-                start = time.perf_counter()
-                if profiler is not None:
-                    profiler.enable()
-                counts[c.name] += w.step(c, lo, hi)
-                if profiler is not None:
-                    profiler.disable()
-                secs[c.name] += time.perf_counter() - start
-        for c in columns:
-            report.add(
-                Result(w.name, c.name, w.items, w.unit, secs[c.name], {"count": counts[c.name]})
-            )
-        for name, profiler in profilers.items():
-            print_profile(profiler, f"{w.name} on {name}")
-        if len(set(counts.values())) != 1:
-            raise SystemExit(f"Columns disagree on {w.name}: {counts!r}")
-
-
-def print_profile(profiler: cProfile.Profile, title: str, top: int = 25) -> None:
-    """Prints the functions with the most own time, with their share of the total."""
-    import pstats
-
-    entries = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    total = sum(e[2] for e in entries.values()) or 1.0
-    print(f"\ncProfile of {title}: {total:.3f} s own time in all functions")
-    print(f"{'own %':>6} {'cum %':>6} {'calls':>9}  function")
-    for (path, line, func), (_cc, nc, tt, ct, _callers) in sorted(
-        entries.items(), key=lambda kv: -kv[1][2]
-    )[:top]:
-        where = path.replace(REPO + os.sep, "") if path != "~" else ""
-        print(f"{tt / total:6.1%} {ct / total:6.1%} {nc:9d}  {func} ({where}:{line})")
-    sys.stdout.flush()
+    run_interleaved(
+        report,
+        workloads(d),
+        columns,
+        chunks=chunks,
+        profile=profile,
+        profiled=lambda name: name.startswith("kvmodel"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
