@@ -22,6 +22,7 @@ from kvmodel.keys import (
     key_successor,
     prefix_range,
 )
+from kvmodel.testing.strategies import corrupted
 
 # Deterministic runs: the same examples every time, so a failure reproduces.
 settings.register_profile("kvmodel-keys", derandomize=True, max_examples=300, deadline=None)
@@ -377,17 +378,6 @@ def test_decode_inverts_encode(key: Key) -> None:
     assert encode_key(decoded) == encoded
 
 
-def _mutate(data: bytes, where: int, byte: int, action: int) -> bytes:
-    if not data:
-        return bytes([byte])
-    where %= len(data)
-    if action == 0:
-        return data[:where]
-    if action == 1:
-        return data[:where] + bytes([byte]) + data[where + 1 :]
-    return data[:where] + bytes([byte]) + data[where:]
-
-
 # Bytes biased toward the ones the decoder treats specially (tags, NUL, escape),
 # so that random input often reaches the checks behind them.
 fuzz_byte = st.one_of(
@@ -396,9 +386,7 @@ fuzz_byte = st.one_of(
 )
 fuzz_bytes = st.one_of(
     st.lists(fuzz_byte, max_size=40).map(bytes),
-    st.builds(
-        _mutate, keys.map(encode_key), st.integers(min_value=0), fuzz_byte, st.integers(0, 2)
-    ),
+    corrupted(keys.map(encode_key), fuzz_byte),
 )
 
 

@@ -33,6 +33,7 @@ from kvmodel.engines.base import (
 )
 from kvmodel.errors import DecodeError, EncodeError
 from kvmodel.limits import MAX_VALUE_SIZE
+from kvmodel.testing.strategies import corrupted
 
 # Deterministic runs: the same examples every time, so a failure reproduces.
 settings.register_profile("kvmodel-values", derandomize=True, max_examples=300, deadline=None)
@@ -398,26 +399,9 @@ def test_any_supported_value_round_trips(value: object) -> None:
     assert _roundtrip(value) == value
 
 
-def _mutate(data: bytes, where: int, byte: int, action: int) -> bytes:
-    if not data:
-        return bytes([byte])
-    where %= len(data)
-    if action == 0:
-        return data[:where]
-    if action == 1:
-        return data[:where] + bytes([byte]) + data[where + 1 :]
-    return data[:where] + bytes([byte]) + data[where:]
-
-
 msgpack_fuzz = st.one_of(
     st.binary(max_size=60),
-    st.builds(
-        _mutate,
-        values.map(lambda v: encode_value(v)[0]),
-        st.integers(min_value=0),
-        st.integers(0, 255),
-        st.integers(0, 2),
-    ),
+    corrupted(values.map(lambda v: encode_value(v)[0])),
     st.builds(
         _ext, st.sampled_from([-1, EXT_BIGINT, EXT_KVU64, EXT_DATETIME]), st.binary(max_size=40)
     ),

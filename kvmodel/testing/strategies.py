@@ -15,6 +15,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 __all__ = [
+    "corrupted",
     "key_order",
     "key_parts",
     "keys",
@@ -115,4 +116,33 @@ def values(*, max_leaves: int = 20) -> st.SearchStrategy[Any]:
             st.dictionaries(st.text(max_size=8), children, max_size=5),
         ),
         max_leaves=max_leaves,
+    )
+
+
+def _corrupt(data: bytes, where: int, byte: int, action: int) -> bytes:
+    """``data`` cut at, overwritten at, or with a byte inserted at ``where``."""
+    if not data:
+        return bytes([byte])
+    where %= len(data)
+    if action == 0:
+        return data[:where]
+    if action == 1:
+        return data[:where] + bytes([byte]) + data[where + 1 :]
+    return data[:where] + bytes([byte]) + data[where:]
+
+
+def corrupted(
+    valid: st.SearchStrategy[bytes], byte: st.SearchStrategy[int] | None = None
+) -> st.SearchStrategy[bytes]:
+    """Valid encodings with one flaw: truncated, one byte replaced, or one byte inserted.
+
+    Fuzzing a decoder with near misses reaches its checks far more often than
+    random bytes do. ``byte`` draws the byte written (any byte by default).
+    """
+    return st.builds(
+        _corrupt,
+        valid,
+        st.integers(min_value=0),
+        st.integers(0, 255) if byte is None else byte,
+        st.integers(0, 2),
     )
