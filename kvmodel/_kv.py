@@ -290,6 +290,17 @@ class Kv:
         self._check_open()
         return self._engine.snapshot_read((read,), consistency=consistency)[0]
 
+    def read_linked(
+        self, read: ReadRange, consistency: Consistency
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        """One engine read of a range and the entries its bytes values link to.
+
+        The object mapper's index pages: an index entry's value is the encoded
+        primary key of its document, so one snapshot gives both.
+        """
+        self._check_open()
+        return self._engine.snapshot_read_linked(read, consistency=consistency)
+
     def list(
         self,
         prefix: Sequence[Any] | None = None,

@@ -193,18 +193,34 @@ class ListState:
             Entry(decode_key(r.key), decode_value(r.value, r.encoding), r.versionstamp.hex())
             for r in raw
         ]
-        if raw:
+        self.advance(read, len(raw), raw[-1].key if raw else b"")
+        return entries
+
+    def advance(self, read: ReadRange, count: int, last_key: bytes) -> None:
+        """Moves the range past a batch of ``count`` keys ending at ``last_key``."""
+        if count:
             if self.reverse:
-                self._last = raw[-1].key
+                self._last = last_key
             else:
-                self._first = raw[-1].key + b"\x00"
+                self._first = last_key + b"\x00"
         if self.remaining is not None:
-            self.remaining -= len(raw)
+            self.remaining -= count
         # A short batch means the range is exhausted. A batch cut by the limit
         # is not: the cursor then resumes after it (as in Deno).
-        if len(raw) < read.limit:
+        if count < read.limit:
             self.done = True
-        return entries
+
+    def cursor_after(self, last_key: bytes | None, initial: str | None) -> str:
+        """The cursor of a listing that yielded up to ``last_key`` (None: nothing yet).
+
+        "" once the range is exhausted; ``initial`` (the cursor the listing
+        started from) when nothing was yielded.
+        """
+        if self.done:
+            return ""
+        if last_key is None:
+            return initial or ""
+        return self.cursor_for(last_key)
 
     def stopped(self) -> bool:
         """True when no further read is needed."""

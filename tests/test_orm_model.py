@@ -289,15 +289,18 @@ def test_datetime_key_parts_sort_like_the_instants(pair: list[datetime]) -> None
 
 
 def test_index_entries_follow_the_key_layout() -> None:
-    """Non-unique entries are (prefix, *values, *pk) and unique ones hold the pk."""
+    """Non-unique entries are (prefix, *values, *pk), unique ones (prefix, *values);
+    every entry holds the document's encoded primary key."""
     when = datetime(2024, 1, 1, tzinfo=UTC)
     obj = Everything(color=Color.BLUE, when=when)
     info = model_info(Everything)
     pk = info.pk_parts(obj)
     entries = info.index_entries(info.unstructure(obj), pk)
     micros = to_key_part(when)
-    assert entries[("everything_by_color_when", "blue", micros, *pk)] == b""
-    assert entries[("everything_by_token", obj.token.bytes)] == list(pk)
+    pointer = encode_key((info.prefix, *pk))
+    assert entries[("everything_by_color_when", "blue", micros, *pk)] == pointer
+    assert entries[("everything_by_token", obj.token.bytes)] == pointer
+    assert set(entries.values()) == {pointer}
     assert ("everything_by_day", date(2024, 2, 29).toordinal(), *pk) in entries
     assert ("everything_by_level", 1, False, 0.5, b"", *pk) in entries
 

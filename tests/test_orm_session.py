@@ -17,6 +17,7 @@ from kvmodel.errors import (
     LimitExceededError,
     UniqueViolationError,
 )
+from kvmodel.keys import decode_key, encode_key
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -367,6 +368,42 @@ def test_unique_get_ignores_a_stale_entry(kv: Kv) -> None:
     kv.set(("users", u.id), {"id": u.id, "email": "b@x", "nickname": None})
     assert User.by_email.get(kv, "a@x") is None
     assert [x.id for x in User.by_email.find(kv, "a@x")] == []
+
+
+def test_index_entries_hold_the_encoded_primary_key(kv: Kv) -> None:
+    """Every index entry's value is its document's encoded key (what the linked read follows)."""
+    u = User(email="a@x")
+    (oid,) = make_orders(kv, "c1", 1)
+    with km.Session(kv) as s:
+        s.add(u)
+    assert kv.get(("users_by_email", "a@x")).value == encode_key(("users", u.id))
+    [status] = kv.list(prefix=("orders_by_status",))
+    assert status.value == encode_key(("orders", oid))
+    assert decode_key(status.value) == ("orders", oid)
+
+
+def test_check_indexes_reports_every_kind_of_problem(kv: Kv) -> None:
+    """Writes that bypass the object mapper show up as dangling, missing, wrong_value and
+    duplicate problems, each naming its index and key."""
+    a, b = User(email="a@x"), User(email="b@x")
+    (oid,) = make_orders(kv, "c1", 1)
+    with km.Session(kv) as s:
+        s.add_all([a, b])
+    assert km.check_indexes(kv, Order, User).ok
+    kv.delete(("orders_by_status", "pending", oid))  # missing
+    kv.set(("orders_by_status", "lost", "o-none"), encode_key(("orders", "o-none")))  # dangling
+    kv.set(("users_by_email", "a@x"), encode_key(("users", b.id)))  # wrong_value
+    kv.set(("users", "dup"), {"id": "dup", "email": "b@x", "nickname": None})  # duplicate
+    report = km.check_indexes(kv, Order, User)
+    assert not report.ok
+    kinds = {(p.kind, p.index, p.key) for p in report.problems}
+    assert kinds == {
+        ("missing", "Order.by_status", ("orders_by_status", "pending", oid)),
+        ("dangling", "Order.by_status", ("orders_by_status", "lost", "o-none")),
+        ("wrong_value", "User.by_email", ("users_by_email", "a@x")),
+        ("duplicate", "User.by_email", ("users_by_email", "b@x")),
+    }
+    assert f"points at ('users', {b.id!r})" in str(report)
 
 
 def test_outbox_message_joins_the_commit(kv: Kv) -> None:

@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import kvmodel.orm as km
 from kvmodel import Kv, open_kv
 from kvmodel.errors import UniqueViolationError
+from kvmodel.keys import encode_key
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -63,16 +64,17 @@ def expected_keys(docs: dict[tuple[Any, ...], Any]) -> dict[tuple[Any, ...], Any
     out: dict[tuple[Any, ...], Any] = {}
     for key, doc in docs.items():
         out[key] = doc
+        pointer = encode_key(key)  # every index entry holds its document's encoded key
         if key[0] == "m":
             mid = key[1]
-            out[("m_by_email", doc["email"])] = [mid]
-            out[("m_by_team_score", doc["team"], doc["score"], mid)] = b""
+            out[("m_by_email", doc["email"])] = pointer
+            out[("m_by_team_score", doc["team"], doc["score"], mid)] = pointer
             if doc["handle"] is not None:
-                out[("m_by_team_handle", doc["team"], doc["handle"])] = [mid]
+                out[("m_by_team_handle", doc["team"], doc["handle"])] = pointer
         else:
             if doc["tag"] is not None:
                 micros = (doc["when"] - EPOCH) // timedelta(microseconds=1)
-                out[("n_by_tag_when", doc["tag"], micros, key[1], key[2])] = b""
+                out[("n_by_tag_when", doc["tag"], micros, key[1], key[2])] = pointer
     return out
 
 

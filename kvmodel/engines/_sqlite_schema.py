@@ -98,6 +98,17 @@ SELECT k, v, v_encoding, version FROM kv
 WHERE k >= ? AND k < ? AND (expiration_ms IS NULL OR expiration_ms > ?)
 ORDER BY k DESC LIMIT ?
 """
+# A range and the entries its bytes values link to, in one statement (one
+# snapshot). 3 is VALUE_ENCODING_BYTES; the target's expiry is judged in Python.
+_SELECT_LINKED = """
+SELECT i.k, i.v, i.v_encoding, i.version,
+       t.v, t.v_encoding, t.version, t.expiration_ms, t.k IS NOT NULL
+FROM kv AS i LEFT JOIN kv AS t ON i.v_encoding = 3 AND t.k = i.v
+WHERE i.k >= ? AND i.k < ? AND (i.expiration_ms IS NULL OR i.expiration_ms > ?)
+ORDER BY i.k {} LIMIT ?
+"""
+SELECT_LINKED = _SELECT_LINKED.format("")
+SELECT_LINKED_REVERSE = _SELECT_LINKED.format("DESC")
 SELECT_VERSION = "SELECT version, expiration_ms FROM kv WHERE k = ?"
 SELECT_VALUE = "SELECT v, v_encoding, expiration_ms FROM kv WHERE k = ?"
 UPSERT = (

@@ -4,9 +4,12 @@ An engine stores encoded keys (bytes, ordered bytewise) with tagged values and
 commits atomic writes. It never sees Python keys, values or models; the Kv
 facade encodes, validates and enforces limits before it calls the engine.
 
-The protocol follows denokv's five operations (``proto/interface.rs``):
+The protocol follows denokv's five operations (``proto/interface.rs``), plus one
+read for indexes:
 
 * :meth:`Engine.snapshot_read` reads several ranges at one consistent point.
+* :meth:`Engine.snapshot_read_linked` reads one range and the entries its
+  values link to, at one consistent point (kvmodel's addition, for indexes).
 * :meth:`Engine.atomic_write` evaluates checks and applies mutations and
   enqueues all-or-nothing, returning a :class:`CommitOutcome`.
 * :meth:`Engine.dequeue_next_message` leases the next ready queue message;
@@ -294,6 +297,21 @@ class Engine(Protocol):
         self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
     ) -> list[list[RawEntry]]:
         """Reads every range at one consistent point, hiding expired keys."""
+        ...
+
+    def snapshot_read_linked(
+        self, read: ReadRange, *, consistency: Consistency = Consistency.STRONG
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        """Reads one range and, at the same consistent point, the entry each one links to.
+
+        An entry whose value is bytes-encoded (``VALUE_ENCODING_BYTES``) links
+        to the key those bytes spell; its pair is the entry stored there, or
+        None when that key is absent or expired. Entries of other encodings
+        pair with None. Expired keys of the range are hidden, as in
+        :meth:`snapshot_read`. The object mapper reads an index page and its
+        documents this way, in one snapshot, so no entry is paired with a
+        document written after it.
+        """
         ...
 
     def atomic_write(self, write: AtomicWrite) -> CommitOutcome:

@@ -76,6 +76,7 @@ from kvmodel.engines._etcd_transport import (
 )
 from kvmodel.engines._etcd_watch import Watcher
 from kvmodel.engines.base import (
+    VALUE_ENCODING_BYTES,
     AtomicWrite,
     ChangeSignal,
     Check,
@@ -125,6 +126,8 @@ ETCD_LIMITS = etcd_limits()
 _MARKER_TTL = 600  # s; a marker must outlive any resolution of an ambiguous commit
 _MARKER_LEASE_ROTATE = 300.0  # s; markers live between 300 and 600 s
 _MAX_ATTEMPTS = 64
+# Linked keys read per txn: under etcd's default --max-txn-ops of 128.
+_MAX_LINKS_PER_TXN = 100
 _QUEUE_SCAN = 64
 
 
@@ -317,6 +320,38 @@ class EtcdEngine:
         stored, _ = self._read_ranges(ranges, serializable=consistency is Consistency.EVENTUAL)
         return [[s.entry() for s in found] for found in stored]
 
+    def snapshot_read_linked(
+        self, read: ReadRange, *, consistency: Consistency = Consistency.STRONG
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        """Reads the range, then the linked keys pinned at the range's revision."""
+        serializable = consistency is Consistency.EVENTUAL
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                return self._read_linked_once(read, serializable)
+            except EtcdServerError as exc:
+                if exc.code != 11:  # 11: the pinned revision was compacted; read again
+                    raise
+        raise EngineError("etcd compacted every revision this read pinned; try again.")
+
+    def _read_linked_once(
+        self, read: ReadRange, serializable: bool
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        [found], revision = self._read_ranges_once([read], serializable)
+        links = list(
+            dict.fromkeys(s.value for s in found if s.encoding == VALUE_ENCODING_BYTES and s.value)
+        )
+        targets: dict[bytes, RawEntry] = {}
+        for lo in range(0, len(links), _MAX_LINKS_PER_TXN):
+            points = [ReadRange(k, k + b"\x00", 1) for k in links[lo : lo + _MAX_LINKS_PER_TXN]]
+            linked, _ = self._read_ranges_once(points, serializable, revision)
+            for point, hit in zip(points, linked, strict=True):
+                if hit:
+                    targets[point.start] = hit[0].entry()
+        return [
+            (s.entry(), targets.get(s.value) if s.encoding == VALUE_ENCODING_BYTES else None)
+            for s in found
+        ]
+
     def _range_body(self, r: ReadRange, limit: int, revision: int, serializable: bool) -> Json:
         body: Json = {
             "key": b64(self._data + r.start),
@@ -345,13 +380,16 @@ class EtcdEngine:
         raise EngineError("etcd compacted every revision this read pinned; try again.")
 
     def _read_ranges_once(
-        self, ranges: Sequence[ReadRange], serializable: bool
+        self, ranges: Sequence[ReadRange], serializable: bool, pinned: int = 0
     ) -> tuple[list[list[Stored]], int]:
+        """One attempt of :meth:`_read_ranges`; ``pinned`` reads at that revision."""
         now_ms = self._now_ms()
         todo = [r for r in ranges if r.start < r.end and r.limit > 0]
-        first = [{"request_range": self._range_body(r, r.limit, 0, serializable)} for r in todo]
+        first = [
+            {"request_range": self._range_body(r, r.limit, pinned, serializable)} for r in todo
+        ]
         resp = self._call("/v3/kv/txn", {"success": first} if first else {})
-        revision = as_int(resp["header"]["revision"])
+        revision = pinned or as_int(resp["header"]["revision"])
         answers = iter(resp.get("responses", []))
         results: list[list[Stored]] = []
         for r in ranges:

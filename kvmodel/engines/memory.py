@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from sortedcontainers import SortedDict, SortedList
 
 from kvmodel.engines.base import (
+    VALUE_ENCODING_BYTES,
     AtomicWrite,
     ChangeSignal,
     Clock,
@@ -155,24 +156,38 @@ class MemoryEngine:
             if self._closed:
                 self._check_open()
             now_ms = self._now_ms() if self._expire_at else 0
-            out: list[list[RawEntry]] = []
-            for r in ranges:
-                if r.end == r.start + b"\x00":  # a point read: skip the tree walk
-                    entry = self._live(r.start, now_ms)
-                    out.append([entry] if entry is not None and r.limit > 0 else [])
+            return [self._read(r, now_ms) for r in ranges]
+
+    def snapshot_read_linked(
+        self, read: ReadRange, *, consistency: Consistency = Consistency.STRONG
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        """Reads the range and every linked entry under one hold of the lock."""
+        with self._lock:
+            if self._closed:
+                self._check_open()
+            now_ms = self._now_ms() if self._expire_at else 0
+            live = self._live
+            return [
+                (e, live(e.value, now_ms) if e.encoding == VALUE_ENCODING_BYTES else None)
+                for e in self._read(read, now_ms)
+            ]
+
+    def _read(self, r: ReadRange, now_ms: int) -> list[RawEntry]:
+        """One range's live entries; the caller holds the lock."""
+        if r.end == r.start + b"\x00":  # a point read: skip the tree walk
+            entry = self._live(r.start, now_ms)
+            return [entry] if entry is not None and r.limit > 0 else []
+        entries: list[RawEntry] = []
+        if r.start < r.end and r.limit > 0:
+            data = self._data
+            expire_at = self._expire_at
+            for key in data.irange(r.start, r.end, (True, False), reverse=r.reverse):
+                if expire_at and expire_at.get(key, now_ms + 1) <= now_ms:
                     continue
-                entries: list[RawEntry] = []
-                if r.start < r.end and r.limit > 0:
-                    data = self._data
-                    expire_at = self._expire_at
-                    for key in data.irange(r.start, r.end, (True, False), reverse=r.reverse):
-                        if expire_at and expire_at.get(key, now_ms + 1) <= now_ms:
-                            continue
-                        entries.append(data[key])
-                        if len(entries) >= r.limit:
-                            break
-                out.append(entries)
-            return out
+                entries.append(data[key])
+                if len(entries) >= r.limit:
+                    break
+        return entries
 
     # -- writes --------------------------------------------------------------
 

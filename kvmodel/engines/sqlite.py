@@ -68,6 +68,8 @@ from kvmodel.engines._sqlite_schema import (
     SELECT_ATTEMPT,
     SELECT_COUNTER,
     SELECT_LEASED_MESSAGE,
+    SELECT_LINKED,
+    SELECT_LINKED_REVERSE,
     SELECT_NEXT_EXPIRATION,
     SELECT_POINT,
     SELECT_POINTS,
@@ -513,6 +515,32 @@ class SqliteEngine:
             raise
         self._release(conn)
         return result
+
+    def snapshot_read_linked(
+        self, read: ReadRange, *, consistency: Consistency = Consistency.STRONG
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        """Reads the range joined with the entries its values link to: one statement."""
+        if self._closed:
+            self._raise_if_closed()
+        if read.limit <= 0 or read.start >= read.end:
+            return []
+        return self._run(lambda conn: self._read_linked(conn, read), "reading")
+
+    def _read_linked(
+        self, conn: sqlite3.Connection, r: ReadRange
+    ) -> list[tuple[RawEntry, RawEntry | None]]:
+        now_ms = self._now_ms()
+        sql = SELECT_LINKED_REVERSE if r.reverse else SELECT_LINKED
+        out: list[tuple[RawEntry, RawEntry | None]] = []
+        for k, v, enc, ver, tv, tenc, tver, texp, linked in conn.execute(
+            sql, (r.start, r.end, now_ms, r.limit)
+        ):
+            entry = RawEntry(k, v, enc, versionstamp_from_counter(ver))
+            target = None
+            if linked and (texp is None or texp > now_ms):
+                target = RawEntry(v, tv, tenc, versionstamp_from_counter(tver))
+            out.append((entry, target))
+        return out
 
     def _read_points(
         self, conn: sqlite3.Connection, ranges: Sequence[ReadRange]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from kvmodel.errors import DecodeError
+from kvmodel.keys import decode_key, encode_key
 from kvmodel.orm._convert import Key
 from kvmodel.orm.model import Model, model_info
 
@@ -29,7 +31,7 @@ class IndexProblem:
 
     ``kind`` is one of ``"dangling"`` (an entry with no matching document),
     ``"missing"`` (a document without its entry), ``"wrong_value"`` (an entry
-    whose stored value is not what the document implies) or ``"duplicate"``
+    whose stored value is not its document's encoded primary key) or ``"duplicate"``
     (documents sharing a unique value).
     """
 
@@ -88,8 +90,9 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
             n_docs += 1
             pk = entry.key[1:]
             form: Any = entry.value
+            target = encode_key(entry.key)
             for index in info.indexes:
-                e = index._entry(form, pk)
+                e = index._entry(form, pk, target)
                 if e is None:
                     continue
                 key, value = e
@@ -118,13 +121,14 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
                             "dangling", index.qualname, key, "no document has these values"
                         )
                     )
-                elif index.unique and list(entry.value or ()) != want[key]:
+                elif entry.value != want[key]:
                     problems.append(
                         IndexProblem(
                             "wrong_value",
                             index.qualname,
                             key,
-                            f"points at {entry.value!r}, but {owners[key]!r} holds the value",
+                            f"points at {_pointee(entry.value)}, but {owners[key]!r} "
+                            "holds the value",
                         )
                     )
             for key in want.keys() - seen:
@@ -137,3 +141,13 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
                     )
                 )
     return IndexReport(tuple(problems), n_docs, n_entries)
+
+
+def _pointee(value: Any) -> str:
+    """What an index entry's value points at, for a report: the decoded key if it is one."""
+    if isinstance(value, bytes):
+        try:
+            return repr(decode_key(value))
+        except DecodeError:
+            pass
+    return repr(value)

@@ -4,10 +4,13 @@ Declared as class attributes of a model; the attribute name is the index name.
 The key layout is DESIGN section 3: an index ``by_x`` of a model with prefix
 ``p`` lives under ``f"{p}_by_x"``, one entry per document:
 
-* non-unique: ``(index_prefix, *values, *pk)`` with an empty value;
-* unique: ``(index_prefix, *values)`` holding the pk as a list.
+* non-unique: ``(index_prefix, *values, *pk)``;
+* unique: ``(index_prefix, *values)``.
 
-A document with a None in any indexed field has no entry in that index.
+Every entry holds its document's primary key, encoded (``kvmodel.keys.encode_key``
+of ``(prefix, *pk)``, stored as bytes), so an engine reads an index page and its
+documents in one snapshot (``Engine.snapshot_read_linked``). A document with a
+None in any indexed field has no entry in that index.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from kvmodel.errors import InvalidArgumentError, ModelDefinitionError
+from kvmodel.keys import encode_key
 from kvmodel.orm._convert import Key, KeyPart, form_part_converter, to_key_part
 
 if TYPE_CHECKING:
@@ -28,9 +32,6 @@ __all__ = ["Index", "IndexBase", "Unique"]
 
 M = TypeVar("M", bound="Model")
 M2 = TypeVar("M2", bound="Model")
-
-NON_UNIQUE_VALUE = b""
-"""The value of a non-unique index entry: everything is in the key."""
 
 
 class IndexBase(Generic[M]):
@@ -114,14 +115,36 @@ class IndexBase(Generic[M]):
             parts.append(convert(value))
         return tuple(parts)
 
-    def _entry(self, form: dict[str, Any], pk: tuple[KeyPart, ...]) -> tuple[Key, Any] | None:
-        """The ``(key, value)`` of a document's entry in this index, or None."""
+    def _entry(
+        self, form: dict[str, Any], pk: tuple[KeyPart, ...], target: bytes
+    ) -> tuple[Key, bytes] | None:
+        """The ``(key, value)`` of a document's entry in this index, or None.
+
+        ``target`` is the document's encoded primary key: every entry's value.
+        """
         parts = self.values_of(form)
         if parts is None:
             return None
         if self.unique:
-            return (self.key_prefix, *parts), list(pk)
-        return (self.key_prefix, *parts, *pk), NON_UNIQUE_VALUE
+            return (self.key_prefix, *parts), target
+        return (self.key_prefix, *parts, *pk), target
+
+    def _points_here(self, entry_key: bytes, doc_key: bytes, form: dict[str, Any]) -> bool:
+        """True when the entry at ``entry_key`` is the one the document ``form`` at
+        ``doc_key`` (both encoded) has in this index.
+
+        Queries read entries and documents in one snapshot, where they always
+        agree unless a write bypassed the object mapper; this keeps such a
+        document from being returned at a position it does not have.
+        """
+        parts = self.values_of(form)
+        if parts is None:
+            return False
+        head = encode_key((self.key_prefix, *parts))
+        if self.unique:
+            return entry_key == head
+        info = self.info
+        return entry_key == head + doc_key[info.encoded_prefix_size :]
 
     def key_parts(self, values: tuple[Any, ...], *, room: int = 0) -> tuple[KeyPart, ...]:
         """Key parts for query values given for the first fields of the index.
@@ -160,9 +183,9 @@ class IndexBase(Generic[M]):
     ) -> Page[M]:
         """The documents whose first indexed fields equal ``values``, in index order.
 
-        ``start``/``end`` bound the next field to ``[start, end)``. Results are
-        read from the primaries and verified against the index entry, so a
-        document that changed meanwhile is never returned at a stale position.
+        ``start``/``end`` bound the next field to ``[start, end)``. Each page of
+        index entries and the documents they point at are read at one snapshot,
+        so a document is never returned at a position it no longer has.
 
         Args:
             source: a :class:`Session` (results join its identity map) or a Kv.

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 import attrs
 
 from kvmodel.errors import ModelDefinitionError
+from kvmodel.keys import encode_key
 from kvmodel.orm import _convert
 from kvmodel.orm._convert import Key, KeyPart, to_key_part
 from kvmodel.orm.index import IndexBase
@@ -158,6 +159,7 @@ class ModelInfo:
         "_pk_getter",
         "_ready",
         "cls",
+        "encoded_prefix_size",
         "field_names",
         "indexes",
         "name",
@@ -179,6 +181,8 @@ class ModelInfo:
         self.cls = cls
         self.name = cls.__qualname__
         self.prefix = prefix
+        # Bytes of the encoded ``(prefix,)`` that start every primary key.
+        self.encoded_prefix_size = len(encode_key((prefix,)))
         self.pk_fields = pk_fields
         self.field_names = field_names
         self.indexes = indexes
@@ -254,8 +258,11 @@ class ModelInfo:
     def index_entries(self, form: dict[str, Any], pk: tuple[KeyPart, ...]) -> dict[Key, Any]:
         """Every index entry (key -> value) a document with this form and pk has."""
         entries: dict[Key, Any] = {}
+        if not self.indexes:
+            return entries
+        target = encode_key((self.prefix, *pk))
         for index in self.indexes:
-            entry = index._entry(form, pk)
+            entry = index._entry(form, pk, target)
             if entry is not None:
                 entries[entry[0]] = entry[1]
         return entries

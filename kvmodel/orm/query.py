@@ -1,12 +1,13 @@
 """Index queries: :class:`Page`, and the find/count/get behind the index accessors.
 
-A query lists index entries, then reads the documents they point at (in
-``get_many`` groups of 10) and keeps only the documents whose current indexed
-values are those of the entry. Index entries and documents are always written
-in the same commit, so a mismatch only means a writer committed between the two
-reads; such an entry is dropped rather than returning a document at a position
-it no longer has. Every returned document therefore matches the query as of the
-moment it was read.
+Every index entry holds its document's encoded primary key, and the engine reads
+a batch of entries together with the documents they point at in one snapshot
+(``Kv.read_linked``). Index entries and documents are always written in the same
+commit, so within a snapshot every entry agrees with its document: a returned
+document matches the query as of the moment its batch was read, and is never
+returned at a position it no longer has. An entry whose document is missing or
+does not have the entry's values (only a write that bypassed the object mapper
+leaves one) is skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from kvmodel.limits import MAX_GET_MANY_KEYS
+from kvmodel.engines.base import Consistency, ReadRange
+from kvmodel.errors import InvalidArgumentError
 from kvmodel.orm._convert import Key, KeyPart, to_key_part
 from kvmodel.orm.session import Session
 
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["Page", "count", "find", "unique_get"]
 
 M = TypeVar("M", bound="Model")
-
-# A unique lookup re-reads when a writer moved the value between its two reads.
-_UNIQUE_GET_ATTEMPTS = 5
 
 
 class Page(Sequence[M], Generic[M]):
@@ -89,6 +88,11 @@ def _selector(
     return {"prefix": base, "end": hi}, parts
 
 
+# Index entries per engine read when a query has no limit: the documents come
+# with them, so a batch holds that many documents as well.
+_FIND_BATCH = 100
+
+
 def find(
     index: IndexBase[M],
     source: Session | Kv,
@@ -102,7 +106,6 @@ def find(
 ) -> Page[M]:
     """See :meth:`kvmodel.Index.find`."""
     session = as_session(source)
-    info = index.info
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         # A full unique value is one key, which a prefix listing would exclude.
         if cursor:
@@ -110,27 +113,27 @@ def find(
         found = unique_get(index, session, values)  # type: ignore[arg-type]
         return Page([found] if found is not None else [], "")
     selector, _ = _selector(index, values, start, end)
-    it = session.kv.list(**selector, limit=limit, reverse=reverse, cursor=cursor)
-    n = len(index.fields)
-    wanted: list[tuple[Key, tuple[KeyPart, ...]]] = []
-    for entry in it:
-        key = entry.key
-        value: Any = entry.value
-        pk = tuple(value) if index.unique else key[1 + n :]
-        wanted.append(((info.prefix, *pk), key[1 : 1 + n]))
-    items: list[M] = []
     kv = session.kv
-    for lo in range(0, len(wanted), MAX_GET_MANY_KEYS):
-        chunk = wanted[lo : lo + MAX_GET_MANY_KEYS]
-        docs = kv.get_many([k for k, _ in chunk])
-        for (pkey, parts), doc in zip(chunk, docs, strict=True):
-            form: Any = doc.value
-            if doc.versionstamp is None or index.values_of(form) != parts:
-                continue  # a writer moved it after the index read: not at this position
-            obj = session._load(info, pkey, doc.value, doc.versionstamp)
-            if obj is not None:
-                items.append(obj)
-    return Page(items, it.cursor)
+    state = kv.list_state(
+        selector.get("prefix"),
+        selector.get("start"),
+        selector.get("end"),
+        limit,
+        reverse,
+        cursor,
+        None if limit is not None else _FIND_BATCH,
+        "strong",
+    )
+    items: list[M] = []
+    last: bytes | None = None
+    while not state.stopped():
+        read = state.next_read()
+        batch = kv.read_linked(read, state.consistency)
+        if batch:
+            last = batch[-1][0].key
+        state.advance(read, len(batch), last or b"")
+        session._load_linked(index, batch, items)
+    return Page(items, state.cursor_after(last, cursor))
 
 
 def count(
@@ -151,27 +154,15 @@ def count(
 
 
 def unique_get(index: Unique[M], source: Session | Kv, values: tuple[Any, ...]) -> M | None:
-    """See :meth:`kvmodel.Unique.get`."""
+    """See :meth:`kvmodel.Unique.get`: the entry and its document, read in one snapshot."""
     session = as_session(source)
-    info = index.info
     if len(values) != len(index.fields):
-        from kvmodel.errors import InvalidArgumentError
-
         raise InvalidArgumentError(
             f"{index.qualname} needs one value per field {index.fields!r}; got {values!r}."
         )
-    parts = index.key_parts(values)
-    key = (index.key_prefix, *parts)
     kv = session.kv
-    for _ in range(_UNIQUE_GET_ATTEMPTS):
-        entry = kv.get(key)
-        if entry.versionstamp is None:
-            return None
-        owner: Any = entry.value
-        pkey: Key = (info.prefix, *owner)
-        doc = kv.get(pkey)
-        form: Any = doc.value
-        if doc.versionstamp is not None and index.values_of(form) == parts:
-            return session._load(info, pkey, doc.value, doc.versionstamp)  # type: ignore[no-any-return]
-        # The value moved between the two reads: read the entry again.
-    return None
+    key = kv.read_key((index.key_prefix, *index.key_parts(values)))
+    [*batch] = kv.read_linked(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
+    found: list[M] = []
+    session._load_linked(index, batch, found)
+    return found[0] if found else None

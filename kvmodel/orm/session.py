@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kvmodel._values import decode_value
 from kvmodel.errors import (
     ConflictError,
     DecodeError,
@@ -21,6 +22,7 @@ from kvmodel.errors import (
     LimitExceededError,
     UniqueViolationError,
 )
+from kvmodel.keys import decode_key
 from kvmodel.limits import MAX_GET_MANY_KEYS
 from kvmodel.orm._convert import Key
 from kvmodel.orm._planner import Plan, PlannedCheck, PlannedEnqueue, Tracked, plan_commit
@@ -29,6 +31,7 @@ from kvmodel.orm.model import Model, ModelInfo, model_info
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
     from kvmodel._records import CommitResult
+    from kvmodel.engines.base import RawEntry
     from kvmodel.orm.index import IndexBase
     from kvmodel.orm.query import Page
 
@@ -293,6 +296,49 @@ class Session:
         self._by_id[id(obj)] = t
         return obj
 
+    def _load_linked(
+        self,
+        index: IndexBase[Any],
+        batch: Iterable[tuple[RawEntry, RawEntry | None]],
+        out: list[Any],
+    ) -> None:
+        """Appends the objects of an index page, read raw from the engine, to ``out``.
+
+        The fast path of index queries: each ``(entry, document)`` pair is
+        decoded here, without building ``Entry`` objects. A pair is skipped when
+        the document is missing, does not point back at the entry (only a write
+        that bypassed the object mapper does that) or was deleted in this session.
+        """
+        info = index.info
+        identity = self._identity
+        by_id = self._by_id
+        structure = info.structure
+        prefix = info.prefix
+        for entry, raw in batch:
+            if raw is None:
+                continue
+            key = decode_key(raw.key)
+            if key[0] != prefix:
+                continue
+            form: Any = decode_value(raw.value, raw.encoding)
+            if not index._points_here(entry.key, raw.key, form):
+                continue
+            t = identity.get(key)
+            if t is not None:
+                if not t.deleted:
+                    out.append(t.obj)
+                continue
+            try:
+                obj = structure(form)
+            except Exception as exc:
+                raise DecodeError(
+                    f"The document at {key!r} does not fit {info.name}: {exc}"
+                ) from exc
+            t = Tracked(obj, info, key[1:], form, raw.versionstamp.hex())
+            identity[key] = t
+            by_id[id(obj)] = t
+            out.append(obj)
+
     def _assign(self, t: Tracked, form: Any) -> None:
         """Overwrites the fields of a tracked object with a stored form's values."""
         fresh = t.info.structure(form)
@@ -389,8 +435,9 @@ class Session:
                 if owner.versionstamp is None:
                     break  # released again meanwhile: a plain conflict, worth a retry
                 index = c.unique_index
-                owner_pk: tuple[Any, ...] = tuple(owner.value or ())
-                owner_key = (index.info.prefix, *owner_pk)
+                # The entry holds its owner's encoded primary key.
+                owner_key: Key = decode_key(owner.value) if isinstance(owner.value, bytes) else ()
+                owner_pk = owner_key[1:]
                 value = c.value[0] if len(c.value) == 1 else c.value
                 return UniqueViolationError(
                     f"{c.owner.describe()} cannot take the value {value!r} of the unique "

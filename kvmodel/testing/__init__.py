@@ -59,6 +59,7 @@ pytest.register_assert_rewrite(
     "kvmodel.testing.conformance_aio",
     "kvmodel.testing.conformance_atomic",
     "kvmodel.testing.conformance_data",
+    "kvmodel.testing.conformance_linked",
     "kvmodel.testing.conformance_list",
     "kvmodel.testing.conformance_queue",
     "kvmodel.testing.conformance_support",

@@ -6,7 +6,8 @@ Kvs on one store check ``kv_store.capabilities`` and skip otherwise.
 
 The tests live in themed modules, gathered here so one star-import collects
 them all: ``conformance_data`` (keys, values, get/get_many/set/delete),
-``conformance_list`` (selectors, limit, reverse, batch_size, cursors) and
+``conformance_list`` (selectors, limit, reverse, batch_size, cursors),
+``conformance_linked`` (the linked read behind index queries) and
 ``conformance_atomic`` (commits, checks, KvU64, versionstamps, expiry). This
 module holds the Kv's lifecycle: closing, several Kvs on one store, reopening,
 and the engine's bookkeeping staying out of sight.
@@ -26,6 +27,7 @@ from kvmodel.testing import KvStore
 from kvmodel.testing.conformance_aio import *  # noqa: F403
 from kvmodel.testing.conformance_atomic import *  # noqa: F403
 from kvmodel.testing.conformance_data import *  # noqa: F403
+from kvmodel.testing.conformance_linked import *  # noqa: F403
 from kvmodel.testing.conformance_list import *  # noqa: F403
 from kvmodel.testing.conformance_queue import *  # noqa: F403
 from kvmodel.testing.conformance_support import dump, wait_until
