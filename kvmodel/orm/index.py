@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from kvmodel.errors import InvalidArgumentError, ModelDefinitionError
-from kvmodel.keys import encode_key
 from kvmodel.orm._convert import Key, KeyPart, form_part_converter, to_key_part
 
 if TYPE_CHECKING:
@@ -128,23 +127,6 @@ class IndexBase(Generic[M]):
         if self.unique:
             return (self.key_prefix, *parts), target
         return (self.key_prefix, *parts, *pk), target
-
-    def _points_here(self, entry_key: bytes, doc_key: bytes, form: dict[str, Any]) -> bool:
-        """True when the entry at ``entry_key`` is the one the document ``form`` at
-        ``doc_key`` (both encoded) has in this index.
-
-        Queries read entries and documents in one snapshot, where they always
-        agree unless a write bypassed the object mapper; this keeps such a
-        document from being returned at a position it does not have.
-        """
-        parts = self.values_of(form)
-        if parts is None:
-            return False
-        head = encode_key((self.key_prefix, *parts))
-        if self.unique:
-            return entry_key == head
-        info = self.info
-        return entry_key == head + doc_key[info.encoded_prefix_size :]
 
     def key_parts(self, values: tuple[Any, ...], *, room: int = 0) -> tuple[KeyPart, ...]:
         """Key parts for query values given for the first fields of the index.

@@ -159,7 +159,6 @@ class ModelInfo:
         "_pk_getter",
         "_ready",
         "cls",
-        "encoded_prefix_size",
         "field_names",
         "indexes",
         "name",
@@ -181,8 +180,6 @@ class ModelInfo:
         self.cls = cls
         self.name = cls.__qualname__
         self.prefix = prefix
-        # Bytes of the encoded ``(prefix,)`` that start every primary key.
-        self.encoded_prefix_size = len(encode_key((prefix,)))
         self.pk_fields = pk_fields
         self.field_names = field_names
         self.indexes = indexes

@@ -5,9 +5,9 @@ a batch of entries together with the documents they point at in one snapshot
 (``Kv.read_linked``). Index entries and documents are always written in the same
 commit, so within a snapshot every entry agrees with its document: a returned
 document matches the query as of the moment its batch was read, and is never
-returned at a position it no longer has. An entry whose document is missing or
-does not have the entry's values (only a write that bypassed the object mapper
-leaves one) is skipped.
+returned at a position it no longer has. Only writes that bypass the object
+mapper can break that agreement; an entry whose document is missing is
+skipped, and ``check_indexes`` reports the rest.
 """
 
 from __future__ import annotations

@@ -305,29 +305,29 @@ class Session:
         """Appends the objects of an index page, read raw from the engine, to ``out``.
 
         The fast path of index queries: each ``(entry, document)`` pair is
-        decoded here, without building ``Entry`` objects. A pair is skipped when
-        the document is missing, does not point back at the entry (only a write
-        that bypassed the object mapper does that) or was deleted in this session.
+        decoded here, without building ``Entry`` objects. The pairs come from one
+        snapshot, where entries and documents agree (the session writes them in
+        one commit); a pair is skipped when the document is missing or of
+        another model (only writes that bypass the session leave such entries),
+        or was deleted in this session.
         """
         info = index.info
         identity = self._identity
         by_id = self._by_id
         structure = info.structure
         prefix = info.prefix
-        for entry, raw in batch:
+        for _, raw in batch:
             if raw is None:
                 continue
             key = decode_key(raw.key)
-            if key[0] != prefix:
-                continue
-            form: Any = decode_value(raw.value, raw.encoding)
-            if not index._points_here(entry.key, raw.key, form):
-                continue
             t = identity.get(key)
             if t is not None:
                 if not t.deleted:
                     out.append(t.obj)
                 continue
+            if key[0] != prefix:
+                continue
+            form: Any = decode_value(raw.value, raw.encoding)
             try:
                 obj = structure(form)
             except Exception as exc:
