@@ -265,27 +265,27 @@ def _freeze(obj: Any) -> Any:
     return obj
 
 
-# Lengths no valid value can exceed: a value has at most MAX_VALUE_SIZE bytes.
-_MAX_LEN = MAX_VALUE_SIZE
-
-
-# The decoder's settings: extension types whitelisted by _ext_hook, and every
-# length bounded by what a valid value can hold.
+# The decoder's settings: extension types whitelisted by _ext_hook. Lengths need
+# no options: msgpack's unpackb bounds every str, bin, array, map and ext by the
+# length of its input (the tightest bound there is), and each option passed
+# costs a parse on every call of this hot path.
 _UNPACK_OPTIONS: dict[str, Any] = {
     "raw": False,
     "use_list": True,
     "strict_map_key": False,
     "ext_hook": _ext_hook,
     "timestamp": 3,
-    "max_str_len": _MAX_LEN,
-    "max_bin_len": _MAX_LEN,
-    "max_array_len": _MAX_LEN,
-    "max_map_len": _MAX_LEN // 2,
-    "max_ext_len": _MAX_LEN,
 }
 
 
 def _unpack(data: bytes | bytearray | memoryview) -> object:
+    if len(data) > MAX_VALUE_SIZE:
+        # Writes are refused past this size, so no stored value is longer; the
+        # check also bounds every length inside (see _UNPACK_OPTIONS).
+        raise DecodeError(
+            f"Stored bytes are {len(data)} long, more than any value can be "
+            f"({MAX_VALUE_SIZE} bytes encoded)."
+        )
     try:
         return msgpack.unpackb(data, **_UNPACK_OPTIONS)
     except DecodeError:
