@@ -279,13 +279,6 @@ _UNPACK_OPTIONS: dict[str, Any] = {
 
 
 def _unpack(data: bytes | bytearray | memoryview) -> object:
-    if len(data) > MAX_VALUE_SIZE:
-        # Writes are refused past this size, so no stored value is longer; the
-        # check also bounds every length inside (see _UNPACK_OPTIONS).
-        raise DecodeError(
-            f"Stored bytes are {len(data)} long, more than any value can be "
-            f"({MAX_VALUE_SIZE} bytes encoded)."
-        )
     try:
         return msgpack.unpackb(data, **_UNPACK_OPTIONS)
     except DecodeError:
@@ -370,6 +363,13 @@ def decode_value(data: bytes, encoding: int) -> object:
             encoding is unknown.
     """
     if encoding == VALUE_ENCODING_MSGPACK:
+        if len(data) > MAX_VALUE_SIZE:
+            # Writes are refused past this size, so no stored value is longer;
+            # the check also bounds every length inside (see _UNPACK_OPTIONS).
+            raise DecodeError(
+                f"Stored bytes are {len(data)} long, more than any value can be "
+                f"({MAX_VALUE_SIZE} bytes encoded)."
+            )
         return _unpack(data)
     if encoding == VALUE_ENCODING_BYTES:
         return bytes(data)
