@@ -42,6 +42,7 @@ from kvmodel.orm import (
     check_indexes,
     field,
     new_id,
+    rebuild_indexes,
     transaction,
     utcnow,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "VERSIONSTAMP",
     "WatchIterator",
     "check_indexes",
+    "rebuild_indexes",
     "field",
     "new_id",
     "open_kv",

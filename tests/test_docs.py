@@ -59,6 +59,7 @@ DOC_PAGES = [
     "docs/explanation/consistency.md",
     "docs/index.md",
     "docs/how-to/unique-constraints.md",
+    "docs/how-to/add-an-index.md",
     "docs/how-to/retries.md",
     "docs/how-to/choose-an-engine.md",
     "docs/explanation/models-and-keys.md",

@@ -7,7 +7,7 @@ Everything here is re-exported at the top level (``km.Model``, ``km.Session``,
 from __future__ import annotations
 
 from kvmodel.orm._transaction import transaction
-from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes
+from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes, rebuild_indexes
 from kvmodel.orm.index import Index, Unique
 from kvmodel.orm.model import Model, field, new_id, utcnow
 from kvmodel.orm.query import Page
@@ -24,6 +24,7 @@ __all__ = [
     "check_indexes",
     "field",
     "new_id",
+    "rebuild_indexes",
     "transaction",
     "utcnow",
 ]

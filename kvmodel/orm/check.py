@@ -17,12 +17,14 @@ import attrs
 from kvmodel.errors import DecodeError
 from kvmodel.keys import decode_key, encode_key
 from kvmodel.orm._convert import Key
-from kvmodel.orm.model import Model, model_info
+from kvmodel.orm.model import Model, ModelInfo, model_info
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
+    from kvmodel._records import Entry
+    from kvmodel.orm.index import IndexBase
 
-__all__ = ["IndexProblem", "IndexReport", "check_indexes"]
+__all__ = ["IndexProblem", "IndexReport", "check_indexes", "rebuild_indexes"]
 
 
 @attrs.frozen
@@ -32,7 +34,8 @@ class IndexProblem:
     ``kind`` is one of ``"dangling"`` (an entry with no matching document),
     ``"missing"`` (a document without its entry), ``"wrong_value"`` (an entry
     whose stored value is not its document's encoded primary key) or ``"duplicate"``
-    (documents sharing a unique value).
+    (documents sharing a unique value); :func:`rebuild_indexes` adds ``"busy"``
+    (a key that kept changing while it tried to settle it).
     """
 
     kind: str
@@ -141,6 +144,158 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
                     )
                 )
     return IndexReport(tuple(problems), n_docs, n_entries)
+
+
+# Each document or entry is re-read and decided again when a commit races a
+# writer; a key that keeps moving this often is reported instead.
+_REBUILD_ATTEMPTS = 20
+
+
+def rebuild_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
+    """Writes the index entries of ``models`` that their documents imply, and deletes the rest.
+
+    Run it after declaring an index on a model whose documents already exist,
+    or to repair entries that writes bypassing the sessions left wrong. Every
+    change is its own commit, checked against the versionstamps of the
+    document and the entry it was decided on, so sessions may keep writing
+    meanwhile: their commits and the rebuild's never undo each other.
+
+    A unique value that two documents hold cannot be settled here; its entry
+    is left as it is and reported as a ``"duplicate"``.
+
+    >>> import kvmodel as km
+    >>> class Pet(km.Model, prefix="pets"):
+    ...     name: str = km.field(primary_key=True)
+    ...     kind: str
+    >>> kv = km.open_kv()
+    >>> with km.Session(kv) as s:
+    ...     s.add(Pet(name="rex", kind="dog"))
+    >>> class PetV2(km.Model, prefix="pets"):  # the next release indexes kind
+    ...     name: str = km.field(primary_key=True)
+    ...     kind: str
+    ...     by_kind = km.Index("kind")
+    >>> PetV2.by_kind.count(kv, "dog")
+    0
+    >>> km.rebuild_indexes(kv, PetV2).ok
+    True
+    >>> [p.name for p in PetV2.by_kind.find(kv, "dog")]
+    ['rex']
+
+    Returns:
+        An :class:`IndexReport` of what is still inconsistent (duplicates, or a
+        key that kept changing), with the numbers of documents and entries read.
+    """
+    problems: list[IndexProblem] = []
+    n_docs = 0
+    n_entries = 0
+    for model in models:
+        info = model_info(model)
+        for doc in kv.list(prefix=(info.prefix,), batch_size=500):
+            n_docs += 1
+            problems += _settle_document(kv, info, doc.key)
+        for index in info.indexes:
+            for entry in kv.list(prefix=(index.key_prefix,), batch_size=500):
+                n_entries += 1
+                problems += _settle_entry(kv, index, entry.key)
+    return IndexReport(tuple(problems), n_docs, n_entries)
+
+
+def _settle_document(kv: Kv, info: ModelInfo, key: Key) -> list[IndexProblem]:
+    """Writes the entries one document implies that are missing or hold a wrong value."""
+    for _ in range(_REBUILD_ATTEMPTS):
+        doc = kv.get(key)
+        if doc.versionstamp is None:
+            return []  # deleted meanwhile, with its entries
+        form: Any = doc.value
+        want = info.index_entries(form, key[1:])
+        keys = list(want)
+        current = [e for lo in range(0, len(keys), 10) for e in kv.get_many(keys[lo : lo + 10])]
+        op = kv.atomic().check(doc)
+        problems: list[IndexProblem] = []
+        changes = 0
+        for entry in current:
+            if entry.versionstamp is not None and entry.value == want[entry.key]:
+                continue
+            holder = _holder(kv, info, entry)
+            if holder is not None:
+                index = info.unique_indexes[entry.key[0]]
+                problems.append(
+                    IndexProblem(
+                        "duplicate",
+                        index.qualname,
+                        entry.key,
+                        f"documents {holder.key!r} and {key!r} share this value; "
+                        "the entry was left pointing at the first",
+                    )
+                )
+                continue
+            op.check(entry).set(entry.key, want[entry.key])
+            changes += 1
+        if not changes or op.commit().ok:
+            return problems
+    return [_busy(info.name, key)]
+
+
+def _holder(kv: Kv, info: ModelInfo, entry: Entry[Any]) -> Entry[Any] | None:
+    """The other document that holds a unique entry's value, if one still does."""
+    if entry.versionstamp is None or entry.key[0] not in info.unique_indexes:
+        return None
+    value = entry.value
+    if not isinstance(value, bytes):
+        return None
+    try:
+        other = decode_key(value)
+    except DecodeError:
+        return None
+    doc = kv.get(other)
+    if doc.versionstamp is None or other[:1] != (info.prefix,):
+        return None
+    form: Any = doc.value
+    return doc if entry.key in info.index_entries(form, other[1:]) else None
+
+
+def _settle_entry(kv: Kv, index: IndexBase[Any], key: Key) -> list[IndexProblem]:
+    """Deletes one index entry unless the document it belongs to implies it."""
+    info = index.info
+    for _ in range(_REBUILD_ATTEMPTS):
+        entry = kv.get(key)
+        if entry.versionstamp is None:
+            return []
+        op = kv.atomic().check(entry)
+        owner = _owner_of(index, entry)
+        if owner is not None:
+            doc = kv.get(owner)
+            form: Any = doc.value
+            if doc.versionstamp is not None and key in info.index_entries(form, owner[1:]):
+                return []
+            op.check(doc)
+        if op.delete(key).commit().ok:
+            return []
+    return [_busy(index.qualname, key)]
+
+
+def _owner_of(index: IndexBase[Any], entry: Entry[Any]) -> Key | None:
+    """The key of the document an entry belongs to: from the key for a non-unique
+    index, from the value for a unique one (None when the value names no document)."""
+    info = index.info
+    if not index.unique:
+        return (info.prefix, *entry.key[1 + len(index.fields) :])
+    if isinstance(entry.value, bytes):
+        try:
+            owner = decode_key(entry.value)
+        except DecodeError:
+            return None
+        return owner if owner[:1] == (info.prefix,) else None
+    return None
+
+
+def _busy(what: str, key: Key) -> IndexProblem:
+    return IndexProblem(
+        "busy",
+        what,
+        key,
+        f"kept changing through {_REBUILD_ATTEMPTS} attempts; run rebuild_indexes again",
+    )
 
 
 def _pointee(value: Any) -> str:
