@@ -369,6 +369,20 @@ def test_unique_get_ignores_an_entry_without_its_document(kv: Kv) -> None:
     assert User.by_email.get(kv, "a@x") is None
 
 
+def test_queries_on_a_kv_give_detached_objects(kv: Kv) -> None:
+    """find/get on a Kv return plain objects no session tracks; a session's query tracks them."""
+    (oid,) = make_orders(kv, "c1", 1)
+    [detached] = Order.by_customer.find(kv, "c1")
+    detached.status = "lost"  # no session: nothing to commit
+    assert kv.get(("orders", oid)).value["status"] == "pending"
+    with km.Session(kv) as s:
+        [tracked] = Order.by_customer.find(s, "c1")
+        assert tracked in s and detached not in s
+        assert s.find(Order.by_status, "pending")[0] is tracked  # the identity map answers
+        tracked.status = "shipped"
+    assert Order.by_status.find(kv, "shipped")[0].id == oid
+
+
 def test_index_entries_hold_the_encoded_primary_key(kv: Kv) -> None:
     """Every index entry's value is its document's encoded key (what the linked read follows)."""
     u = User(email="a@x")

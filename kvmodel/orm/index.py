@@ -170,7 +170,8 @@ class IndexBase(Generic[M]):
         so a document is never returned at a position it no longer has.
 
         Args:
-            source: a :class:`Session` (results join its identity map) or a Kv.
+            source: a :class:`Session` (results join its identity map) or a Kv
+                (detached objects: changing them writes nothing).
             values: equality on a prefix of the index fields.
             start: inclusive lower bound of the next field.
             end: exclusive upper bound of the next field.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from kvmodel.engines.base import Consistency, ReadRange
 from kvmodel.errors import InvalidArgumentError
 from kvmodel.orm._convert import Key, KeyPart, to_key_part
-from kvmodel.orm.session import Session
+from kvmodel.orm.session import Session, load_linked
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
@@ -60,12 +60,16 @@ class Page(Sequence[M], Generic[M]):
         return f"Page({self.items!r}, cursor={self.cursor!r})"
 
 
-def as_session(source: Session | Kv) -> Session:
-    """The session to load through: the one given, or a fresh one over a Kv."""
+def resolve_source(source: Session | Kv) -> tuple[Kv, Session | None]:
+    """The Kv to read and the session to load into (None: detached objects from a Kv).
+
+    Raises:
+        TypeError: ``source`` is neither a Session nor a Kv.
+    """
     if isinstance(source, Session):
-        return source
-    if hasattr(source, "atomic") and hasattr(source, "get_many"):
-        return Session(source)
+        return source.kv, source
+    if hasattr(source, "atomic") and hasattr(source, "read_linked"):
+        return source, None
     raise TypeError(f"Expected a km.Session or a km.Kv, not {source!r}.")
 
 
@@ -105,15 +109,14 @@ def find(
     cursor: str | None = None,
 ) -> Page[M]:
     """See :meth:`kvmodel.Index.find`."""
-    session = as_session(source)
+    kv, session = resolve_source(source)
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         # A full unique value is one key, which a prefix listing would exclude.
         if cursor:
             return Page([], "")
-        found = unique_get(index, session, values)  # type: ignore[arg-type]
+        found = unique_get(index, source, values)  # type: ignore[arg-type]
         return Page([found] if found is not None else [], "")
     selector, _ = _selector(index, values, start, end)
-    kv = session.kv
     state = kv.list_state(
         selector.get("prefix"),
         selector.get("start"),
@@ -132,7 +135,7 @@ def find(
         if batch:
             last = batch[-1][0].key
         state.advance(read, len(batch), last or b"")
-        session._load_linked(index, batch, items)
+        load_linked(index, batch, items, session)
     return Page(items, state.cursor_after(last, cursor))
 
 
@@ -145,24 +148,23 @@ def count(
     end: Any = None,
 ) -> int:
     """See :meth:`kvmodel.Index.count`: the number of matching index entries."""
-    session = as_session(source)
+    kv, _ = resolve_source(source)
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         key = (index.key_prefix, *index.key_parts(values))
-        return 0 if session.kv.get(key).versionstamp is None else 1
+        return 0 if kv.get(key).versionstamp is None else 1
     selector, _ = _selector(index, values, start, end)
-    return sum(1 for _ in session.kv.list(**selector, batch_size=1000))
+    return sum(1 for _ in kv.list(**selector, batch_size=1000))
 
 
 def unique_get(index: Unique[M], source: Session | Kv, values: tuple[Any, ...]) -> M | None:
     """See :meth:`kvmodel.Unique.get`: the entry and its document, read in one snapshot."""
-    session = as_session(source)
+    kv, session = resolve_source(source)
     if len(values) != len(index.fields):
         raise InvalidArgumentError(
             f"{index.qualname} needs one value per field {index.fields!r}; got {values!r}."
         )
-    kv = session.kv
     key = kv.read_key((index.key_prefix, *index.key_parts(values)))
     [*batch] = kv.read_linked(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
     found: list[M] = []
-    session._load_linked(index, batch, found)
+    load_linked(index, batch, found, session)
     return found[0] if found else None

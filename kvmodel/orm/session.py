@@ -296,49 +296,6 @@ class Session:
         self._by_id[id(obj)] = t
         return obj
 
-    def _load_linked(
-        self,
-        index: IndexBase[Any],
-        batch: Iterable[tuple[RawEntry, RawEntry | None]],
-        out: list[Any],
-    ) -> None:
-        """Appends the objects of an index page, read raw from the engine, to ``out``.
-
-        The fast path of index queries: each ``(entry, document)`` pair is
-        decoded here, without building ``Entry`` objects. The pairs come from one
-        snapshot, where entries and documents agree (the session writes them in
-        one commit); a pair is skipped when the document is missing or of
-        another model (only writes that bypass the session leave such entries),
-        or was deleted in this session.
-        """
-        info = index.info
-        identity = self._identity
-        by_id = self._by_id
-        structure = info.structure
-        prefix = info.prefix
-        for _, raw in batch:
-            if raw is None:
-                continue
-            key = decode_key(raw.key)
-            t = identity.get(key)
-            if t is not None:
-                if not t.deleted:
-                    out.append(t.obj)
-                continue
-            if key[0] != prefix:
-                continue
-            form: Any = decode_value(raw.value, raw.encoding)
-            try:
-                obj = structure(form)
-            except Exception as exc:
-                raise DecodeError(
-                    f"The document at {key!r} does not fit {info.name}: {exc}"
-                ) from exc
-            t = Tracked(obj, info, key[1:], form, raw.versionstamp.hex())
-            identity[key] = t
-            by_id[id(obj)] = t
-            out.append(obj)
-
     def _assign(self, t: Tracked, form: Any) -> None:
         """Overwrites the fields of a tracked object with a stored form's values."""
         fresh = t.info.structure(form)
@@ -505,3 +462,47 @@ def _limit_facts(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, LimitExceededError):
         return {"limit": exc.limit, "actual": exc.actual}
     return {}
+
+
+def load_linked(
+    index: IndexBase[Any],
+    batch: Iterable[tuple[RawEntry, RawEntry | None]],
+    out: list[Any],
+    session: Session | None,
+) -> None:
+    """Appends the objects of an index page, read raw from the engine, to ``out``.
+
+    The fast path of index queries: each ``(entry, document)`` pair is decoded
+    here, without building ``Entry`` objects. The pairs come from one snapshot,
+    where entries and documents agree (sessions write them in one commit); a
+    pair is skipped when the document is missing or of another model (only
+    writes that bypass the sessions leave such entries), or was deleted in the
+    session. With a session the objects join its identity map and are tracked;
+    without one (a query on a Kv) they are detached, and cost no tracking.
+    """
+    info = index.info
+    identity = session._identity if session is not None else None
+    structure = info.structure
+    prefix = info.prefix
+    for _, raw in batch:
+        if raw is None:
+            continue
+        key = decode_key(raw.key)
+        if identity is not None:
+            t = identity.get(key)
+            if t is not None:
+                if not t.deleted:
+                    out.append(t.obj)
+                continue
+        if key[0] != prefix:
+            continue
+        form: Any = decode_value(raw.value, raw.encoding)
+        try:
+            obj = structure(form)
+        except Exception as exc:
+            raise DecodeError(f"The document at {key!r} does not fit {info.name}: {exc}") from exc
+        if session is not None:
+            t = Tracked(obj, info, key[1:], form, raw.versionstamp.hex())
+            session._identity[key] = t
+            session._by_id[id(obj)] = t
+        out.append(obj)
