@@ -47,8 +47,8 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -126,9 +126,21 @@ ETCD_LIMITS = etcd_limits()
 _MARKER_TTL = 600  # s; a marker must outlive any resolution of an ambiguous commit
 _MARKER_LEASE_ROTATE = 300.0  # s; markers live between 300 and 600 s
 _MAX_ATTEMPTS = 64
+_T = TypeVar("_T")
 # Linked keys read per txn: under etcd's default --max-txn-ops of 128.
 _MAX_LINKS_PER_TXN = 100
 _QUEUE_SCAN = 64
+
+
+def _retry_compacted(read: Callable[[], _T]) -> _T:
+    """Runs a read that pins a revision, again while etcd has compacted that revision away."""
+    for _ in range(_MAX_ATTEMPTS):
+        try:
+            return read()
+        except EtcdServerError as exc:
+            if exc.code != 11:  # 11: the pinned revision was compacted; read again
+                raise
+    raise EngineError("etcd compacted every revision this read pinned; try again.")
 
 
 class EtcdEngine:
@@ -325,13 +337,7 @@ class EtcdEngine:
     ) -> list[tuple[RawEntry, RawEntry | None]]:
         """Reads the range, then the linked keys pinned at the range's revision."""
         serializable = consistency is Consistency.EVENTUAL
-        for _ in range(_MAX_ATTEMPTS):
-            try:
-                return self._read_linked_once(read, serializable)
-            except EtcdServerError as exc:
-                if exc.code != 11:  # 11: the pinned revision was compacted; read again
-                    raise
-        raise EngineError("etcd compacted every revision this read pinned; try again.")
+        return _retry_compacted(lambda: self._read_linked_once(read, serializable))
 
     def _read_linked_once(
         self, read: ReadRange, serializable: bool
@@ -371,13 +377,7 @@ class EtcdEngine:
         self, ranges: Sequence[ReadRange], *, serializable: bool = False
     ) -> tuple[list[list[Stored]], int]:
         """Reads the ranges at one revision: one read-only txn, then pinned pages."""
-        for _ in range(_MAX_ATTEMPTS):
-            try:
-                return self._read_ranges_once(ranges, serializable)
-            except EtcdServerError as exc:
-                if exc.code != 11:  # 11: the pinned revision was compacted; read again
-                    raise
-        raise EngineError("etcd compacted every revision this read pinned; try again.")
+        return _retry_compacted(lambda: self._read_ranges_once(ranges, serializable))
 
     def _read_ranges_once(
         self, ranges: Sequence[ReadRange], serializable: bool, pinned: int = 0

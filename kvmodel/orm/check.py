@@ -164,22 +164,19 @@ def rebuild_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
     is left as it is and reported as a ``"duplicate"``.
 
     >>> import kvmodel as km
-    >>> class Pet(km.Model, prefix="pets"):
-    ...     name: str = km.field(primary_key=True)
-    ...     kind: str
     >>> kv = km.open_kv()
-    >>> with km.Session(kv) as s:
-    ...     s.add(Pet(name="rex", kind="dog"))
-    >>> class PetV2(km.Model, prefix="pets"):  # the next release indexes kind
-    ...     name: str = km.field(primary_key=True)
-    ...     kind: str
-    ...     by_kind = km.Index("kind")
-    >>> PetV2.by_kind.count(kv, "dog")
+    >>> kv.set(("notes", "n1"), {"id": "n1", "author": "ada"})  # written before the index
+    CommitResult(ok=True, ...)
+    >>> class Note(km.Model, prefix="notes"):
+    ...     id: str = km.field(primary_key=True)
+    ...     author: str
+    ...     by_author = km.Index("author")
+    >>> Note.by_author.count(kv, "ada")
     0
-    >>> km.rebuild_indexes(kv, PetV2).ok
+    >>> km.rebuild_indexes(kv, Note).ok
     True
-    >>> [p.name for p in PetV2.by_kind.find(kv, "dog")]
-    ['rex']
+    >>> [n.id for n in Note.by_author.find(kv, "ada")]
+    ['n1']
 
     Returns:
         An :class:`IndexReport` of what is still inconsistent (duplicates, or a
