@@ -78,10 +78,10 @@ __all__ = [
     "VERSIONSTAMP",
     "WatchIterator",
     "check_indexes",
-    "rebuild_indexes",
     "field",
     "new_id",
     "open_kv",
+    "rebuild_indexes",
     "transaction",
     "utcnow",
 ]
