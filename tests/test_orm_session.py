@@ -347,6 +347,24 @@ def test_all_lists_documents_in_key_order(kv: Kv) -> None:
     assert [o.id for o in s.all(Order, reverse=True)] == list(reversed(ids))
 
 
+def test_listings_longer_than_one_engine_read_come_back_whole(
+    kv: Kv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """find and all without a limit read in batches; every document comes back, in order."""
+    from kvmodel.orm import query
+
+    monkeypatch.setattr(query, "_FIND_BATCH", 4)
+    monkeypatch.setattr(query, "_LIST_BATCH", 3)
+    ids = make_orders(kv, "c1", 11)
+    s = km.Session(kv)
+    page = Order.by_customer.find(s, "c1")
+    assert [o.id for o in page] == ids and page.cursor == ""
+    assert [o.id for o in Order.by_customer.find(kv, "c1", reverse=True)] == ids[::-1]
+    everything = s.all(Order)
+    assert [o.id for o in everything] == ids and everything.cursor == ""
+    assert [o.id for o in s.all(Order, reverse=True)] == ids[::-1]
+
+
 def test_find_skips_entries_whose_document_is_missing(kv: Kv) -> None:
     """An index entry left behind by a raw delete of its document is never returned."""
     (oid,) = make_orders(kv, "c1", 1)

@@ -12,18 +12,21 @@ skipped, and ``check_indexes`` reports the rest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from kvmodel.engines.base import Consistency, ReadRange
 from kvmodel.errors import InvalidArgumentError
 from kvmodel.orm._convert import Key, KeyPart, to_key_part
-from kvmodel.orm.session import Session, load_linked
+from kvmodel.orm.model import model_info
+from kvmodel.orm.session import Session, load_documents
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
+    from kvmodel._list import ListState
+    from kvmodel.engines.base import RawEntry
     from kvmodel.orm.index import IndexBase, Unique
-    from kvmodel.orm.model import Model
+    from kvmodel.orm.model import Model, ModelInfo
 
 __all__ = ["Page", "count", "find", "unique_get"]
 
@@ -92,9 +95,10 @@ def _selector(
     return {"prefix": base, "end": hi}, parts
 
 
-# Index entries per engine read when a query has no limit: the documents come
-# with them, so a batch holds that many documents as well.
+# Entries per engine read when a listing has no limit. An index page brings
+# its documents along, so a batch of it holds that many documents as well.
 _FIND_BATCH = 100
+_LIST_BATCH = 500
 
 
 def find(
@@ -127,15 +131,50 @@ def find(
         None if limit is not None else _FIND_BATCH,
         "strong",
     )
-    items: list[M] = []
+
+    def fetch(read: ReadRange) -> list[tuple[RawEntry, RawEntry | None]]:
+        return kv.read_linked(read, Consistency.STRONG)
+
+    return _collect(index.info, state, fetch, session, cursor)
+
+
+def list_documents(
+    session: Session,
+    model: type[M],
+    *,
+    limit: int | None,
+    reverse: bool,
+    cursor: str | None,
+) -> Page[M]:
+    """See :meth:`kvmodel.Session.all`: the model's documents, decoded from raw batches."""
+    info = model_info(model)
+    kv = session.kv
+    batch_size = None if limit is not None else _LIST_BATCH
+    state = kv.list_state((info.prefix,), None, None, limit, reverse, cursor, batch_size, "strong")
+
+    def fetch(read: ReadRange) -> list[tuple[RawEntry, RawEntry | None]]:
+        return [(doc, doc) for doc in kv.read_range(read, Consistency.STRONG)]
+
+    return _collect(info, state, fetch, session, cursor)
+
+
+def _collect(
+    info: ModelInfo,
+    state: ListState,
+    fetch: Callable[[ReadRange], list[tuple[RawEntry, RawEntry | None]]],
+    session: Session | None,
+    cursor: str | None,
+) -> Page[Any]:
+    """Reads a listing batch by batch: ``fetch`` gives each ``(listed entry, document)``."""
+    items: list[Any] = []
     last: bytes | None = None
     while not state.stopped():
         read = state.next_read()
-        batch = kv.read_linked(read, state.consistency)
+        batch = fetch(read)
         if batch:
             last = batch[-1][0].key
         state.advance(read, len(batch), last or b"")
-        load_linked(index, batch, items, session)
+        load_documents(info, [doc for _, doc in batch], items, session)
     return Page(items, state.cursor_after(last, cursor))
 
 
@@ -164,7 +203,7 @@ def unique_get(index: Unique[M], source: Session | Kv, values: tuple[Any, ...]) 
             f"{index.qualname} needs one value per field {index.fields!r}; got {values!r}."
         )
     key = kv.read_key((index.key_prefix, *index.key_parts(values)))
-    [*batch] = kv.read_linked(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
+    batch = kv.read_linked(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
     found: list[M] = []
-    load_linked(index, batch, found, session)
+    load_documents(index.info, [doc for _, doc in batch], found, session)
     return found[0] if found else None

@@ -252,16 +252,9 @@ class Session:
         cursor: str | None = None,
     ) -> Page[M]:
         """The documents of ``model`` in primary key order, a page at a time."""
-        from kvmodel.orm.query import Page
+        from kvmodel.orm.query import list_documents
 
-        info = model_info(model)
-        it = self._kv.list(prefix=(info.prefix,), limit=limit, reverse=reverse, cursor=cursor)
-        items = []
-        for entry in it:
-            obj = self._load(info, entry.key, entry.value, entry.versionstamp)
-            if obj is not None:
-                items.append(obj)
-        return Page(items, it.cursor)
+        return list_documents(self, model, limit=limit, reverse=reverse, cursor=cursor)
 
     def find(
         self,
@@ -464,27 +457,25 @@ def _limit_facts(exc: Exception) -> dict[str, Any]:
     return {}
 
 
-def load_linked(
-    index: IndexBase[Any],
-    batch: Iterable[tuple[RawEntry, RawEntry | None]],
+def load_documents(
+    info: ModelInfo,
+    docs: Iterable[RawEntry | None],
     out: list[Any],
     session: Session | None,
 ) -> None:
-    """Appends the objects of an index page, read raw from the engine, to ``out``.
+    """Appends the objects of documents read raw from the engine to ``out``.
 
-    The fast path of index queries: each ``(entry, document)`` pair is decoded
-    here, without building ``Entry`` objects. The pairs come from one snapshot,
-    where entries and documents agree (sessions write them in one commit); a
-    pair is skipped when the document is missing or of another model (only
-    writes that bypass the sessions leave such entries), or was deleted in the
-    session. With a session the objects join its identity map and are tracked;
-    without one (a query on a Kv) they are detached, and cost no tracking.
+    The fast path of listings and index queries: each record is decoded here,
+    without building ``Entry`` objects. None (an index entry whose document is
+    missing: only writes that bypass the sessions leave one), a document of
+    another model and one deleted in the session are skipped. With a session
+    the objects join its identity map and are tracked; without one (a query on
+    a Kv) they are detached, and cost no tracking.
     """
-    info = index.info
     identity = session._identity if session is not None else None
     structure = info.structure
     prefix = info.prefix
-    for _, raw in batch:
+    for raw in docs:
         if raw is None:
             continue
         key = decode_key(raw.key)
