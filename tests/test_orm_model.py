@@ -16,8 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kvmodel.orm as km
-from kvmodel.errors import InvalidArgumentError, InvalidKeyError, ModelDefinitionError
-from kvmodel.keys import encode_key
+from kvmodel.errors import (
+    DecodeError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    ModelDefinitionError,
+)
+from kvmodel.keys import decode_key, encode_key
 from kvmodel.orm._convert import CONVERTER, form_part_converter, to_key_part
 from kvmodel.orm.model import model_info, snake_case
 
@@ -326,3 +331,25 @@ def test_random_nested_values_round_trip() -> None:
         obj = Everything(extra=extra)
         info = model_info(Everything)
         assert info.structure(info.unstructure(obj)).extra == extra
+
+
+@given(
+    st.one_of(
+        st.tuples(st.just("everything"), st.text()),
+        st.tuples(st.just("everything"), st.binary() | st.integers() | st.booleans()),
+        st.tuples(st.just("everything"), st.text(), st.text()),
+        st.tuples(st.just("everythinh"), st.text()),
+        st.tuples(st.text(), st.text()),
+    )
+)
+def test_document_keys_decode_as_decode_key_does(key: tuple[Any, ...]) -> None:
+    """The sliced fast path for one-str primary keys agrees with decode_key everywhere."""
+    encoded = encode_key(key)
+    assert model_info(Everything).decode_doc_key(encoded) == decode_key(encoded)
+
+
+def test_a_document_key_with_bad_utf8_is_a_decode_error() -> None:
+    """The fast path hands bytes it cannot decode to decode_key, which names the problem."""
+    bad = encode_key(("everything",)) + b"\x02\xff\xfe\x00"
+    with pytest.raises(DecodeError, match="UTF-8"):
+        model_info(Everything).decode_doc_key(bad)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 import attrs
 
 from kvmodel.errors import ModelDefinitionError
-from kvmodel.keys import encode_key
+from kvmodel.keys import decode_key, encode_key
 from kvmodel.orm import _convert
 from kvmodel.orm._convert import Key, KeyPart, to_key_part
 from kvmodel.orm.index import IndexBase
@@ -156,6 +156,7 @@ class ModelInfo:
     """
 
     __slots__ = (
+        "_encoded_prefix",
         "_pk_getter",
         "_ready",
         "cls",
@@ -180,6 +181,7 @@ class ModelInfo:
         self.cls = cls
         self.name = cls.__qualname__
         self.prefix = prefix
+        self._encoded_prefix = encode_key((prefix,))
         self.pk_fields = pk_fields
         self.field_names = field_names
         self.indexes = indexes
@@ -234,6 +236,24 @@ class ModelInfo:
         if type(parts[0]) is str and len(parts) == 1:
             return parts  # the common case: one str id
         return tuple(self._pk_part(v, n) for v, n in zip(parts, self.pk_fields, strict=True))
+
+    def decode_doc_key(self, encoded: bytes) -> Key:
+        """The key tuple of one of this model's documents, from its encoded form.
+
+        Listings decode one key per document; a single str primary key without
+        NULs (the common ``new_id`` case) is sliced out instead of parsed.
+        """
+        start = len(self._encoded_prefix)
+        if (
+            encoded.startswith(self._encoded_prefix)
+            and encoded[start : start + 1] == b"\x02"
+            and encoded.find(b"\x00", start) == len(encoded) - 1
+        ):
+            try:
+                return (self.prefix, encoded[start + 1 : -1].decode("utf-8"))
+            except UnicodeDecodeError:
+                pass  # decode_key says what is wrong
+        return decode_key(encoded)
 
     def key_for(self, pk: tuple[Any, ...]) -> Key:
         """The primary key ``(prefix, *pk)`` for Python primary key values."""

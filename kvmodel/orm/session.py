@@ -475,10 +475,11 @@ def load_documents(
     identity = session._identity if session is not None else None
     structure = info.structure
     prefix = info.prefix
+    decode_doc_key = info.decode_doc_key
     for raw in docs:
         if raw is None:
             continue
-        key = decode_key(raw.key)
+        key = decode_doc_key(raw.key)
         if identity is not None:
             t = identity.get(key)
             if t is not None:
