@@ -280,10 +280,7 @@ class Session:
         t = self._identity.get(key)
         if t is not None:
             return None if t.deleted else t.obj
-        try:
-            obj = info.structure(value)
-        except Exception as exc:
-            raise DecodeError(f"The document at {key!r} does not fit {info.name}: {exc}") from exc
+        obj = _structure(info, key, value)
         t = Tracked(obj, info, key[1:], value, versionstamp)
         self._identity[key] = t
         self._by_id[id(obj)] = t
@@ -467,34 +464,31 @@ def load_documents(
 
     The fast path of listings and index queries: each record is decoded here,
     without building ``Entry`` objects. None (an index entry whose document is
-    missing: only writes that bypass the sessions leave one), a document of
-    another model and one deleted in the session are skipped. With a session
-    the objects join its identity map and are tracked; without one (a query on
-    a Kv) they are detached, and cost no tracking.
+    missing: only writes that bypass the sessions leave one) and a document of
+    another model are skipped. With a session the objects go through its
+    identity map (see :meth:`Session._load`); without one (a query on a Kv)
+    they are detached, and cost no tracking.
     """
-    identity = session._identity if session is not None else None
-    structure = info.structure
     prefix = info.prefix
     decode_doc_key = info.decode_doc_key
     for raw in docs:
         if raw is None:
             continue
         key = decode_doc_key(raw.key)
-        if identity is not None:
-            t = identity.get(key)
-            if t is not None:
-                if not t.deleted:
-                    out.append(t.obj)
-                continue
         if key[0] != prefix:
             continue
         form: Any = decode_value(raw.value, raw.encoding)
-        try:
-            obj = structure(form)
-        except Exception as exc:
-            raise DecodeError(f"The document at {key!r} does not fit {info.name}: {exc}") from exc
-        if session is not None:
-            t = Tracked(obj, info, key[1:], form, raw.versionstamp.hex())
-            session._identity[key] = t
-            session._by_id[id(obj)] = t
-        out.append(obj)
+        if session is None:
+            out.append(_structure(info, key, form))
+        else:
+            obj = session._load(info, key, form, raw.versionstamp.hex())
+            if obj is not None:
+                out.append(obj)
+
+
+def _structure(info: ModelInfo, key: Key, form: Any) -> Any:
+    """The object of a stored form; a form that does not fit the model is a DecodeError."""
+    try:
+        return info.structure(form)
+    except Exception as exc:
+        raise DecodeError(f"The document at {key!r} does not fit {info.name}: {exc}") from exc
