@@ -385,6 +385,11 @@ def test_unique_get_ignores_an_entry_without_its_document(kv: Kv) -> None:
     kv.set(("orders", "o1"), {"id": "o1"})
     kv.set(("users_by_email", "a@x"), encode_key(("orders", "o1")))
     assert User.by_email.get(kv, "a@x") is None
+    with km.Session(kv) as s:  # not even when the session tracks that foreign object
+        (oid,) = make_orders(kv, "c1", 1)
+        order = s.get(Order, oid)
+        kv.set(("users_by_email", "b@x"), encode_key(("orders", oid)))
+        assert order is not None and User.by_email.get(s, "b@x") is None
 
 
 def test_queries_on_a_kv_give_detached_objects(kv: Kv) -> None:
