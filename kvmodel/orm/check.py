@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from kvmodel.errors import DecodeError
-from kvmodel.keys import decode_key, encode_key
+from kvmodel.keys import encode_key
+from kvmodel.limits import MAX_GET_MANY_KEYS
 from kvmodel.orm._convert import Key
+from kvmodel.orm.index import pointed_key
 from kvmodel.orm.model import Model, ModelInfo, model_info
 
 if TYPE_CHECKING:
@@ -206,7 +207,8 @@ def _settle_document(kv: Kv, info: ModelInfo, key: Key) -> list[IndexProblem]:
         form: Any = doc.value
         want = info.index_entries(form, key[1:])
         keys = list(want)
-        current = [e for lo in range(0, len(keys), 10) for e in kv.get_many(keys[lo : lo + 10])]
+        step = MAX_GET_MANY_KEYS
+        current = [e for lo in range(0, len(keys), step) for e in kv.get_many(keys[lo : lo + step])]
         op = kv.atomic().check(doc)
         problems: list[IndexProblem] = []
         changes = 0
@@ -237,18 +239,14 @@ def _holder(kv: Kv, info: ModelInfo, entry: Entry[Any]) -> Entry[Any] | None:
     """The other document that holds a unique entry's value, if one still does."""
     if entry.versionstamp is None or entry.key[0] not in info.unique_indexes:
         return None
-    value = entry.value
-    if not isinstance(value, bytes):
-        return None
-    try:
-        other = decode_key(value)
-    except DecodeError:
+    other = _owner_of(info.unique_indexes[entry.key[0]], entry)
+    if other is None:
         return None
     doc = kv.get(other)
-    if doc.versionstamp is None or other[:1] != (info.prefix,):
-        return None
     form: Any = doc.value
-    return doc if entry.key in info.index_entries(form, other[1:]) else None
+    if doc.versionstamp is None or entry.key not in info.index_entries(form, other[1:]):
+        return None
+    return doc
 
 
 def _settle_entry(kv: Kv, index: IndexBase[Any], key: Key) -> list[IndexProblem]:
@@ -277,13 +275,8 @@ def _owner_of(index: IndexBase[Any], entry: Entry[Any]) -> Key | None:
     info = index.info
     if not index.unique:
         return (info.prefix, *entry.key[1 + len(index.fields) :])
-    if isinstance(entry.value, bytes):
-        try:
-            owner = decode_key(entry.value)
-        except DecodeError:
-            return None
-        return owner if owner[:1] == (info.prefix,) else None
-    return None
+    owner = pointed_key(entry.value)
+    return owner if owner is not None and owner[:1] == (info.prefix,) else None
 
 
 def _busy(what: str, key: Key) -> IndexProblem:
@@ -297,9 +290,5 @@ def _busy(what: str, key: Key) -> IndexProblem:
 
 def _pointee(value: Any) -> str:
     """What an index entry's value points at, for a report: the decoded key if it is one."""
-    if isinstance(value, bytes):
-        try:
-            return repr(decode_key(value))
-        except DecodeError:
-            pass
-    return repr(value)
+    key = pointed_key(value)
+    return repr(value if key is None else key)

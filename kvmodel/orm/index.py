@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from kvmodel.errors import InvalidArgumentError, ModelDefinitionError
+from kvmodel.errors import DecodeError, InvalidArgumentError, ModelDefinitionError
+from kvmodel.keys import decode_key
 from kvmodel.orm._convert import Key, KeyPart, form_part_converter, to_key_part
 
 if TYPE_CHECKING:
@@ -27,10 +28,24 @@ if TYPE_CHECKING:
     from kvmodel.orm.query import Page
     from kvmodel.orm.session import Session
 
-__all__ = ["Index", "IndexBase", "Unique"]
+__all__ = ["Index", "IndexBase", "Unique", "pointed_key"]
 
 M = TypeVar("M", bound="Model")
 M2 = TypeVar("M2", bound="Model")
+
+
+def pointed_key(value: object) -> Key | None:
+    """The document key an index entry's value names, or None if it names none.
+
+    Every entry holds its document's encoded key; a value of any other shape
+    (only a write that bypassed the sessions leaves one) names no document.
+    """
+    if not isinstance(value, bytes):
+        return None
+    try:
+        return decode_key(value)
+    except DecodeError:
+        return None
 
 
 class IndexBase(Generic[M]):

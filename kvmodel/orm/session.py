@@ -22,10 +22,10 @@ from kvmodel.errors import (
     LimitExceededError,
     UniqueViolationError,
 )
-from kvmodel.keys import decode_key
 from kvmodel.limits import MAX_GET_MANY_KEYS
 from kvmodel.orm._convert import Key
 from kvmodel.orm._planner import Plan, PlannedCheck, PlannedEnqueue, Tracked, plan_commit
+from kvmodel.orm.index import pointed_key
 from kvmodel.orm.model import Model, ModelInfo, model_info
 
 if TYPE_CHECKING:
@@ -382,8 +382,7 @@ class Session:
                 if owner.versionstamp is None:
                     break  # released again meanwhile: a plain conflict, worth a retry
                 index = c.unique_index
-                # The entry holds its owner's encoded primary key.
-                owner_key: Key = decode_key(owner.value) if isinstance(owner.value, bytes) else ()
+                owner_key: Key = pointed_key(owner.value) or ()
                 owner_pk = owner_key[1:]
                 value = c.value[0] if len(c.value) == 1 else c.value
                 return UniqueViolationError(
