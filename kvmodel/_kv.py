@@ -517,7 +517,7 @@ class _ExpiryCollector(threading.Thread):
 
 
 def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
-    """Opens a Kv: in memory (``None`` or ``":memory:"``), a SQLite file, or ``etcd://...``.
+    """Opens a Kv: in memory (``None`` or ``":memory:"``), a SQLite file, or ``etcd[s]://...``.
 
     Args:
         path: where the data lives.
@@ -529,17 +529,19 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
         EngineError: the file or the cluster cannot be used.
     """
     target = None if path is None else os.fspath(path)
+    shown = target
     factory: Callable[..., Engine]
     if target is None or target == ":memory:":
         from kvmodel.engines.memory import MemoryEngine
 
         factory = MemoryEngine
         args: tuple[Any, ...] = ()
-    elif target.startswith("etcd://"):
-        from kvmodel.engines.etcd import EtcdEngine
+    elif target.startswith(("etcd://", "etcds://")):
+        from kvmodel.engines.etcd import EtcdEngine, redact_url
 
         factory = EtcdEngine.from_url
         args = (target,)
+        shown = redact_url(target)  # the URL may hold a password
     else:
         from kvmodel.engines.sqlite import SqliteEngine
 
@@ -553,7 +555,7 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
     for name in options:
         if name not in accepted:
             raise InvalidArgumentError(
-                f"open_kv({target!r}) does not take the option {name!r}; "
+                f"open_kv({shown!r}) does not take the option {name!r}; "
                 f"it takes {', '.join(sorted(accepted))}."
             )
     return Kv(factory(*args, **options))

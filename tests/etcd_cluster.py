@@ -4,6 +4,11 @@ The cluster runs the ``etcd`` binary of the system package (Debian's
 ``etcd-server``) with its data in a temporary directory on ``/dev/shm`` (tmpfs,
 so fsync is cheap). It stops exactly the processes it started, also when a test
 fails or the interpreter exits, and never touches an etcd it did not start.
+
+A cluster can serve its clients over TLS (certificates made by
+:func:`make_tls_files` with the ``openssl`` command) and have etcd's
+authentication enabled (:meth:`EtcdCluster.enable_auth`, through the JSON
+gateway, so no ``etcdctl`` is needed).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -22,6 +28,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +69,86 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _post(url: str, body: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+OPENSSL_BINARY = shutil.which("openssl")
+
+
+def openssl_available() -> bool:
+    """True when the ``openssl`` command is installed (to make test certificates)."""
+    return OPENSSL_BINARY is not None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway CA, a member certificate for 127.0.0.1 and a client one."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+    """A second CA that signed nothing here: trusting it alone must fail."""
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Makes a CA, a member certificate (127.0.0.1, localhost) and a client certificate.
+
+    Uses the ``openssl`` command; P-256 keys, valid for two days. The member
+    certificate may also act as a client: etcd's gateway dials its own gRPC
+    port with it, which ``--client-cert-auth`` checks. The client
+    certificate has no common name: etcd's gateway refuses one that has
+    (it could not pass the name on as the etcd user).
+    """
+    if OPENSSL_BINARY is None:
+        raise RuntimeError("The openssl command is not installed; `apt-get install openssl`.")
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL_BINARY, *args], check=True, capture_output=True, cwd=directory)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
+    for name in ("ca", "other-ca"):
+        run("req", "-x509", *ec, "-subj", f"/CN=kvmodel test {name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt")  # fmt: skip
+    leaves = {
+        "server": ("127.0.0.1", ["subjectAltName=IP:127.0.0.1,DNS:localhost",
+                                 "extendedKeyUsage=serverAuth,clientAuth"]),
+        "client": ("", ["extendedKeyUsage=clientAuth"]),
+    }  # fmt: skip
+    for name, (cn, ext) in leaves.items():
+        lines = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature", *ext]
+        (directory / f"{name}.ext").write_text("\n".join(lines) + "\n")
+        subject = f"/CN={cn}" if cn else "/O=kvmodel test client"
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+            "-out", f"{name}.crt")  # fmt: skip
+    return TlsFiles(
+        ca=directory / "ca.crt",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.crt",
+        client_key=directory / "client.key",
+        other_ca=directory / "other-ca.crt",
     )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+
+
+def _post(
+    url: str,
+    body: dict[str, Any],
+    timeout: float = 1.0,
+    *,
+    context: ssl.SSLContext | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = token
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result
 
@@ -76,10 +158,22 @@ class EtcdCluster:
 
     Use it as a context manager; ``endpoints`` are ``"127.0.0.1:port"`` strings
     for :class:`kvmodel.engines.etcd.EtcdEngine`.
+
+    Args:
+        tls: serve clients over TLS with these files (peers stay on plain HTTP).
+        client_cert_auth: with ``tls``, demand a client certificate signed by the CA.
+        auth_token_ttl: etcd's ``--auth-token-ttl``, seconds a token lives unused.
     """
 
     def __init__(
-        self, size: int = 1, *, base_dir: str | None = None, max_txn_ops: int = 2048
+        self,
+        size: int = 1,
+        *,
+        base_dir: str | None = None,
+        max_txn_ops: int = 2048,
+        tls: TlsFiles | None = None,
+        client_cert_auth: bool = False,
+        auth_token_ttl: int | None = None,
     ) -> None:
         if not etcd_available():
             raise RuntimeError(INSTALL_HINT)
@@ -95,6 +189,10 @@ class EtcdCluster:
         self._token = f"kvmodel-{uuid.uuid4().hex[:12]}"
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self._started_once = [False] * size
+        self.tls = tls
+        self.client_cert_auth = client_cert_auth
+        self.auth_token_ttl = auth_token_ttl
+        self._root_password: str | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -103,14 +201,31 @@ class EtcdCluster:
         """The members' client addresses as ``host:port``."""
         return [f"127.0.0.1:{p}" for p in self.client_ports]
 
+    @property
+    def scheme(self) -> str:
+        """``"https"`` for a TLS cluster, else ``"http"``."""
+        return "https" if self.tls is not None else "http"
+
     def url(self, prefix: str = "") -> str:
-        """An ``etcd://`` URL naming every member, with an optional key prefix."""
-        return "etcd://" + ",".join(self.endpoints) + (f"/{prefix}" if prefix else "")
+        """An ``etcd://`` (``etcds://`` with TLS) URL naming every member and a key prefix."""
+        scheme = "etcds" if self.tls is not None else "etcd"
+        return f"{scheme}://" + ",".join(self.endpoints) + (f"/{prefix}" if prefix else "")
 
     def _command(self, i: int) -> list[str]:
         initial = ",".join(f"m{j}=http://127.0.0.1:{self.peer_ports[j]}" for j in range(self.size))
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        client = f"{self.scheme}://127.0.0.1:{self.client_ports[i]}"
         peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        security = []
+        if self.tls is not None:
+            security += [
+                f"--cert-file={self.tls.server_cert}",
+                f"--key-file={self.tls.server_key}",
+                f"--trusted-ca-file={self.tls.ca}",
+            ]
+            if self.client_cert_auth:
+                security.append("--client-cert-auth")
+        if self.auth_token_ttl is not None:
+            security.append(f"--auth-token-ttl={self.auth_token_ttl}")
         return [
             ETCD_BINARY,
             f"--name=m{i}",
@@ -125,6 +240,7 @@ class EtcdCluster:
             f"--max-txn-ops={self.max_txn_ops}",
             "--logger=zap",
             "--log-level=error",
+            *security,
         ]
 
     def _spawn(self, i: int) -> None:
@@ -190,6 +306,56 @@ class EtcdCluster:
             return
         self._spawn(i)
 
+    # -- requests and auth ---------------------------------------------------
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context the test harness talks TLS with (CA and client certificate)."""
+        if self.tls is None:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+        ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return ctx
+
+    def post(self, i: int, path: str, body: dict[str, Any], timeout: float = 1.0) -> Any:
+        """Sends ``body`` to member ``i``'s gateway as root (once auth is enabled)."""
+        url = f"{self.scheme}://{self.endpoints[i]}{path}"
+        token = None
+        if self._root_password is not None:
+            login = {"name": "root", "password": self._root_password}
+            token = _post(
+                f"{self.scheme}://{self.endpoints[i]}/v3/auth/authenticate",
+                login,
+                timeout,
+                context=self.ssl_context(),
+            )["token"]
+        return _post(url, body, timeout, context=self.ssl_context(), token=token)
+
+    def enable_auth(self, root_password: str) -> None:
+        """Creates the root user and role and enables authentication, through the gateway."""
+        leader = self.leader()
+        assert leader is not None, "enable_auth needs a healthy cluster"
+        self.post(leader, "/v3/auth/user/add", {"name": "root", "password": root_password})
+        self.post(leader, "/v3/auth/role/add", {"name": "root"})
+        self.post(leader, "/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.post(leader, "/v3/auth/enable", {})
+        self._root_password = root_password
+
+    def add_user(self, name: str, password: str, *, prefix: bytes) -> None:
+        """Adds a user whose role may read and write keys under ``prefix`` only."""
+        import base64
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        leader = self.leader()
+        assert leader is not None
+        self.post(leader, "/v3/auth/user/add", {"name": name, "password": password})
+        self.post(leader, "/v3/auth/role/add", {"name": name})
+        perm = {"permType": "READWRITE", "key": b64(prefix), "range_end": b64(end)}
+        self.post(leader, "/v3/auth/role/grant", {"name": name, "perm": perm})
+        self.post(leader, "/v3/auth/user/grant", {"user": name, "role": name})
+
     # -- status ------------------------------------------------------------
 
     def status(self, i: int) -> dict[str, Any] | None:
@@ -197,7 +363,11 @@ class EtcdCluster:
         if not self.alive(i):
             return None
         try:
-            return _post(f"http://{self.endpoints[i]}/v3/maintenance/status", {})
+            return _post(
+                f"{self.scheme}://{self.endpoints[i]}/v3/maintenance/status",
+                {},
+                context=self.ssl_context(),
+            )
         except (OSError, ValueError):
             return None
 
@@ -228,7 +398,7 @@ class EtcdCluster:
 
     def _read_ok(self, i: int) -> bool:
         try:
-            _post(f"http://{self.endpoints[i]}/v3/kv/range", {"key": "AA=="})
+            self.post(i, "/v3/kv/range", {"key": "AA=="})
             return True
         except (OSError, ValueError, urllib.error.URLError):
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 from kvmodel.engines._etcd_records import as_int
 from kvmodel.engines._etcd_transport import (
+    STALE_TOKEN_ANSWERS,
     EtcdTransport,
     WatchConnection,
     b64,
@@ -16,6 +18,12 @@ from kvmodel.engines._etcd_transport import (
 from kvmodel.errors import EngineError
 
 Json = dict[str, Any]
+
+
+def _token_refused(result: Json) -> bool:
+    """True when etcd cancelled a watch because of its token (stale, or none sent)."""
+    reason = str(result.get("cancel_reason", ""))
+    return any(m in reason for m in STALE_TOKEN_ANSWERS)
 
 
 class Watcher:
@@ -61,7 +69,6 @@ class Watcher:
                 conn = self._transport.open_stream("/v3/watch", self._requests(), start=self._index)
             except EngineError:
                 time.sleep(pause)
-                pause = min(pause * 2, 1.0)
                 continue
             self._conn = conn
             self._index = conn.index
@@ -71,8 +78,14 @@ class Watcher:
             conn.set_timeout(None)
             try:
                 for result in conn.messages():
-                    pause = 0.05
                     revision = as_int(result.get("header", {}).get("revision"))
+                    if result.get("canceled") and _token_refused(result):
+                        # etcd checks the token when a watch is created; log in
+                        # again and resume from the same revision.
+                        self._renew_token(conn.token)
+                        pause = min(pause * 2, 1.0)
+                        break
+                    pause = 0.05
                     if result.get("compact_revision") or result.get("canceled"):
                         # Events were compacted away: resume at the present and re-read.
                         self._next_revision = revision + 1
@@ -94,6 +107,13 @@ class Watcher:
                 self._index += 1
                 self._on_change()
                 time.sleep(pause)
+
+    def _renew_token(self, rejected: str | None) -> None:
+        if self._transport.credentials is None:
+            return  # nothing to log in with: retried with backoff, reads raise the error
+        # A member down or a changed password: the next round tries again.
+        with contextlib.suppress(EngineError):
+            self._transport.renew_token(rejected)
 
     def stop(self) -> None:
         """Ends the thread and closes its stream."""

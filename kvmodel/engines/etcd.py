@@ -67,11 +67,14 @@ from kvmodel.engines._etcd_records import (
     range_op,
 )
 from kvmodel.engines._etcd_transport import (
+    Credentials,
     EtcdAmbiguousError,
+    EtcdAuthError,
     EtcdServerError,
     EtcdTransport,
     EtcdUnavailableError,
     b64,
+    tls_context,
     unb64,
 )
 from kvmodel.engines._etcd_watch import Watcher
@@ -95,7 +98,7 @@ from kvmodel.engines.base import (
 from kvmodel.errors import EngineError, InvalidArgumentError, KvClosedError, LimitExceededError
 from kvmodel.limits import EngineLimits
 
-__all__ = ["ETCD_LIMITS", "EtcdEngine", "etcd_limits"]
+__all__ = ["ETCD_LIMITS", "EtcdEngine", "etcd_limits", "redact_url"]
 
 Json = dict[str, Any]
 
@@ -147,7 +150,8 @@ class EtcdEngine:
     """A kvmodel engine on an etcd v3 cluster (3.4 or later), through its JSON gateway.
 
     Args:
-        endpoints: the members' client addresses, ``"host:port"``.
+        endpoints: the members' client addresses, ``"host:port"``, optionally
+            with ``http://`` or ``https://`` in front (``https://`` means TLS).
         prefix: every key the engine writes starts with it, so several
             databases can share a cluster.
         clock: wall clock for expiry deadlines and queue ready times.
@@ -160,10 +164,25 @@ class EtcdEngine:
         max_txn_ops: the cluster's ``--max-txn-ops`` (etcd's default is 128).
             Deno's limits of 1000 mutations and 100 checks per commit need
             ``--max-txn-ops=2048`` on every member and the same value here.
+        user: the etcd user to log in as, on a cluster with authentication
+            enabled; the engine logs in again whenever etcd drops its token.
+        password: that user's password. It never appears in a repr, an error
+            or a log record.
+        ca_file: PEM file of the CA that signed the members' certificates;
+            implies TLS (the system's CAs are used with ``https://``
+            endpoints and no ``ca_file``).
+        cert_file: PEM client certificate for members started with
+            ``--client-cert-auth``; implies TLS.
+        key_file: the unencrypted PEM key of ``cert_file``, unless the
+            certificate file holds it.
 
     Example (needs a running etcd)::
 
         kv = kvmodel.open_kv("etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/app")
+        kv = kvmodel.open_kv(
+            "etcds://app@10.0.0.1:2379,10.0.0.2:2379/app?ca_file=/etc/etcd/ca.pem",
+            password=os.environ["ETCD_PASSWORD"],
+        )
     """
 
     def __init__(
@@ -176,9 +195,15 @@ class EtcdEngine:
         request_timeout: float = 5.0,
         retry_timeout: float = 15.0,
         max_txn_ops: int = MAX_TXN_OPS,
+        user: str | None = None,
+        password: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
+        credentials = _credentials(user, password)
         for name, value in (
             ("lease_timeout", lease_timeout),
             ("request_timeout", request_timeout),
@@ -187,8 +212,15 @@ class EtcdEngine:
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise InvalidArgumentError(f"{name}={value!r} is not a positive number of seconds.")
         try:
+            tls = None
+            if (ca_file, cert_file, key_file) != (None, None, None):
+                tls = tls_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
             self._transport = EtcdTransport(
-                endpoints, request_timeout=request_timeout, retry_timeout=retry_timeout
+                endpoints,
+                request_timeout=request_timeout,
+                retry_timeout=retry_timeout,
+                tls=tls,
+                credentials=credentials,
             )
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from exc
@@ -226,17 +258,86 @@ class EtcdEngine:
         request_timeout: float = 5.0,
         retry_timeout: float = 15.0,
         max_txn_ops: int = MAX_TXN_OPS,
+        user: str | None = None,
+        password: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> EtcdEngine:
-        """Opens ``etcd://host:port,host:port/optional-key-prefix``.
+        """Opens ``etcd[s]://[user[:password]@]host:port,host:port[/prefix][?tls options]``.
 
-        A non-empty path becomes the key prefix ``path + "/"`` (percent-decoded).
+        ``etcds://`` speaks TLS to every member, ``etcd://`` plain HTTP. A
+        non-empty path becomes the key prefix ``path + "/"`` (percent-decoded).
+        The user and password are percent-decoded; ``/ ? # @ :`` in them must be
+        percent-encoded (``urllib.parse.quote(password, safe="")``). The query
+        may name ``ca_file``, ``cert_file`` and ``key_file`` (``etcds://``
+        only); each option may come from the URL or the keyword, not both.
+        Error messages show the URL with the password replaced by ``***``.
         """
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "etcd" or not parsed.netloc:
+        shown = redact_url(url)
+        scheme, sep, _ = url.partition("://")
+        if not sep or scheme not in ("etcd", "etcds"):
             raise InvalidArgumentError(
-                f"{url!r} is not an etcd URL of the form etcd://host:port,host:port/prefix."
+                f"{shown!r} is not an etcd URL of the form "
+                "etcd://host:port,host:port/prefix (or etcds:// for TLS)."
             )
-        endpoints = [e for e in parsed.netloc.split(",") if e]
+        try:
+            parsed = urllib.parse.urlsplit(url)
+        except ValueError:
+            parsed = None
+        if (
+            parsed is None
+            or not parsed.netloc
+            or "@" in url[url.index(parsed.netloc) + len(parsed.netloc) :]
+        ):
+            raise InvalidArgumentError(
+                f"{shown!r} is not an etcd URL of the form etcd://user:password@host:port/prefix; "
+                "percent-encode '/', '?', '#', '@' and ':' in the user name and password "
+                "(urllib.parse.quote(password, safe=''))."
+            )
+        userinfo, at, hosts = parsed.netloc.rpartition("@")
+        options: dict[str, Any] = {
+            "user": user,
+            "password": password,
+            "ca_file": ca_file,
+            "cert_file": cert_file,
+            "key_file": key_file,
+        }
+        from_url: dict[str, Any] = {}
+        if at:
+            name, colon, secret = userinfo.partition(":")
+            from_url["user"] = urllib.parse.unquote(name)
+            if colon:
+                from_url["password"] = urllib.parse.unquote(secret)
+        for name, value in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True):
+            if name not in ("ca_file", "cert_file", "key_file"):
+                raise InvalidArgumentError(
+                    f"The etcd URL {shown!r} has the query parameter {name!r}; it takes "
+                    "ca_file, cert_file and key_file (the password goes in user:password@ "
+                    "or the password= option)."
+                )
+            if name in from_url:
+                raise InvalidArgumentError(f"The etcd URL {shown!r} gives {name} twice.")
+            from_url[name] = value
+        for name, value in from_url.items():
+            if options[name] is not None:
+                raise InvalidArgumentError(
+                    f"The etcd URL {shown!r} and the {name}= option both give the {name}; "
+                    "give it once."
+                )
+            options[name] = value
+        tls_given = [n for n in ("ca_file", "cert_file", "key_file") if options[n] is not None]
+        if scheme == "etcd" and tls_given:
+            raise InvalidArgumentError(
+                f"{', '.join(tls_given)} only apply to TLS: open {shown!r} as etcds:// instead."
+            )
+        endpoints = [e for e in hosts.split(",") if e]
+        if not endpoints or any("/" in e or ":" not in e for e in endpoints):
+            raise InvalidArgumentError(
+                f"The etcd URL {shown!r} does not list its members as host:port,host:port."
+            )
+        if scheme == "etcds":
+            endpoints = ["https://" + e for e in endpoints]
         path = urllib.parse.unquote_to_bytes(parsed.path.lstrip("/"))
         return cls(
             endpoints,
@@ -246,11 +347,17 @@ class EtcdEngine:
             request_timeout=request_timeout,
             retry_timeout=retry_timeout,
             max_txn_ops=max_txn_ops,
+            **options,
         )
 
     def __repr__(self) -> str:
-        eps = ",".join(f"{h}:{p}" for h, p in self._transport.endpoints)
-        return f"EtcdEngine({eps!r}, prefix={self.prefix!r})"
+        # Names the user but never the password (nor the token).
+        t = self._transport
+        eps = ",".join(f"{h}:{p}" for h, p in t.endpoints)
+        extra = ", tls=True" if t.tls is not None else ""
+        if t.credentials is not None:
+            extra += f", user={t.credentials.user!r}"
+        return f"EtcdEngine({eps!r}, prefix={self.prefix!r}{extra})"
 
     def __enter__(self) -> EtcdEngine:
         return self
@@ -284,8 +391,27 @@ class EtcdEngine:
         return self._transport.request(path, body, write=write)
 
     def _check_reachable(self) -> None:
+        """Fails at open, not at the first use, when a member, TLS or the login is wrong."""
         try:
             self._call("/v3/maintenance/status", {})
+            # A serializable read needs no leader, but does need the user's
+            # permission on the prefix: a missing login or role shows here.
+            self._call(
+                "/v3/kv/range",
+                {"key": b64(self._fence), "serializable": True, "count_only": True},
+            )
+        except EtcdServerError as exc:
+            self._transport.close()
+            if exc.code == 7 and self._transport.credentials is None:  # permission denied
+                raise EtcdAuthError(
+                    f"etcd refused to let this client read {self.prefix!r} ({exc.detail}); "
+                    "if the cluster has authentication enabled, give user= and password= "
+                    "(or user:password@ in the etcd:// URL).",
+                    code=exc.code,
+                    detail=exc.detail,
+                    user=None,
+                ) from exc
+            raise
         except EngineError:
             self._transport.close()
             raise
@@ -850,6 +976,38 @@ def _queue_record(e: Any, attempt: int) -> bytes:
         [attempt, e.encoding, e.payload, list(e.keys_if_undelivered), list(e.backoff_schedule_ms)]
     )
     return packed
+
+
+def _credentials(user: str | None, password: str | None) -> Credentials | None:
+    if user is None and password is None:
+        return None
+    if not isinstance(user, str) or not user:
+        raise InvalidArgumentError("An etcd password was given without user=; give the user too.")
+    if not isinstance(password, str):
+        raise InvalidArgumentError(
+            f"The etcd user {user!r} was given without a password; give password= "
+            "(or user:password@ in the URL)."
+        )
+    return Credentials(user, password)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of ``user:password@`` replaced by ``***``, for messages.
+
+    Everything up to the last ``@`` counts as user information, so a password
+    holding an unencoded ``/``, ``?``, ``#`` or ``@`` is hidden too.
+
+    >>> redact_url("etcds://root:s3cr3t@10.0.0.1:2379/app")
+    'etcds://root:***@10.0.0.1:2379/app'
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    name, colon, _ = userinfo.partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{name}:***@{hosts}"
 
 
 class _EtcdQueueMessage(LeasedMessage):
