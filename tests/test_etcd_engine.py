@@ -417,7 +417,8 @@ def test_queue_delivers_in_fifo_order_and_settles(engine: EtcdEngine) -> None:
 
 def test_queue_backoff_then_dead_letters_in_one_commit(engine: EtcdEngine) -> None:
     """A failing message is retried after its backoff, then written to keys_if_undelivered."""
-    _enqueue(engine, b"p", keys_if_undelivered=(b"dl1", b"dl2"), backoff_schedule_ms=(100,))
+    dl1, dl2 = b"\x02dl1\x00", b"\x02dl2\x00"  # dead-letter keys must be encoded keys
+    _enqueue(engine, b"p", keys_if_undelivered=(dl1, dl2), backoff_schedule_ms=(100,))
     m = engine.dequeue_next_message(2)
     assert m is not None
     m.finish(False)
@@ -425,7 +426,7 @@ def test_queue_backoff_then_dead_letters_in_one_commit(engine: EtcdEngine) -> No
     m = engine.dequeue_next_message(3)
     assert m is not None and m.attempt == 2 and time.monotonic() - t0 >= 0.05
     m.finish(False)
-    a, b = _get(engine, b"dl1"), _get(engine, b"dl2")
+    a, b = _get(engine, dl1), _get(engine, dl2)
     assert a is not None and b is not None
     assert a.value == b"p" and a.versionstamp == b.versionstamp
     assert engine.dequeue_next_message(0.2) is None
@@ -439,7 +440,7 @@ def test_a_message_whose_listener_died_is_delivered_again(
         EtcdEngine(cluster.endpoints, prefix=prefix, lease_timeout=2) as dying,
         EtcdEngine(cluster.endpoints, prefix=prefix, lease_timeout=2) as other,
     ):
-        _enqueue(dying, b"job")
+        _enqueue(dying, b"job", backoff_schedule_ms=(0,))  # a retry for the expired claim
         first = dying.dequeue_next_message(2)
         assert first is not None and first.renew_lease()
         assert other.dequeue_next_message(0.3) is None  # claimed

@@ -528,7 +528,8 @@ def test_lease_holds_then_expires_and_message_is_redelivered(
     engine: SqliteEngine, clock: FakeClock
 ) -> None:
     """A leased message goes to nobody else until its lease ends; a stale finish does nothing."""
-    enqueue(engine, b"job", int(clock.now * 1000))
+    # One retry left: the expired lease is a failed attempt that uses it.
+    enqueue(engine, b"job", int(clock.now * 1000), backoff_schedule_ms=(0,))
     first = engine.dequeue_next_message(0)
     assert first is not None
     assert engine.dequeue_next_message(0) is None
@@ -587,7 +588,8 @@ def test_failed_message_is_retried_then_dead_lettered(
 def test_messages_survive_reopen(db: Path, clock: FakeClock) -> None:
     """Enqueued and leased-but-unfinished messages are delivered after reopening."""
     with SqliteEngine(db, clock=clock) as e:
-        enqueue(e, b"a", int(clock.now * 1000))
+        # A retry left for the lease that runs out (an expired lease is a failed attempt).
+        enqueue(e, b"a", int(clock.now * 1000), backoff_schedule_ms=(0,))
         enqueue(e, b"b", int(clock.now * 1000))
         assert e.dequeue_next_message(0) is not None  # leased, never finished
     clock.now += 31
@@ -596,7 +598,8 @@ def test_messages_survive_reopen(db: Path, clock: FakeClock) -> None:
         while (m := e.dequeue_next_message(0)) is not None:
             got.append(m.payload)
             m.finish(True)
-        assert got == [b"a", b"b"]
+        # "a" comes back as a retry, ready after "b".
+        assert got == [b"b", b"a"]
 
 
 def test_each_message_goes_to_exactly_one_of_many_threads(engine: SqliteEngine) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import msgpack
+
 from kvmodel.engines._etcd_transport import (
     b64,
     unb64,
@@ -20,10 +22,15 @@ from kvmodel.engines.base import (
     MutationKind,
     RawEntry,
     apply_numeric_mutation,
+    check_stored_value,
+    describe_stored_key,
+    read_stored_backoff,
+    read_stored_dead_letter_keys,
     versionstamp_from_counter,
     versionstamped_key,
 )
-from kvmodel.errors import EngineError
+from kvmodel.errors import DecodeError
+from kvmodel.limits import MAX_READ_KEY_SIZE, MAX_TOTAL_KEY_SIZE, MAX_VALUE_SIZE
 
 Json = dict[str, Any]
 
@@ -55,13 +62,25 @@ class Stored:
 
     def __init__(self, key: bytes, kv: Json) -> None:
         raw = unb64(kv.get("value"))
+        # Something other than kvmodel may have written under the prefix: the
+        # value is checked as a SQLite row is (see base.check_stored_value).
+        if len(key) > MAX_READ_KEY_SIZE:
+            raise DecodeError(
+                f"The etcd key {describe_stored_key(key)} is {len(key)} bytes, longer than "
+                f"any key can be ({MAX_READ_KEY_SIZE}); it was written by something other "
+                "than kvmodel: delete it."
+            )
         if len(raw) < STORED_HEADER.size:
-            raise EngineError(f"The etcd value at {key!r} has no kvmodel header.")
+            raise DecodeError(
+                f"The etcd value of the key {describe_stored_key(key)} has no kvmodel header; "
+                "it was written by something other than kvmodel: delete or rewrite it."
+            )
         self.key = key
         deadline, encoding = STORED_HEADER.unpack_from(raw)
         self.deadline_ms: int = deadline
-        self.encoding: int = encoding
-        self.value = raw[STORED_HEADER.size :]
+        self.value, self.encoding = check_stored_value(
+            f"the key {describe_stored_key(key)}", raw[STORED_HEADER.size :], encoding
+        )
         self.mod_revision = as_int(kv.get("mod_revision"))
         self.create_revision = as_int(kv.get("create_revision"))
 
@@ -163,3 +182,105 @@ class TxnPlan:
             k: None if v is None else (encode_stored(v[0], v[1], v[2]), v[2])
             for k, v in final.items()
         }
+
+
+# ---------------------------------------------------------------------------
+# Queue records: msgpack [attempt, encoding, payload, keys_if_undelivered,
+# backoff_schedule_ms, claimed]. ``claimed`` is set when a listener takes the
+# message; finding it set on a message nobody holds a claim on means that
+# delivery was abandoned (its listener died), which counts as a failed attempt.
+# Records written before the flag existed have 5 items and count as unclaimed.
+
+_MAX_RECORD_BYTES = 2 * MAX_TOTAL_KEY_SIZE + 2 * MAX_VALUE_SIZE
+
+
+class QueueRecord:
+    """A queue message as stored in etcd, every field checked."""
+
+    __slots__ = ("attempt", "backoff", "claimed", "encoding", "keys_if_undelivered", "payload")
+
+    def __init__(
+        self,
+        attempt: int,
+        encoding: int,
+        payload: bytes,
+        keys_if_undelivered: tuple[bytes, ...],
+        backoff: tuple[int, ...],
+        claimed: bool = False,
+    ) -> None:
+        self.attempt = attempt
+        self.encoding = encoding
+        self.payload = payload
+        self.keys_if_undelivered = keys_if_undelivered
+        self.backoff = backoff
+        self.claimed = claimed
+
+    def pack(self) -> bytes:
+        packed: bytes = msgpack.packb(
+            [
+                self.attempt,
+                self.encoding,
+                self.payload,
+                list(self.keys_if_undelivered),
+                list(self.backoff),
+                self.claimed,
+            ]
+        )
+        return packed
+
+
+def _unpack_record(where: str, raw: bytes) -> list[Any]:
+    if len(raw) > _MAX_RECORD_BYTES:
+        raise DecodeError(f"The record of {where} is {len(raw)} bytes, too long for a message.")
+    try:
+        items = msgpack.unpackb(
+            raw,
+            raw=False,
+            max_bin_len=MAX_VALUE_SIZE,
+            max_str_len=0,
+            max_array_len=_MAX_RECORD_BYTES,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"The record of {where} is not valid msgpack: {exc}.") from exc
+    if not isinstance(items, list) or len(items) not in (5, 6):
+        raise DecodeError(f"The record of {where} is not a list of 5 or 6 fields.")
+    return items
+
+
+def read_queue_record(where: str, raw: bytes) -> QueueRecord:
+    """Decodes and checks a stored queue record.
+
+    Raises:
+        DecodeError: a field does not have the type and bounds kvmodel writes.
+    """
+    items = _unpack_record(where, raw)
+    attempt, encoding, payload, keys, backoff = items[:5]
+    claimed = items[5] if len(items) == 6 else False
+    payload, encoding = check_stored_value(where, payload, encoding)
+    dead_letter_keys = read_stored_dead_letter_keys(where, keys)
+    if type(attempt) is not int or not 1 <= attempt < 1 << 62:
+        raise DecodeError(
+            f"The attempt count of {where} is {describe_stored_key(attempt)}, not a positive int."
+        )
+    if type(claimed) is not bool:
+        raise DecodeError(f"The claimed flag of {where} is {describe_stored_key(claimed)}.")
+    return QueueRecord(
+        attempt, encoding, payload, dead_letter_keys, read_stored_backoff(where, backoff), claimed
+    )
+
+
+def salvage_queue_record(where: str, raw: bytes) -> tuple[bytes, int, tuple[bytes, ...]] | None:
+    """The (payload, encoding, keys_if_undelivered) of a damaged record, if they are sound.
+
+    A record whose value and dead-letter keys are sound (and that has at least
+    one key) can still be dead-lettered; any other damaged record is quarantined.
+    """
+    try:
+        items = _unpack_record(where, raw)
+        payload, encoding = check_stored_value(where, items[2], items[1])
+        keys = read_stored_dead_letter_keys(where, items[3])
+    except DecodeError:
+        return None
+    return (payload, encoding, keys) if keys else None

@@ -88,20 +88,22 @@ SELECT_POINT = "SELECT v, v_encoding, version, expiration_ms FROM kv WHERE k = ?
 # placeholders are filled in per call, up to get_many's 10 keys.
 MAX_POINTS = 32
 SELECT_POINTS = "SELECT k, v, v_encoding, version, expiration_ms FROM kv WHERE k IN ({})"
+# expiration_ms is selected too (though the WHERE already judged it) so a
+# damaged, non-integer deadline is reported rather than read as "never".
 SELECT_RANGE = """
-SELECT k, v, v_encoding, version FROM kv
+SELECT k, v, v_encoding, version, expiration_ms FROM kv
 WHERE k >= ? AND k < ? AND (expiration_ms IS NULL OR expiration_ms > ?)
 ORDER BY k LIMIT ?
 """
 SELECT_RANGE_REVERSE = """
-SELECT k, v, v_encoding, version FROM kv
+SELECT k, v, v_encoding, version, expiration_ms FROM kv
 WHERE k >= ? AND k < ? AND (expiration_ms IS NULL OR expiration_ms > ?)
 ORDER BY k DESC LIMIT ?
 """
 # A range and the entries its bytes values link to, in one statement (one
 # snapshot). 3 is VALUE_ENCODING_BYTES; the target's expiry is judged in Python.
 _SELECT_LINKED = """
-SELECT i.k, i.v, i.v_encoding, i.version,
+SELECT i.k, i.v, i.v_encoding, i.version, i.expiration_ms,
        t.v, t.v_encoding, t.version, t.expiration_ms, t.k IS NOT NULL
 FROM kv AS i LEFT JOIN kv AS t ON i.v_encoding = 3 AND t.k = i.v
 WHERE i.k >= ? AND i.k < ? AND (i.expiration_ms IS NULL OR i.expiration_ms > ?)
@@ -137,8 +139,12 @@ VALUES (?, ?, ?, ?, ?, 1)
 """
 # The next deliverable message: ready, and no live lease holds it. Equal ready
 # times are delivered in enqueue (id) order.
+# The last column tells an abandoned message (its lease ran out unsettled)
+# from a fresh or rescheduled one, which has no lease token.
 SELECT_READY_MESSAGE = """
-SELECT id, payload, encoding, attempt FROM queue
+SELECT id, payload, encoding, attempt, keys_if_undelivered, backoff_schedule,
+    lease_token IS NOT NULL
+FROM queue
 WHERE ready_at_ms <= ? AND (lease_until_ms IS NULL OR lease_until_ms <= ?)
 ORDER BY ready_at_ms, id LIMIT 1
 """
@@ -165,7 +171,7 @@ WHERE id = ?
 SELECT_ATTEMPT = "SELECT attempt FROM queue WHERE id = ?"
 RENEW_LEASE = "UPDATE queue SET lease_until_ms = ? WHERE id = ? AND lease_token = ?"
 SELECT_LEASED_MESSAGE = """
-SELECT payload, encoding, keys_if_undelivered, backoff_schedule FROM queue
+SELECT payload, encoding, attempt, keys_if_undelivered, backoff_schedule FROM queue
 WHERE id = ? AND lease_token = ?
 """
 RESCHEDULE_MESSAGE = """
@@ -174,6 +180,25 @@ UPDATE queue SET ready_at_ms = ?, backoff_schedule = ?, attempt = attempt + 1,
 WHERE id = ?
 """
 DELETE_MESSAGE = "DELETE FROM queue WHERE id = ?"
+# Messages whose stored columns are damaged (written by something other than
+# kvmodel) and that cannot be dead-lettered are moved here verbatim, out of the
+# listeners' way. The table is created on first use rather than by a
+# migration: it is almost never needed, and a schema version bump would make
+# every file unreadable by older kvmodel releases for its sake. Its columns have
+# no declared type, so the damaged values are kept exactly as they were.
+CREATE_QUEUE_QUARANTINE = """
+CREATE TABLE IF NOT EXISTS queue_quarantine (
+    id INTEGER PRIMARY KEY,
+    quarantined_at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    ready_at_ms, payload, encoding, keys_if_undelivered, backoff_schedule, attempt
+)
+"""
+QUARANTINE_MESSAGE = """
+INSERT OR REPLACE INTO queue_quarantine
+SELECT id, ?, ?, ready_at_ms, payload, encoding, keys_if_undelivered, backoff_schedule, attempt
+FROM queue WHERE id = ?
+"""
 
 DATA_VERSION = "PRAGMA data_version"
 

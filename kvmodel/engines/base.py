@@ -28,6 +28,7 @@ module (versionstamps, KvU64 arithmetic, :class:`ChangeSignal`,
 from __future__ import annotations
 
 import enum
+import logging
 import struct
 import threading
 import time
@@ -36,13 +37,22 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from kvmodel.errors import KvClosedError, KvTypeError
-from kvmodel.limits import EngineLimits
+from kvmodel._text import brief_repr
+from kvmodel.errors import DecodeError, KvClosedError, KvTypeError
+from kvmodel.keys import decode_key
+from kvmodel.limits import (
+    MAX_BACKOFF_INTERVAL_SECONDS,
+    MAX_BACKOFF_INTERVALS,
+    MAX_KEY_SIZE,
+    MAX_VALUE_SIZE,
+    EngineLimits,
+)
 
 __all__ = [
     "VALUE_ENCODING_BYTES",
     "VALUE_ENCODING_LE64",
     "VALUE_ENCODING_MSGPACK",
+    "VALUE_ENCODINGS",
     "AtomicWrite",
     "ChangeSignal",
     "Check",
@@ -62,7 +72,12 @@ __all__ = [
     "ReadRange",
     "WatchStream",
     "apply_numeric_mutation",
+    "check_stored_value",
+    "describe_stored_key",
+    "log_undelivered",
     "next_backoff",
+    "read_stored_backoff",
+    "read_stored_dead_letter_keys",
     "versionstamp_from_counter",
     "versionstamp_to_counter",
     "versionstamped_key",
@@ -73,6 +88,7 @@ __all__ = [
 VALUE_ENCODING_MSGPACK = 1
 VALUE_ENCODING_LE64 = 2
 VALUE_ENCODING_BYTES = 3
+VALUE_ENCODINGS = frozenset((VALUE_ENCODING_MSGPACK, VALUE_ENCODING_LE64, VALUE_ENCODING_BYTES))
 
 VERSIONSTAMP_SIZE = 10
 _U64 = struct.Struct("<Q")
@@ -432,6 +448,143 @@ def apply_numeric_mutation(
     else:  # pragma: no cover - callers pass numeric kinds only
         raise ValueError(f"{kind} is not a numeric mutation")
     return _U64.pack(result)
+
+
+# ---------------------------------------------------------------------------
+# Reading back what an engine stored. A file or a cluster can hold rows written
+# by something other than kvmodel (a damaged file, a hand edit, another
+# program): every column is type-checked and bounded by the limits before it
+# is used, so bad data raises DecodeError naming the key or the message
+# instead of a TypeError, an OverflowError or a 300 MB allocation.
+
+queue_logger = logging.getLogger("kvmodel.queue")
+"""The queue's logger; engines log dead-lettered, dropped and quarantined messages here."""
+
+_MAX_BACKOFF_MS = MAX_BACKOFF_INTERVAL_SECONDS * 1000
+
+
+def describe_stored_key(key: object) -> str:
+    """A stored key for an error message: the decoded tuple when it decodes, else its repr."""
+    if type(key) is bytes and len(key) <= MAX_KEY_SIZE + 1:
+        try:
+            return repr(decode_key(key))
+        except DecodeError:
+            pass
+    if isinstance(key, bytes | str) and len(key) > MAX_KEY_SIZE:
+        # Slice before repr: a hostile column can be hundreds of megabytes.
+        return f"{brief_repr(key[:64])} (cut; {len(key)} long)"
+    return brief_repr(key)
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def check_stored_value(where: str, value: object, encoding: object) -> tuple[bytes, int]:
+    """Returns ``(value, encoding)`` when they are a value kvmodel could have written.
+
+    ``where`` names the row in the message ("the key ('a',)", "queue message 7").
+
+    Raises:
+        DecodeError: the value is not bytes, is longer than the value limit, or
+            the encoding is not one of ``VALUE_ENCODING_*``.
+    """
+    if type(value) is not bytes:
+        raise DecodeError(
+            f"The stored value of {where} is a {_type_name(value)}, not bytes; "
+            "the database was written by something other than kvmodel: delete or rewrite it."
+        )
+    if len(value) > MAX_VALUE_SIZE:
+        raise DecodeError(
+            f"The stored value of {where} is {len(value)} bytes, more than any value can be "
+            f"({MAX_VALUE_SIZE}); the database was written by something other than kvmodel: "
+            "delete or rewrite it."
+        )
+    if type(encoding) is not int or encoding not in VALUE_ENCODINGS:
+        raise DecodeError(
+            f"The stored value of {where} has the unknown encoding {encoding!r}; "
+            "the database was written by something other than kvmodel: delete or rewrite it."
+        )
+    return value, encoding
+
+
+def read_stored_dead_letter_keys(where: str, keys: object) -> tuple[bytes, ...]:
+    """Validates the dead-letter keys of a stored message before anything writes them.
+
+    Each must be a canonical key encoding of at most ``MAX_KEY_SIZE`` bytes, so
+    a damaged message can never write outside the user's keyspace.
+
+    Raises:
+        DecodeError: ``keys`` is not a list of such keys.
+    """
+    if not isinstance(keys, list | tuple):
+        raise DecodeError(
+            f"The dead-letter keys of {where} are a {_type_name(keys)}, not a list of keys."
+        )
+    for key in keys:
+        if type(key) is not bytes or not 0 < len(key) <= MAX_KEY_SIZE:
+            raise DecodeError(
+                f"The dead-letter key {describe_stored_key(key)} of {where} is not an encoded "
+                f"key of 1 to {MAX_KEY_SIZE} bytes."
+            )
+        try:
+            decode_key(key)
+        except DecodeError as exc:
+            raise DecodeError(
+                f"The dead-letter key {describe_stored_key(key)} of {where} is not a valid "
+                f"key encoding: {exc}"
+            ) from exc
+    return tuple(keys)
+
+
+def read_stored_backoff(where: str, schedule: object) -> tuple[int, ...]:
+    """Validates the remaining backoff schedule of a stored message (milliseconds).
+
+    Raises:
+        DecodeError: ``schedule`` is not a list of at most ``MAX_BACKOFF_INTERVALS``
+            ints between 0 and one hour.
+    """
+    if not isinstance(schedule, list | tuple) or len(schedule) > MAX_BACKOFF_INTERVALS:
+        what = (
+            f"a list of {len(schedule)}"
+            if isinstance(schedule, list | tuple)
+            else f"a {_type_name(schedule)}"
+        )
+        raise DecodeError(
+            f"The backoff schedule of {where} is {what}, not a list of at most "
+            f"{MAX_BACKOFF_INTERVALS} intervals."
+        )
+    for delay in schedule:
+        if type(delay) is not int or not 0 <= delay <= _MAX_BACKOFF_MS:
+            raise DecodeError(
+                f"The backoff schedule of {where} holds {describe_stored_key(delay)}, "
+                f"not a number of milliseconds between 0 and {_MAX_BACKOFF_MS}."
+            )
+    return tuple(schedule)
+
+
+def log_undelivered(message: str, attempts: int, keys: Sequence[bytes], why: str) -> None:
+    """Logs, at WARNING, a message given up on: dead-lettered to ``keys``, or dropped.
+
+    ``why`` says what ended it ("its handler failed", "its lease expired").
+    """
+    if keys:
+        queue_logger.warning(
+            "Queue message %s was not delivered after %d attempt(s) (the last: %s); "
+            "its value was written to the keys_if_undelivered %s.",
+            message,
+            attempts,
+            why,
+            ", ".join(describe_stored_key(k) for k in keys),
+        )
+    else:
+        queue_logger.warning(
+            "Queue message %s was not delivered after %d attempt(s) (the last: %s) "
+            "and is dropped: it has no keys_if_undelivered.",
+            message,
+            attempts,
+            why,
+        )
 
 
 def next_backoff(schedule_ms: Sequence[int]) -> tuple[int, tuple[int, ...]] | None:

@@ -12,6 +12,7 @@ Layout under the engine's key prefix ``P`` (every member holds all of it)::
     P "F"                      the fence every commit writes (versionstamped keys)
     P "Q" ready_ms id index    queue messages (msgpack record)
     P "C" message key          claims of queue messages, on the listener's lease
+    P "X" ready_ms id index    damaged queue messages moved aside (raw record)
 
 Semantics, and how they map onto etcd:
 
@@ -35,7 +36,9 @@ Semantics, and how they map onto etcd:
   revision or a broken stream causes a re-read (a spurious wake-up).
 * The queue is keys written inside the commit, claimed by listeners with a
   claim key on a lease of ``lease_timeout`` seconds: when a listener dies its
-  lease runs out, the claim vanishes and the message is delivered again.
+  lease runs out and the claim vanishes; the message, marked claimed, is then
+  settled as a failed delivery (retried after its next backoff interval, or
+  dead-lettered), as in Deno's queue_cleanup.
 """
 
 from __future__ import annotations
@@ -50,10 +53,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import msgpack
-
 from kvmodel.engines._etcd_records import (
     NO_DEADLINE,
+    QueueRecord,
     Stored,
     TxnPlan,
     as_int,
@@ -65,6 +67,8 @@ from kvmodel.engines._etcd_records import (
     prefix_end,
     put_op,
     range_op,
+    read_queue_record,
+    salvage_queue_record,
 )
 from kvmodel.engines._etcd_transport import (
     Credentials,
@@ -91,11 +95,20 @@ from kvmodel.engines.base import (
     PollingWatchStream,
     RawEntry,
     ReadRange,
+    describe_stored_key,
+    log_undelivered,
     next_backoff,
+    queue_logger,
     versionstamp_from_counter,
     versionstamp_to_counter,
 )
-from kvmodel.errors import EngineError, InvalidArgumentError, KvClosedError, LimitExceededError
+from kvmodel.errors import (
+    DecodeError,
+    EngineError,
+    InvalidArgumentError,
+    KvClosedError,
+    LimitExceededError,
+)
 from kvmodel.limits import EngineLimits
 
 __all__ = ["ETCD_LIMITS", "EtcdEngine", "etcd_limits", "redact_url"]
@@ -236,6 +249,7 @@ class EtcdEngine:
         self._fence = self.prefix + b"F"
         self._queue = self.prefix + b"Q"
         self._claims = self.prefix + b"C"
+        self._quarantine = self.prefix + b"X"
         self._lock = threading.Lock()
         self._marker_lease: tuple[int, float] | None = None
         self._bucket_leases: dict[int, int] = {}
@@ -852,29 +866,42 @@ class EtcdEngine:
             candidates.append((order, key, kv))
         candidates.sort(key=lambda c: c[0])
         lease = 0
+        settled = False
         for _, key, kv in candidates:
+            claim = self._claims + key
+            unclaimed = [cmp_mod(key, as_int(kv["mod_revision"])), cmp_created(claim, 0)]
+            raw = unb64(kv["value"])
+            where = f"queue message {self._message_id(key)}"
+            try:
+                record = read_queue_record(where, raw)
+            except DecodeError as exc:
+                # Move it aside before any handler sees it, so a damaged record
+                # cannot fail (and stay claimed) in every listener in turn.
+                self._move_aside(key, raw, unclaimed, exc)
+                settled = True
+                continue
+            if record.claimed:
+                # Claimed, yet nobody holds the claim: its listener died or hung
+                # until the lease ran out. That delivery is a failed attempt.
+                if self._settle_failed(key, record, unclaimed, "its lease expired"):
+                    settled = True
+                continue
             if lease == 0:
                 lease = self._grant(math.ceil(self.lease_timeout))
-            claim = self._claims + key
-            attempt, encoding, payload, kiu, backoff = msgpack.unpackb(unb64(kv["value"]))
-            # The claim counts the delivery at once, so an abandoned one counts too.
-            counted = msgpack.packb([attempt + 1, encoding, payload, kiu, backoff])
+            record.claimed = True
             result = self._commit(
-                [cmp_mod(key, as_int(kv["mod_revision"])), cmp_created(claim, 0)],
-                [put_op(claim, b"", lease), put_op(key, counted)],
+                unclaimed,
+                [put_op(claim, b"", lease), put_op(key, record.pack())],
                 [],
                 uid=os.urandom(12),
             )
             if result is None or not result[0]:
                 continue
-            return (
-                _EtcdQueueMessage(
-                    self, key, lease, bytes(payload), encoding, attempt, list(kiu), list(backoff)
-                ),
-                None,
-            )
+            return _EtcdQueueMessage(self, key, lease, record), None
         if lease:
             self._revoke(lease)
+        if settled:
+            next_ready = now_ms  # a retry may be ready at once: look again
         if ready.get("more"):
             # More ready messages than one scan holds are all claimed: look again soon.
             next_ready = now_ms + 100
@@ -896,37 +923,106 @@ class EtcdEngine:
         finally:
             stream.close()
 
+    def _message_id(self, key: bytes) -> str:
+        return key[len(self._queue) :].hex()
+
+    def _failure_ops(self, key: bytes, record: QueueRecord) -> tuple[list[Json], bool]:
+        """The operations that settle a failed delivery, and whether they give up on it.
+
+        With an interval left the message moves to a new ready key; without,
+        its value goes to every dead-letter key (one commit) and it is dropped.
+        """
+        ops = [delete_op(key)]
+        step = next_backoff(record.backoff)
+        if step is not None:
+            delay, rest = step
+            retry = QueueRecord(
+                record.attempt + 1,
+                record.encoding,
+                record.payload,
+                record.keys_if_undelivered,
+                rest,
+            )
+            ready = self._now_ms() + delay
+            ops.append(put_op(self._queue_key(ready, os.urandom(12), 0), retry.pack()))
+            return ops, False
+        for k in dict.fromkeys(record.keys_if_undelivered):
+            ops.append(put_op(self._data + k, encode_stored(record.payload, record.encoding, None)))
+        return ops, True
+
+    def _settle_failed(
+        self, key: bytes, record: QueueRecord, compares: list[Json], why: str
+    ) -> bool:
+        """Settles a failed delivery under ``compares``; False if someone else did first."""
+        ops, gives_up = self._failure_ops(key, record)
+        for _ in range(_MAX_ATTEMPTS):
+            result = self._commit(compares, ops, [], uid=os.urandom(12))
+            if result is not None:
+                break
+        else:
+            return False
+        if not result[0]:
+            return False
+        if gives_up:
+            log_undelivered(self._message_id(key), record.attempt, record.keys_if_undelivered, why)
+        self._queue_signal.bump()
+        return True
+
+    def _move_aside(self, key: bytes, raw: bytes, compares: list[Json], exc: DecodeError) -> None:
+        """Dead-letters a damaged message when its value and keys are sound, else quarantines it.
+
+        Quarantined records keep their raw bytes under the ``X`` subspace,
+        outside the user's keyspace, for an operator to inspect.
+        """
+        where = f"queue message {self._message_id(key)}"
+        salvaged = salvage_queue_record(where, raw)
+        ops = [delete_op(key)]
+        if salvaged is not None:
+            payload, encoding, keys = salvaged
+            for k in dict.fromkeys(keys):
+                ops.append(put_op(self._data + k, encode_stored(payload, encoding, None)))
+        else:
+            ops.append(put_op(self._quarantine + key[len(self._queue) :], raw))
+        result = self._commit(compares, ops, [], uid=os.urandom(12))
+        if result is None or not result[0]:
+            return  # someone else settled it, or the answer was lost: the next scan sees
+        if salvaged is not None:
+            queue_logger.warning(
+                "%s It was written to its keys_if_undelivered %s without being delivered.",
+                exc,
+                ", ".join(describe_stored_key(k) for k in salvaged[2]),
+            )
+        else:
+            queue_logger.warning(
+                "%s It was moved aside to %r without being delivered.",
+                exc,
+                self._quarantine + key[len(self._queue) :],
+            )
+        self._queue_signal.bump()
+
     def _finish(self, msg: _EtcdQueueMessage, success: bool) -> None:
         claim = self._claims + msg.key
         compares = [
             {"key": b64(claim), "target": "LEASE", "result": "EQUAL", "lease": str(msg.lease)}
         ]
-        ops = [delete_op(msg.key), delete_op(claim)]
-        if not success:
-            step = next_backoff(msg.backoff)
-            if step is not None:
-                delay, rest = step
-                ready = self._now_ms() + delay
-                uid = os.urandom(12)
-                record = msgpack.packb(
-                    [
-                        msg.attempt + 1,
-                        msg.encoding,
-                        msg.payload,
-                        msg.keys_if_undelivered,
-                        list(rest),
-                    ]
-                )
-                ops.append(put_op(self._queue_key(ready, uid, 0), record))
-            else:
-                for k in dict.fromkeys(msg.keys_if_undelivered):
-                    ops.append(
-                        put_op(self._data + k, encode_stored(msg.payload, msg.encoding, None))
-                    )
+        if success:
+            ops, gives_up = [delete_op(msg.key)], False
+        else:
+            ops, gives_up = self._failure_ops(msg.key, msg.record)
+        ops.append(delete_op(claim))
+        result = None
         for _ in range(_MAX_ATTEMPTS):
             result = self._commit(compares, ops, [], uid=os.urandom(12))
             if result is not None:
                 break
+        if gives_up and result is not None and result[0]:
+            record = msg.record
+            log_undelivered(
+                self._message_id(msg.key),
+                record.attempt,
+                record.keys_if_undelivered,
+                "its handler failed",
+            )
         self._queue_signal.bump()
         self._revoke(msg.lease)
 
@@ -972,10 +1068,9 @@ class EtcdEngine:
 
 
 def _queue_record(e: Any, attempt: int) -> bytes:
-    packed: bytes = msgpack.packb(
-        [attempt, e.encoding, e.payload, list(e.keys_if_undelivered), list(e.backoff_schedule_ms)]
-    )
-    return packed
+    return QueueRecord(
+        attempt, e.encoding, e.payload, tuple(e.keys_if_undelivered), tuple(e.backoff_schedule_ms)
+    ).pack()
 
 
 def _credentials(user: str | None, password: str | None) -> Credentials | None:
@@ -1018,18 +1113,13 @@ class _EtcdQueueMessage(LeasedMessage):
         engine: EtcdEngine,
         key: bytes,
         lease: int,
-        payload: bytes,
-        encoding: int,
-        attempt: int,
-        keys_if_undelivered: list[bytes],
-        backoff: list[int],
+        record: QueueRecord,
     ) -> None:
-        super().__init__(payload, encoding, attempt)
+        super().__init__(record.payload, record.encoding, record.attempt)
         self._engine = engine
         self.key = key
         self.lease = lease
-        self.keys_if_undelivered = keys_if_undelivered
-        self.backoff = backoff
+        self.record = record
         self._finished = False
 
     def renew_lease(self) -> bool:

@@ -30,6 +30,7 @@ from kvmodel.engines.base import (
     RawEntry,
     ReadRange,
     apply_numeric_mutation,
+    log_undelivered,
     versionstamp_from_counter,
     versionstamped_key,
 )
@@ -286,22 +287,33 @@ class MemoryEngine:
                 seen = self._signal.seq
                 now_ms = self._now_ms()
                 wait = deadline - time.monotonic()
-                if self._queue:
+                leased = None
+                while self._queue and leased is None:
                     available_ms, seq = self._queue[0]
-                    if available_ms <= now_ms:
-                        return self._lease(seq, now_ms)
-                    wait = min(wait, (available_ms - now_ms) / 1000)
+                    if available_ms > now_ms:
+                        wait = min(wait, (available_ms - now_ms) / 1000)
+                        break
+                    leased = self._lease(seq, now_ms)
+                if leased is not None:
+                    return leased
             if wait <= 0 and time.monotonic() >= deadline:
                 return None
             self._signal.wait(seen, max(wait, 0.0))
 
-    def _lease(self, seq: int, now_ms: int) -> _MemoryQueueMessage:
+    def _lease(self, seq: int, now_ms: int) -> _MemoryQueueMessage | None:
+        """Leases the message, or settles it as failed if its last lease ran out.
+
+        Returns None when the message was settled instead (the caller looks again).
+        """
         message = self._messages[seq]
         self._queue.remove((message.available_ms, seq))
         if message.lease_token is not None:
-            # The previous lease ran out unsettled (its listener died or hung):
-            # that delivery counts as an attempt.
-            message.attempt += 1
+            # The previous lease ran out unsettled: its handler killed or hung
+            # its process. That delivery is a failed attempt, as in Deno's
+            # queue_cleanup, so a message that kills every handler follows the
+            # backoff schedule to its dead letters instead of returning for ever.
+            self._fail(message, now_ms, "its lease expired")
+            return None
         message.lease_token = uuid.uuid4().hex
         message.available_ms = now_ms + self._lease_ms
         self._queue.add((message.available_ms, seq))
@@ -321,23 +333,35 @@ class MemoryEngine:
             if self._closed or message.lease_token != token or message.seq not in self._messages:
                 return  # the lease was lost: another listener owns the message now
             self._queue.remove((message.available_ms, message.seq))
-            if not success and message.backoff_ms:
-                message.available_ms = self._now_ms() + message.backoff_ms[0]
-                message.backoff_ms = message.backoff_ms[1:]
-                message.attempt += 1
-                message.lease_token = None
-                self._queue.add((message.available_ms, message.seq))
+            if success:
+                del self._messages[message.seq]
                 self._signal.bump()
-                return
-            del self._messages[message.seq]
-            if not success and message.dead_letter_keys:
-                # Every dead-letter key gets the value in one commit (one versionstamp).
-                self._counter += 1
-                versionstamp = versionstamp_from_counter(self._counter)
-                for key in message.dead_letter_keys:
-                    self._data[key] = RawEntry(key, message.payload, message.encoding, versionstamp)
-                    self._expire_at.pop(key, None)
+            else:
+                self._fail(message, self._now_ms(), "its handler failed")
+
+    def _fail(self, message: _Message, now_ms: int, why: str) -> None:
+        """Retries a failed delivery after the next backoff interval, or gives up on it.
+
+        The message is out of ``_queue``; the caller holds the lock.
+        """
+        message.lease_token = None
+        if message.backoff_ms:
+            message.available_ms = now_ms + message.backoff_ms[0]
+            message.backoff_ms = message.backoff_ms[1:]
+            message.attempt += 1
+            self._queue.add((message.available_ms, message.seq))
             self._signal.bump()
+            return
+        del self._messages[message.seq]
+        if message.dead_letter_keys:
+            # Every dead-letter key gets the value in one commit (one versionstamp).
+            self._counter += 1
+            versionstamp = versionstamp_from_counter(self._counter)
+            for key in message.dead_letter_keys:
+                self._data[key] = RawEntry(key, message.payload, message.encoding, versionstamp)
+                self._expire_at.pop(key, None)
+        log_undelivered(str(message.seq), message.attempt, message.dead_letter_keys, why)
+        self._signal.bump()
 
     # -- watch and close -----------------------------------------------------
 

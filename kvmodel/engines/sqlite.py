@@ -51,6 +51,7 @@ from kvmodel.engines._sqlite_schema import (
     BUMP_COUNTER_RETURNING,
     COLLECT_BATCH,
     COMMIT,
+    CREATE_QUEUE_QUARANTINE,
     DELETE,
     DELETE_EXPIRED_BATCH,
     DELETE_MESSAGE,
@@ -60,6 +61,7 @@ from kvmodel.engines._sqlite_schema import (
     LEASE_MESSAGE_NO_RETURNING,
     MAX_POINTS,
     MIGRATIONS,
+    QUARANTINE_MESSAGE,
     RENEW_LEASE,
     RESCHEDULE_MESSAGE,
     ROLLBACK,
@@ -88,6 +90,7 @@ from kvmodel.engines._sqlite_schema import (
     is_busy,
 )
 from kvmodel.engines.base import (
+    VALUE_ENCODINGS,
     AtomicWrite,
     ChangeSignal,
     Clock,
@@ -100,12 +103,25 @@ from kvmodel.engines.base import (
     RawEntry,
     ReadRange,
     apply_numeric_mutation,
+    check_stored_value,
+    describe_stored_key,
+    log_undelivered,
     next_backoff,
+    queue_logger,
+    read_stored_backoff,
+    read_stored_dead_letter_keys,
     versionstamp_from_counter,
     versionstamped_key,
 )
-from kvmodel.errors import EngineError, InvalidArgumentError, KvClosedError
-from kvmodel.limits import DEFAULT_LIMITS, EngineLimits
+from kvmodel.errors import DecodeError, EngineError, InvalidArgumentError, KvClosedError
+from kvmodel.limits import (
+    DEFAULT_LIMITS,
+    MAX_KEY_SIZE,
+    MAX_READ_KEY_SIZE,
+    MAX_TOTAL_KEY_SIZE,
+    MAX_VALUE_SIZE,
+    EngineLimits,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -115,6 +131,88 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+# Bounds on the msgpack columns of a queue row, far above what kvmodel writes
+# (keys_if_undelivered is bounded by the total key size of one commit, the
+# schedule by 5 intervals), so a damaged row cannot make the decoder allocate
+# more than that.
+_MAX_COLUMN_BYTES = 2 * MAX_TOTAL_KEY_SIZE
+_MAX_ATTEMPT = 1 << 62
+# What _lease_next returns as the wake time when the queue changed under it.
+_LOOK_AGAIN = -1
+
+
+def _unpack_column(where: str, blob: object) -> object:
+    """Unpacks a msgpack column of a queue row; DecodeError when it is not one."""
+    if type(blob) is not bytes or len(blob) > _MAX_COLUMN_BYTES:
+        size = len(blob) if isinstance(blob, bytes | str) else None
+        raise DecodeError(
+            f"A msgpack column of {where} is a {type(blob).__name__}"
+            + (f" of {size}" if size is not None else "")
+            + f", not bytes of at most {_MAX_COLUMN_BYTES}."
+        )
+    try:
+        return msgpack.unpackb(
+            blob,
+            raw=False,
+            max_bin_len=MAX_KEY_SIZE,
+            max_str_len=0,
+            max_array_len=_MAX_COLUMN_BYTES,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"A msgpack column of {where} is damaged: {exc}.") from exc
+
+
+def _checked_entry(
+    key: bytes, value: object, encoding: object, version: object, expiration_ms: object
+) -> RawEntry:
+    """The entry a ``kv`` row holds, once every column has the type kvmodel writes.
+
+    SQLite stores any type in any column, so a file written by something else
+    can hold text where a value belongs, or an integer that ``bytes()`` would
+    turn into hundreds of megabytes; those raise DecodeError naming the key.
+    """
+    if not (
+        type(value) is bytes
+        and len(value) <= MAX_VALUE_SIZE
+        and type(encoding) is int
+        and encoding in VALUE_ENCODINGS
+        and type(version) is int
+        and version >= 0
+        and (expiration_ms is None or type(expiration_ms) is int)
+        and len(key) <= MAX_READ_KEY_SIZE
+    ):
+        raise _damaged_row(key, value, encoding, version, expiration_ms)
+    return RawEntry(key, value, encoding, versionstamp_from_counter(version))
+
+
+def _damaged_row(
+    key: bytes, value: object, encoding: object, version: object, expiration_ms: object
+) -> DecodeError:
+    """The DecodeError for a ``kv`` row with a column kvmodel cannot have written."""
+    where = f"the key {describe_stored_key(key)}"
+    advice = "the database was written by something other than kvmodel: delete or rewrite that key."
+    if len(key) > MAX_READ_KEY_SIZE:
+        return DecodeError(
+            f"The stored key {describe_stored_key(key)} is {len(key)} bytes, longer than "
+            f"any key can be ({MAX_READ_KEY_SIZE}); {advice}"
+        )
+    try:
+        check_stored_value(where, value, encoding)
+    except DecodeError as exc:
+        return exc
+    if type(version) is not int or version < 0:
+        return DecodeError(
+            f"The stored version of {where} is {describe_stored_key(version)}, "
+            f"not a commit counter; {advice}"
+        )
+    return DecodeError(
+        f"The stored expiry of {where} is {describe_stored_key(expiration_ms)}, "
+        f"not a time in milliseconds; {advice}"
+    )
+
 
 # ---------------------------------------------------------------------------
 # Queue messages and watch streams.
@@ -489,6 +587,16 @@ class SqliteEngine:
                     # the expiry test in Python so the clock is only read for
                     # keys that can expire.
                     row = conn.execute(SELECT_POINT, (start,)).fetchone()
+                    if row is not None and not (
+                        type(row[0]) is bytes
+                        and len(row[0]) <= MAX_VALUE_SIZE
+                        and type(row[1]) is int
+                        and row[1] in VALUE_ENCODINGS
+                        and type(row[2]) is int
+                        and row[2] >= 0
+                        and (row[3] is None or type(row[3]) is int)
+                    ):
+                        raise _damaged_row(start, *row)
                     if row is None or (row[3] is not None and row[3] <= self._now_ms()):
                         result: list[list[RawEntry]] = [[]]
                     else:
@@ -532,13 +640,15 @@ class SqliteEngine:
         now_ms = self._now_ms()
         sql = SELECT_LINKED_REVERSE if r.reverse else SELECT_LINKED
         out: list[tuple[RawEntry, RawEntry | None]] = []
-        for k, v, enc, ver, tv, tenc, tver, texp, linked in conn.execute(
+        for k, v, enc, ver, exp, tv, tenc, tver, texp, linked in conn.execute(
             sql, (r.start, r.end, now_ms, r.limit)
         ):
-            entry = RawEntry(k, v, enc, versionstamp_from_counter(ver))
+            entry = _checked_entry(k, v, enc, ver, exp)
             target = None
-            if linked and (texp is None or texp > now_ms):
-                target = RawEntry(v, tv, tenc, versionstamp_from_counter(tver))
+            if linked:
+                target = _checked_entry(v, tv, tenc, tver, texp)
+                if texp is not None and texp <= now_ms:
+                    target = None
             out.append((entry, target))
         return out
 
@@ -553,6 +663,8 @@ class SqliteEngine:
         out: list[list[RawEntry]] = []
         for key in keys:
             row = found.get(key)
+            if row is not None:
+                _checked_entry(*row)
             if row is not None and row[4] is not None:
                 if now_ms is None:
                     now_ms = self._now_ms()
@@ -595,13 +707,14 @@ class SqliteEngine:
             row = conn.execute(SELECT_POINT, (start,)).fetchone()
             if row is None:
                 return []
+            entry = _checked_entry(start, *row)
             expiration_ms = row[3]
             if expiration_ms is not None and expiration_ms <= self._now_ms():
                 return []
-            return [RawEntry(start, row[0], row[1], versionstamp_from_counter(row[2]))]
+            return [entry]
         sql = SELECT_RANGE_REVERSE if r.reverse else SELECT_RANGE
         rows = conn.execute(sql, (start, r.end, self._now_ms(), limit)).fetchall()
-        return [RawEntry(k, v, enc, versionstamp_from_counter(ver)) for k, v, enc, ver in rows]
+        return [_checked_entry(*row) for row in rows]
 
     def _read_keys(self, keys: Sequence[bytes]) -> list[RawEntry | None]:
         def op(conn: sqlite3.Connection) -> list[RawEntry | None]:
@@ -611,10 +724,11 @@ class SqliteEngine:
                 out: list[RawEntry | None] = []
                 for key in keys:
                     row = conn.execute(SELECT_POINT, (key,)).fetchone()
-                    if row is None or (row[3] is not None and row[3] <= now_ms):
+                    entry = None if row is None else _checked_entry(key, *row)
+                    if entry is None or (row[3] is not None and row[3] <= now_ms):
                         out.append(None)
                     else:
-                        out.append(RawEntry(key, row[0], row[1], versionstamp_from_counter(row[2])))
+                        out.append(entry)
                 conn.execute(COMMIT)
             except BaseException:
                 self._rollback(conn)
@@ -663,6 +777,12 @@ class SqliteEngine:
                 for index, check in enumerate(write.checks):
                     row = execute(SELECT_VERSION, (check.key,)).fetchone()
                     current = None
+                    if row is not None and not (
+                        type(row[0]) is int
+                        and row[0] >= 0
+                        and (row[1] is None or type(row[1]) is int)
+                    ):
+                        raise _damaged_row(check.key, b"", 1, *row)
                     if row is not None and (row[1] is None or row[1] > now_ms):
                         current = versionstamp_from_counter(row[0])
                     if current != check.versionstamp:
@@ -684,6 +804,8 @@ class SqliteEngine:
                 else:
                     row = execute(SELECT_VALUE, (m.key,)).fetchone()
                     stored = None
+                    if row is not None:
+                        _checked_entry(m.key, row[0], row[1], 0, row[2])
                     if row is not None and (row[2] is None or row[2] > now_ms):
                         stored = (row[0], row[1])
                     # Raises KvTypeError; the except below rolls everything back.
@@ -735,6 +857,10 @@ class SqliteEngine:
                     return None
                 if message is not None:
                     return message
+                if wake_at_ms == _LOOK_AGAIN:
+                    # A message was settled (or taken by another listener)
+                    # just now: another may be ready, even with no time left.
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -759,7 +885,8 @@ class SqliteEngine:
         # behind writers (nor fsync) just to find nothing.
         if execute(SELECT_READY_MESSAGE, (now_ms, now_ms)).fetchone() is None:
             ready_ms, lease_ms = execute(SELECT_QUEUE_WAKE).fetchone()
-            wakes = [t for t in (ready_ms, lease_ms) if t is not None]
+            # A damaged (non-integer) time never makes its row ready; ignore it.
+            wakes = [t for t in (ready_ms, lease_ms) if type(t) is int]
             return None, min(wakes) if wakes else None
         # A lease needs no fsync of its own: losing one to a power cut only means
         # the message is delivered again (at-least-once), and the next FULL commit
@@ -784,8 +911,24 @@ class SqliteEngine:
             row = execute(SELECT_READY_MESSAGE, (now_ms, now_ms)).fetchone()
             if row is None:  # another listener took it first; look again at once
                 execute(ROLLBACK)
-                return None, now_ms
-            message_id, payload, encoding, attempt = row
+                return None, _LOOK_AGAIN
+            message_id, payload, encoding, attempt, _keys, _schedule, abandoned = row
+            # Check every column before a handler sees the message: a damaged
+            # row is moved aside now instead of failing (and staying leased)
+            # in every listener that takes it.
+            settled = self._settle_if_damaged(conn, message_id, row[1:6])
+            if settled is None and abandoned:
+                # The previous lease ran out unsettled: its handler killed or
+                # hung its process. That delivery is a failed attempt (as in
+                # Deno's queue_cleanup), so a poison message follows the backoff
+                # schedule to its dead letters instead of returning for ever.
+                settled = self._fail_message(
+                    conn, message_id, row[1:6], now_ms, "its lease expired"
+                )
+            if settled is not None:
+                execute(COMMIT)
+                self._signal.bump()
+                return None, _LOOK_AGAIN
             token = secrets.token_bytes(16)
             lease = (now_ms + self._lease_timeout_ms, token, message_id)
             if HAS_RETURNING:
@@ -826,22 +969,10 @@ class SqliteEngine:
                 if row is None:  # the lease was lost to another listener
                     execute(ROLLBACK)
                     return False
-                payload, encoding, keys_blob, schedule_blob = row
-                step = None if success else next_backoff(msgpack.unpackb(schedule_blob))
-                if step is not None:
-                    delay_ms, rest = step
-                    ready_at_ms = self._now_ms() + delay_ms
-                    execute(
-                        RESCHEDULE_MESSAGE, (ready_at_ms, msgpack.packb(list(rest)), message_id)
-                    )
-                else:
-                    keys = [] if success else msgpack.unpackb(keys_blob)
-                    if keys:
-                        # Dead letter: one commit, one versionstamp for every key.
-                        counter = self._bump_counter(conn)
-                        for key in keys:
-                            execute(UPSERT, (key, payload, encoding, counter, None))
+                if success:
                     execute(DELETE_MESSAGE, (message_id,))
+                elif self._settle_if_damaged(conn, message_id, row) is None:
+                    self._fail_message(conn, message_id, row, self._now_ms(), "its handler failed")
                 execute(COMMIT)
             except BaseException:
                 self._rollback(conn)
@@ -854,6 +985,99 @@ class SqliteEngine:
             return
         if changed:
             self._signal.bump()
+
+    def _fail_message(
+        self,
+        conn: sqlite3.Connection,
+        message_id: int,
+        columns: Sequence[object],
+        now_ms: int,
+        why: str,
+    ) -> str:
+        """Retries a failed delivery after its next backoff interval, or gives up on it.
+
+        ``columns`` are (payload, encoding, attempt, keys_if_undelivered,
+        backoff_schedule), already checked by :meth:`_settle_if_damaged`. Runs
+        inside the caller's write transaction; returns what it did.
+        """
+        payload, encoding, attempt, keys_blob, schedule_blob = columns
+        where = f"queue message {message_id}"
+        step = next_backoff(read_stored_backoff(where, _unpack_column(where, schedule_blob)))
+        if step is not None:
+            delay_ms, rest = step
+            conn.execute(
+                RESCHEDULE_MESSAGE, (now_ms + delay_ms, msgpack.packb(list(rest)), message_id)
+            )
+            return "retried"
+        keys = read_stored_dead_letter_keys(where, _unpack_column(where, keys_blob))
+        self._dead_letter(conn, message_id, payload, encoding, keys)
+        log_undelivered(str(message_id), attempt if isinstance(attempt, int) else 0, keys, why)
+        return "given up"
+
+    def _dead_letter(
+        self,
+        conn: sqlite3.Connection,
+        message_id: int,
+        payload: object,
+        encoding: object,
+        keys: Sequence[bytes],
+    ) -> None:
+        if keys:
+            # Dead letter: one commit, one versionstamp for every key.
+            counter = self._bump_counter(conn)
+            for key in keys:
+                conn.execute(UPSERT, (key, payload, encoding, counter, None))
+        conn.execute(DELETE_MESSAGE, (message_id,))
+
+    def _settle_if_damaged(
+        self, conn: sqlite3.Connection, message_id: int, columns: Sequence[object]
+    ) -> str | None:
+        """Moves a message whose stored columns are damaged out of the queue.
+
+        ``columns`` are (payload, encoding, attempt, keys_if_undelivered,
+        backoff_schedule) as read. Returns None when they are all sound.
+        Otherwise, inside the caller's write transaction, the message is
+        dead-lettered when its value and its keys_if_undelivered are sound
+        (and there is at least one key), and else copied verbatim into the
+        ``queue_quarantine`` table; either way it leaves the queue and the
+        reason is logged at WARNING on the ``kvmodel.queue`` logger.
+        """
+        payload, encoding, attempt, keys_blob, schedule_blob = columns
+        where = f"queue message {message_id}"
+        try:
+            check_stored_value(where, payload, encoding)
+            keys = read_stored_dead_letter_keys(where, _unpack_column(where, keys_blob))
+        except DecodeError as exc:
+            return self._quarantine(conn, message_id, exc)
+        try:
+            if type(attempt) is not int or not 1 <= attempt < _MAX_ATTEMPT:
+                raise DecodeError(
+                    f"The attempt count of {where} is {describe_stored_key(attempt)}, "
+                    "not a positive int."
+                )
+            read_stored_backoff(where, _unpack_column(where, schedule_blob))
+        except DecodeError as exc:
+            if not keys:
+                return self._quarantine(conn, message_id, exc)
+            self._dead_letter(conn, message_id, payload, encoding, keys)
+            queue_logger.warning(
+                "%s It was written to its keys_if_undelivered %s without being delivered.",
+                exc,
+                ", ".join(describe_stored_key(k) for k in keys),
+            )
+            return "dead-lettered"
+        return None
+
+    def _quarantine(self, conn: sqlite3.Connection, message_id: int, exc: DecodeError) -> str:
+        conn.execute(CREATE_QUEUE_QUARANTINE)
+        conn.execute(QUARANTINE_MESSAGE, (self._now_ms(), str(exc), message_id))
+        conn.execute(DELETE_MESSAGE, (message_id,))
+        queue_logger.warning(
+            "%s It was moved to the table queue_quarantine of %r without being delivered.",
+            exc,
+            self._path,
+        )
+        return "quarantined"
 
     # -- watch and expiry ---------------------------------------------------
 
@@ -873,7 +1097,8 @@ class SqliteEngine:
                 return None if row is None else row[0]
 
             deadline_ms = self._run(op, "reading watched expiries")
-            return None if deadline_ms is None else deadline_ms / 1000
+            # A damaged (text) deadline is no deadline; reading its key reports it.
+            return deadline_ms / 1000 if isinstance(deadline_ms, int | float) else None
 
         return _SqliteWatchStream(
             self._signal,
@@ -916,7 +1141,8 @@ class SqliteEngine:
             lambda conn: conn.execute(SELECT_NEXT_EXPIRATION).fetchone()[0],
             "reading the next expiry",
         )
-        return None if next_ms is None else next_ms / 1000
+        # A damaged (text) deadline is no deadline; reading its key reports it.
+        return next_ms / 1000 if isinstance(next_ms, int | float) else None
 
     # -- maintenance --------------------------------------------------------
 

@@ -790,4 +790,105 @@ def test_a_long_handler_keeps_its_lease(kv_store: KvStore) -> None:
     assert got.values.count("long job") == 1, got.values
 
 
+def _abandon(kv: Kv, lease: float) -> int:
+    """Takes the next message and never settles it, as a listener killed by its handler.
+
+    Returns the attempt it was delivered as. Waits up to a lease for it, since a
+    message whose earlier lease just ran out becomes ready after that.
+    """
+    message = kv.engine.dequeue_next_message(lease + WAIT_TIMEOUT)
+    assert message is not None, "the message was not delivered"
+    return message.attempt
+
+
+def test_an_expired_lease_counts_as_a_failed_attempt(
+    kv_store: KvStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message whose deliveries are all abandoned follows its schedule and is dead-lettered.
+
+    Each expired lease is one failed attempt (as in Deno's queue_cleanup), so
+    a message that kills every listener ends in keys_if_undelivered after
+    1 + len(backoff_schedule) deliveries instead of coming back for ever, and
+    giving up on it is logged at WARNING with the keys written.
+    """
+    caplog.set_level(logging.WARNING, logger="kvmodel.queue")
+    kv = kv_store.open(lease_timeout=0.2)
+    lease = _lease_bound(kv, 0.2)
+    dead = [("poison", "dead")]
+    kv.enqueue("poison", keys_if_undelivered=dead, backoff_schedule=[0.01])
+    assert _abandon(kv, lease) == 1
+    assert _abandon(kv, lease) == 2  # the first lease ran out: the one retry
+    got = Recorder()
+    with listening(kv, got.add):
+        entries = _wait_dead_letters(kv, dead)
+        kv.enqueue("sentinel")
+        got.wait_for_value("sentinel")
+    # The listener never saw a third delivery: the schedule was used up.
+    assert got.values == ["sentinel"]
+    assert entries[0].value == "poison"
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "kvmodel.queue" and r.levelno == logging.WARNING
+    ]
+    assert any("lease expired" in m and "('poison', 'dead')" in m for m in warnings), warnings
+
+
+def _wait_for_log(caplog: pytest.LogCaptureFixture, text: str) -> str:
+    """Waits (bounded) until a "kvmodel.queue" WARNING containing ``text`` is logged."""
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while time.monotonic() < deadline:
+        for record in list(caplog.records):
+            if record.name == "kvmodel.queue" and text in record.getMessage():
+                return record.getMessage()
+        time.sleep(0.01)
+    pytest.fail(f"no queue warning containing {text!r} within {WAIT_TIMEOUT} s")
+
+
+def test_an_abandoned_message_without_dead_letter_keys_is_dropped(
+    kv_store: KvStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no retry left, an expired lease drops a message that has no keys_if_undelivered."""
+    caplog.set_level(logging.WARNING, logger="kvmodel.queue")
+    kv = kv_store.open(lease_timeout=0.2)
+    lease = _lease_bound(kv, 0.2)
+    kv.enqueue("poison", backoff_schedule=[])
+    assert _abandon(kv, lease) == 1
+    got = Recorder()
+    with listening(kv, got.add):
+        message = _wait_for_log(caplog, "dropped")
+        kv.enqueue("sentinel")
+        got.wait_for_value("sentinel")
+        assert list(kv.list(prefix=())) == []
+    assert got.values == ["sentinel"]
+    assert "1 attempt" in message and "lease expired" in message
+
+
+def test_giving_up_on_a_failing_message_is_logged(kv: Kv, caplog: pytest.LogCaptureFixture) -> None:
+    """Dead-lettering and dropping after the last failed attempt are WARNINGs naming the keys."""
+    caplog.set_level(logging.WARNING, logger="kvmodel.queue")
+    attempts = Recorder()
+
+    def handler(value: Any) -> None:
+        attempts.add(value)
+        if value != "sentinel":
+            raise RuntimeError("fails")
+
+    with listening(kv, handler):
+        kv.enqueue("lettered", keys_if_undelivered=[("dl", 1), ("dl", 2)], backoff_schedule=[])
+        kv.enqueue("dropped", backoff_schedule=[])
+        _wait_dead_letters(kv, [("dl", 1), ("dl", 2)])
+        kv.enqueue("sentinel")
+        attempts.wait_for_value("sentinel")
+    given_up = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "kvmodel.queue" and r.levelno == logging.WARNING and not r.exc_info
+    ]
+    assert len(given_up) == 2, given_up
+    assert "('dl', 1)" in given_up[0] and "('dl', 2)" in given_up[0]
+    assert "dropped" in given_up[1]
+    assert all("handler failed" in m and "1 attempt" in m for m in given_up)
+
+
 __all__ += [name for name in dir() if name.startswith("test_")]
