@@ -32,6 +32,8 @@ TIMEOUT = 15.0
 #                  to the listener's name and adds 1 to ("total",), in one commit.
 #   mode "hang":   each delivery writes ("started", value) and then sleeps, so the
 #                  process can be killed in the middle of the handler.
+#   mode "exit":   each delivery adds 1 to ("attempts", value), sets ("exited", name)
+#                  and ends the process with os._exit (a poison message).
 # The main thread waits for ("stop", name), then closes the Kv and prints how
 # long listen_queue took to return.
 LISTENER = """
@@ -42,6 +44,9 @@ path, name, mode, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[
 kv = km.open_kv(path, lease_timeout=lease)
 
 def handler(value):
+    if mode == "exit":
+        kv.atomic().sum(("attempts", value), km.KvU64(1)).set(("exited", name), True).commit()
+        os._exit(3)
     if mode == "hang":
         kv.set(("started", value), os.getpid())
         time.sleep(60)
@@ -178,6 +183,49 @@ def test_a_listener_killed_mid_handler_has_its_message_redelivered(
     print(f"redelivered {time.monotonic() - killed_at:.2f} s after the kill")
     assert (delivered.value, by.value) == (km.KvU64(1), "rescuer")
     stop(kv, procs[1:], ["rescuer"])
+
+
+def test_a_message_that_kills_its_listener_is_dead_lettered_after_its_schedule(
+    kv: km.Kv, procs: list[subprocess.Popen[str]]
+) -> None:
+    """A handler that calls os._exit: each expired lease is a failed attempt, then dead letters.
+
+    With a schedule of 2 intervals the message is delivered 3 times (3
+    listeners die); the 4th listener finds the 3rd lease expired with no retry
+    left, writes the value to keys_if_undelivered and logs a WARNING, and the
+    message is never delivered again.
+    """
+    lease = 0.3
+    dead = ("dead", "poison")
+    kv.enqueue("poison", keys_if_undelivered=[dead], backoff_schedule=[0.01, 0.01])
+    victims: list[str] = []
+    while True:
+        assert len(victims) < 6, f"still not dead-lettered after {victims}"
+        name = f"victim{len(victims)}"
+        victims.append(name)
+        proc = spawn(db_path(kv), name, mode="exit", lease=lease)
+        procs.append(proc)
+        exited, letter = wait_keys(
+            kv, [("exited", name), dead], lambda e: any(x.versionstamp is not None for x in e)
+        )
+        if letter.versionstamp is not None:
+            break
+        assert proc.wait(TIMEOUT) == 3
+    assert exited.versionstamp is None  # the last listener got no delivery
+    assert victims == ["victim0", "victim1", "victim2", "victim3"]
+    assert kv.get(("attempts", "poison")).value == km.KvU64(3)
+    assert letter.value == "poison"
+    kv.set(("stop", name), True)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "after 3 attempt(s)" in err and "lease expired" in err and repr(dead) in err, err
+    # Nothing is left in the queue: a new listener handles only what comes next.
+    procs.append(spawn(db_path(kv), "after"))
+    wait_keys(kv, [("ready", "after")])
+    kv.enqueue("sentinel")
+    wait_keys(kv, [("by", "sentinel")])
+    assert kv.get(("delivered", "poison")).versionstamp is None
+    stop(kv, procs[-1:], ["after"])
 
 
 def test_three_listener_processes_share_messages_each_handled_once(
