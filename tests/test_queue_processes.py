@@ -216,7 +216,7 @@ def test_a_message_that_kills_its_listener_is_dead_lettered_after_its_schedule(
     assert kv.get(("attempts", "poison")).value == km.KvU64(3)
     assert letter.value == "poison"
     kv.set(("stop", name), True)
-    out, err = proc.communicate(timeout=TIMEOUT)
+    _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert "after 3 attempt(s)" in err and "lease expired" in err and repr(dead) in err, err
     # Nothing is left in the queue: a new listener handles only what comes next.
