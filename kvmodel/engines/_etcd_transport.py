@@ -72,6 +72,8 @@ STALE_TOKEN_ANSWERS = (
     "etcdserver: user name is empty",
     "etcdserver: revision of auth store is old",
 )
+# TLS failures per endpoint, in a row, that make a request give up at once.
+_TLS_ROUNDS = 2
 _AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
 # What Go's TLS server answers to a plain HTTP request.
 _PLAIN_TO_TLS = b"Client sent an HTTP request to an HTTPS server"
@@ -424,6 +426,12 @@ class EtcdTransport:
             except OSError as exc:
                 if _tls_config_error(exc):
                     raise _TlsFailed(str(exc)) from exc
+                if isinstance(exc, ssl.SSLEOFError):
+                    # etcd drops a TLS handshake on a plain HTTP port this way.
+                    raise _TlsFailed(
+                        f"{exc} (the member closed the connection during the TLS handshake: "
+                        "does it speak TLS?)"
+                    ) from exc
                 raise _NotSent(str(exc)) from exc
             with self._lock:
                 if self._closed:  # close() ran while we connected: leave no socket behind
@@ -487,14 +495,13 @@ class EtcdTransport:
             try:
                 return self._once(path, body, token)
             except _TlsFailed as exc:
-                # Every member failing the same way is a configuration error:
+                # Every member failing twice in a row is a configuration error:
                 # say so now instead of retrying for retry_timeout seconds.
                 tls_failures += 1
-                if tls_failures >= len(self.endpoints):
+                if tls_failures >= _TLS_ROUNDS * len(self.endpoints):
                     raise self._tls_error(str(exc)) from None
                 last = exc
                 self._drop(failover=True)
-                continue
             except _NotSent as exc:
                 last = exc
                 self._drop(failover=True)
@@ -527,11 +534,12 @@ class EtcdTransport:
                     last = exc
                     self._drop(failover=True)
             except (OSError, http.client.HTTPException) as exc:
-                if _tls_config_error(exc):
-                    # A TLS alert arrives before the member reads the request
-                    # (TLS 1.3 reports a refused client certificate only here).
+                if _tls_config_error(exc) and not write:
+                    # TLS 1.3 reports a refused client certificate only when the
+                    # answer is read. (A write takes the ambiguous path below,
+                    # which the engine resolves: safe whatever the alert meant.)
                     tls_failures += 1
-                    if tls_failures >= len(self.endpoints):
+                    if tls_failures >= _TLS_ROUNDS * len(self.endpoints):
                         raise self._tls_error(str(exc)) from None
                     last = exc
                     self._drop(failover=True)

@@ -324,7 +324,7 @@ class EtcdEngine:
             if colon:
                 from_url["password"] = urllib.parse.unquote(secret)
         for name, value in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True):
-            if name not in ("ca_file", "cert_file", "key_file"):
+            if name not in _TLS_PARAMS:
                 raise InvalidArgumentError(
                     f"The etcd URL {shown!r} has the query parameter {name!r}; it takes "
                     "ca_file, cert_file and key_file (the password goes in user:password@ "
@@ -1087,22 +1087,33 @@ def _credentials(user: str | None, password: str | None) -> Credentials | None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of ``user:password@`` replaced by ``***``, for messages.
+    """``url`` with its password (and any unknown query value) replaced by ``***``, for messages.
 
     Everything up to the last ``@`` counts as user information, so a password
-    holding an unencoded ``/``, ``?``, ``#`` or ``@`` is hidden too.
+    holding an unencoded ``/``, ``?``, ``#`` or ``@`` is hidden too. Query
+    values other than the TLS file names are hidden as well.
 
-    >>> redact_url("etcds://root:s3cr3t@10.0.0.1:2379/app")
-    'etcds://root:***@10.0.0.1:2379/app'
+    >>> redact_url("etcds://root:s3cr3t@10.0.0.1:2379/app?ca_file=/ca.pem&password=x")
+    'etcds://root:***@10.0.0.1:2379/app?ca_file=/ca.pem&password=***'
     """
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
     userinfo, at, hosts = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    name, colon, _ = userinfo.partition(":")
-    if not colon:
-        return url
-    return f"{scheme}://{name}:***@{hosts}"
+    if at:
+        name, colon, _ = userinfo.partition(":")
+        userinfo = f"{name}:***@" if colon else f"{name}@"
+    base, question, query = hosts.partition("?")
+    if question:
+        params = []
+        for param in query.split("&"):
+            key, eq, _ = param.partition("=")
+            params.append(param if key in _TLS_PARAMS or not eq else f"{key}=***")
+        base += "?" + "&".join(params)
+    return f"{scheme}://{userinfo}{base}"
+
+
+_TLS_PARAMS = ("ca_file", "cert_file", "key_file")
 
 
 class _EtcdQueueMessage(LeasedMessage):
