@@ -15,6 +15,8 @@ working for callers that do not know kvmodel::
     ├── EngineError(KvError)                      the storage engine failed (cause chained)
     ├── ConflictError(KvError)                    a checked versionstamp moved (.keys)
     │   └── UniqueViolationError(ConflictError)   a unique index value is taken
+    ├── ValidationError(KvError, ValueError)      a field value does not fit its declared type
+    ├── IndexNotReadyError(KvError)               a query on an index that is still being built
     └── ModelDefinitionError(KvError)             a Model class is declared wrongly
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "EngineError",
+    "IndexNotReadyError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "KvClosedError",
@@ -36,6 +39,7 @@ __all__ = [
     "LimitExceededError",
     "ModelDefinitionError",
     "UniqueViolationError",
+    "ValidationError",
 ]
 
 
@@ -74,7 +78,8 @@ class InvalidArgumentError(KvError, ValueError):
 
 
 class KvTypeError(KvError, TypeError):
-    """sum/min/max met a stored value that is not a KvU64."""
+    """A value has the wrong type for the call: sum/min/max on a stored value that is
+    not a KvU64, or an object that is not a model instance given to a session."""
 
 
 class KvClosedError(KvError):
@@ -123,3 +128,46 @@ class UniqueViolationError(ConflictError):
 
 class ModelDefinitionError(KvError):
     """A Model subclass is declared wrongly (no primary key, bad index field, ...)."""
+
+
+class ValidationError(KvError, ValueError):
+    """A model field holds a value that does not fit its declared type, or an attrs
+    validator the model declares rejected it; nothing was written.
+
+    Attributes:
+        model: the model's name (``"User"``).
+        key: the document's primary key tuple, ``(prefix, *pk)``.
+        field: the field at fault, with a path into nested values (``"items[0].quantity"``).
+        expected: the declared type, as text.
+        value: the value that does not fit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        key: Any,
+        field: str,
+        expected: str,
+        value: Any,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.key = key
+        self.field = field
+        self.expected = expected
+        self.value = value
+
+
+class IndexNotReadyError(KvError):
+    """A query used an index that is still being built for documents stored before it
+    was declared; ``kvmodel.rebuild_indexes`` builds it.
+
+    Attributes:
+        index: the index's qualified name (``"Order.by_status"``).
+    """
+
+    def __init__(self, message: str, *, index: str) -> None:
+        super().__init__(message)
+        self.index = index

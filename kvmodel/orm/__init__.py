@@ -7,24 +7,41 @@ Everything here is re-exported at the top level (``km.Model``, ``km.Session``,
 from __future__ import annotations
 
 from kvmodel.orm._transaction import transaction
+from kvmodel.orm._validate import register_type
 from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes, rebuild_indexes
+from kvmodel.orm.evolve import (
+    DocumentProblem,
+    DocumentReport,
+    MigrationReport,
+    check_documents,
+    drop_index,
+    migrate,
+)
 from kvmodel.orm.index import Index, Unique
-from kvmodel.orm.model import Model, field, new_id, utcnow
+from kvmodel.orm.model import Model, field, new_id, upgrade, utcnow
 from kvmodel.orm.query import Page
 from kvmodel.orm.session import Session
 
 __all__ = [
+    "DocumentProblem",
+    "DocumentReport",
     "Index",
     "IndexProblem",
     "IndexReport",
+    "MigrationReport",
     "Model",
     "Page",
     "Session",
     "Unique",
+    "check_documents",
     "check_indexes",
+    "drop_index",
     "field",
+    "migrate",
     "new_id",
     "rebuild_indexes",
+    "register_type",
     "transaction",
+    "upgrade",
     "utcnow",
 ]

@@ -38,6 +38,8 @@ __all__ = [
     "CONVERTER",
     "to_key_part",
     "form_part_converter",
+    "query_part_converter",
+    "plain_type",
     "datetime_to_micros",
 ]
 
@@ -122,6 +124,14 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+def plain_type(tp: Any) -> Any:
+    """A declared type without ``| None`` and NewType wrappers."""
+    tp = _strip_optional(tp)
+    while hasattr(tp, "__supertype__"):  # typing.NewType
+        tp = tp.__supertype__
+    return tp
+
+
 def form_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
     """The function turning a field's *form* value (never None) into its key part.
 
@@ -136,6 +146,10 @@ def form_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
     tp = _strip_optional(tp)
     while hasattr(tp, "__supertype__"):  # typing.NewType
         tp = tp.__supertype__
+    if tp is float:
+        # Documents written around the session may hold an int here; the key
+        # part must be the float a query for the same number builds.
+        return _as_float
     if tp in _PLAIN_TYPES or typing.get_origin(tp) is typing.Literal:
         return _identity
     if tp is datetime:
@@ -167,6 +181,100 @@ def form_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
         f"{what} has type {tp!r}, which has no order-preserving key form; index only "
         "str, int, float, bool, bytes, Enum, datetime, date or UUID fields."
     )
+
+
+def _as_float(value: Any) -> Any:
+    return float(value) if type(value) is int else value
+
+
+def query_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
+    """The function turning a Python value given for a field of type ``tp`` (a query
+    value, a range bound or a primary key) into the field's key part.
+
+    The value is first converted to the declared type, so ``find(kv, 10)`` on a
+    float field finds ``10.0`` and ``get(Point, 1.0)`` on an int key finds ``1``;
+    a value of another kind raises instead of silently finding nothing.
+
+    Raises:
+        ModelDefinitionError: the type has no order-preserving key form.
+    """
+    tp = _strip_optional(tp)
+    while hasattr(tp, "__supertype__"):  # typing.NewType
+        tp = tp.__supertype__
+    form_part = form_part_converter(tp, what)  # rejects types with no key form
+
+    def wrong(value: Any, expected: str) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"{what} is a {expected} field; {value!r} ({type(value).__name__}) is not a {expected}."
+        )
+
+    if tp is float:
+
+        def to_float(value: Any) -> KeyPart:
+            if type(value) is float:
+                return value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                try:
+                    return float(value)
+                except OverflowError:
+                    raise wrong(value, "float") from None
+            raise wrong(value, "float")
+
+        return to_float
+    if tp is int:
+
+        def to_int(value: Any) -> KeyPart:
+            if type(value) is int:
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return int(value)
+            raise wrong(value, "int")
+
+        return to_int
+    if tp in (str, bool, bytes, datetime, date, UUID):
+        kinds: Any = {
+            str: str,
+            bool: bool,
+            bytes: bytes | bytearray | memoryview,
+            datetime: datetime,
+            date: date,
+            UUID: UUID,
+        }[tp]
+        name = tp.__name__
+
+        def to_part(value: Any) -> KeyPart:
+            if not isinstance(value, kinds) or (tp is date and isinstance(value, datetime)):
+                raise wrong(value, name)
+            return to_key_part(value, f"The value for {what}")
+
+        return to_part
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        enum_type = tp
+
+        def to_enum_part(value: Any) -> KeyPart:
+            if not isinstance(value, enum_type):
+                try:
+                    value = enum_type(value)
+                except (ValueError, TypeError):
+                    raise wrong(value, enum_type.__name__) from None
+            return to_key_part(value.value, what)
+
+        return to_enum_part
+    if typing.get_origin(tp) is typing.Literal:
+        allowed = typing.get_args(tp)
+
+        def to_literal(value: Any) -> KeyPart:
+            if not any(value == a and type(value) is type(a) for a in allowed):
+                raise InvalidArgumentError(
+                    f"{what} takes one of {allowed!r}; {value!r} is not one of them."
+                )
+            return to_key_part(value, what)
+
+        return to_literal
+    del form_part
+    return lambda value: to_key_part(value, f"The value for {what}")
 
 
 # ---------------------------------------------------------------------------

@@ -23,11 +23,16 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from kvmodel.errors import InvalidArgumentError, LimitExceededError, UniqueViolationError
+from kvmodel.errors import (
+    EncodeError,
+    InvalidArgumentError,
+    LimitExceededError,
+    UniqueViolationError,
+)
 from kvmodel.limits import DEFAULT_LIMITS, EngineLimits
 from kvmodel.orm._convert import Key, KeyPart
 from kvmodel.orm.index import IndexBase
-from kvmodel.orm.model import ModelInfo
+from kvmodel.orm.model import VERSION_FIELD, ModelInfo
 
 __all__ = ["Plan", "PlannedCheck", "PlannedEnqueue", "PlannedMutation", "Tracked", "plan_commit"]
 
@@ -35,11 +40,27 @@ __all__ = ["Plan", "PlannedCheck", "PlannedEnqueue", "PlannedMutation", "Tracked
 class Tracked:
     """What a session knows about one object it tracks.
 
-    ``stored`` is the form as last read or written (None for a new object) and
-    ``versionstamp`` the primary key's versionstamp at that moment.
+    ``stored`` is the document as last read or written (None for a new object),
+    exactly as stored, and ``versionstamp`` the primary key's versionstamp at
+    that moment. ``source`` is that document as this model version reads it
+    (upgraded from an older version; the same dict when it is current), and
+    ``baseline`` the object's form as loaded, when it cannot be derived from
+    ``source`` field by field (see :meth:`ModelInfo.load`). ``force`` makes the
+    next commit write the object even if it did not change (a migration).
     """
 
-    __slots__ = ("deleted", "info", "key", "obj", "pk", "stored", "versionstamp")
+    __slots__ = (
+        "baseline",
+        "deleted",
+        "force",
+        "info",
+        "key",
+        "obj",
+        "pk",
+        "source",
+        "stored",
+        "versionstamp",
+    )
 
     def __init__(
         self,
@@ -48,14 +69,79 @@ class Tracked:
         pk: tuple[KeyPart, ...],
         stored: dict[str, Any] | None,
         versionstamp: str | None,
+        source: dict[str, Any] | None = None,
+        baseline: dict[str, Any] | None = None,
     ) -> None:
         self.obj = obj
         self.info = info
         self.pk = pk
         self.key: Key = (info.prefix, *pk)
         self.stored = stored
+        self.source = source if source is not None else stored
+        self.baseline = baseline
         self.versionstamp = versionstamp
         self.deleted = False
+        self.force = False
+
+    def unchanged(self, form: dict[str, Any]) -> bool:
+        """Whether ``form`` (the object's form now) is what the object was when loaded.
+
+        The stored document is not compared as it is: it may hold values a
+        save would convert (5.9 in an int field), fields this model does not
+        declare, an older version, or a version marker. Only what the code
+        changed counts, so a session that only reads never writes.
+        """
+        stored = self.stored
+        if stored is None or self.force:
+            return False
+        if form == stored:
+            return True
+        baseline = self.baseline
+        if baseline is not None:
+            return form == baseline
+        source = self.source
+        assert source is not None
+        info = self.info
+        for name, value in form.items():
+            old = source[name]
+            if old == value:
+                continue
+            try:
+                if info.field_roundtrip(name, old) == value:
+                    continue
+            except Exception:
+                pass  # the stored value does not load: the object must have been changed
+            return False
+        return True
+
+    def document(self, form: dict[str, Any]) -> dict[str, Any]:
+        """The document to store for ``form``: the model's fields, plus the fields and
+        version marker of the stored document that this model does not own."""
+        info = self.info
+        source = self.source
+        if source is None or source.keys() <= info.field_set:
+            if info.version == 1:
+                return form
+            return {**form, VERSION_FIELD: info.version}
+        doc = {k: v for k, v in source.items() if k not in info.field_set}
+        doc.update(form)
+        stored_version = self.stored.get(VERSION_FIELD, 1) if self.stored is not None else 1
+        if type(stored_version) is not int:
+            stored_version = 1
+        version = max(stored_version, info.version)
+        if version > 1:
+            doc[VERSION_FIELD] = version
+        else:
+            doc.pop(VERSION_FIELD, None)
+        return doc
+
+    def written(self, doc: dict[str, Any], versionstamp: str) -> None:
+        """Records a successful write of ``doc``."""
+        self.stored = doc
+        self.source = doc
+        self.baseline = None
+        self.versionstamp = versionstamp
+        self.force = False
 
     def describe(self) -> str:
         """The object as messages name it: ``Order('01HX...')``."""
@@ -165,20 +251,26 @@ def plan_commit(
             removed.append(t)
             continue
 
-        form = info.unstructure(t.obj)
         stored = t.stored
-        if stored is not None and form == stored:
+        try:
+            form: dict[str, Any] | None = info.unstructure(t.obj)
+        except Exception:
+            form = None  # a value of the wrong type: validate() says which
+        if form is not None and stored is not None and t.unchanged(form):
             continue  # unchanged: no check, no write
+        if info.validate(t.obj, t.key) or form is None:
+            form = _unstructure(t)
         pk = info.pk_parts(t.obj)
         if pk != t.pk:
             raise InvalidArgumentError(
                 f"The primary key of {t.describe()} was changed to {pk!r}; a primary key "
                 "cannot change: delete the object and add a new one instead."
             )
+        doc = t.document(form)
         primary.append(
-            (t, PlannedCheck(t.key, t.versionstamp, t), PlannedMutation(t.key, form, False, t))
+            (t, PlannedCheck(t.key, t.versionstamp, t), PlannedMutation(t.key, doc, False, t))
         )
-        written.append((t, form))
+        written.append((t, doc))
         old = info.index_entries(stored, t.pk) if stored is not None else {}
         new = info.index_entries(form, t.pk)
         for key, value in old.items():
@@ -246,6 +338,16 @@ def plan_commit(
             actual=len(enqueues),
         )
     return Plan(tuple(checks), tuple(mutations), tuple(enqueues), tuple(written), tuple(removed))
+
+
+def _unstructure(t: Tracked) -> dict[str, Any]:
+    """The form of a validated object; a registered conversion that fails is an EncodeError."""
+    try:
+        return t.info.unstructure(t.obj)
+    except Exception as exc:
+        raise EncodeError(
+            f"{t.describe()} cannot be converted to a document: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _too_large(t: Tracked, what: str, actual: int, limit: int, limits: EngineLimits) -> None:

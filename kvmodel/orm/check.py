@@ -16,6 +16,7 @@ import attrs
 
 from kvmodel.keys import encode_key
 from kvmodel.limits import MAX_GET_MANY_KEYS
+from kvmodel.orm import _catalog
 from kvmodel.orm._convert import Key
 from kvmodel.orm.index import pointed_key
 from kvmodel.orm.model import Model, ModelInfo, model_info
@@ -34,9 +35,11 @@ class IndexProblem:
 
     ``kind`` is one of ``"dangling"`` (an entry with no matching document),
     ``"missing"`` (a document without its entry), ``"wrong_value"`` (an entry
-    whose stored value is not its document's encoded primary key) or ``"duplicate"``
-    (documents sharing a unique value); :func:`rebuild_indexes` adds ``"busy"``
-    (a key that kept changing while it tried to settle it).
+    whose stored value is not its document's encoded primary key), ``"duplicate"``
+    (documents sharing a unique value) or ``"orphan"`` (entries of an index the
+    model no longer declares; :func:`kvmodel.drop_index` removes them);
+    :func:`rebuild_indexes` adds ``"busy"`` (a key that kept changing while it
+    tried to settle it).
     """
 
     kind: str
@@ -88,6 +91,8 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
     n_entries = 0
     for model in models:
         info = model_info(model)
+        _catalog.attach(kv, info)
+        problems += _orphans(kv, info)
         expected: dict[str, dict[Key, Any]] = {ix.key_prefix: {} for ix in info.indexes}
         owners: dict[Key, Key] = {}
         for entry in kv.list(prefix=(info.prefix,), batch_size=1000):
@@ -147,6 +152,30 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
     return IndexReport(tuple(problems), n_docs, n_entries)
 
 
+def _orphans(kv: Kv, info: ModelInfo) -> list[IndexProblem]:
+    """One problem per index of the stored description that the model no longer declares
+    and that still has entries."""
+    stored, _ = _catalog.stored_description(kv, info.prefix)
+    declared = {ix.name for ix in info.indexes}
+    problems = []
+    for name in sorted((stored or {}).get("indexes", {})):
+        if name in declared:
+            continue
+        space = f"{info.prefix}_{name}"
+        count = sum(1 for _ in kv.list(prefix=(space,), batch_size=1000))
+        if count:
+            problems.append(
+                IndexProblem(
+                    "orphan",
+                    f"{info.name}.{name}",
+                    (space,),
+                    f"{count} entries of an index {info.name} no longer declares; delete "
+                    f"them with km.drop_index(kv, {info.name}, {name!r})",
+                )
+            )
+    return problems
+
+
 # Each document or entry is re-read and decided again when a commit races a
 # writer; a key that keeps moving this often is reported instead.
 _REBUILD_ATTEMPTS = 20
@@ -173,7 +202,8 @@ def rebuild_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
     ...     author: str
     ...     by_author = km.Index("author")
     >>> Note.by_author.count(kv, "ada")
-    0
+    Traceback (most recent call last):
+    kvmodel.IndexNotReadyError: The index Note.by_author is still being built: ...
     >>> km.rebuild_indexes(kv, Note).ok
     True
     >>> [n.id for n in Note.by_author.find(kv, "ada")]
@@ -188,13 +218,22 @@ def rebuild_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
     n_entries = 0
     for model in models:
         info = model_info(model)
+        _catalog.attach(kv, info)
+        found: list[IndexProblem] = []
         for doc in kv.list(prefix=(info.prefix,), batch_size=500):
             n_docs += 1
-            problems += _settle_document(kv, info, doc.key)
+            found += _settle_document(kv, info, doc.key)
         for index in info.indexes:
             for entry in kv.list(prefix=(index.key_prefix,), batch_size=500):
                 n_entries += 1
-                problems += _settle_entry(kv, index, entry.key)
+                found += _settle_entry(kv, index, entry.key)
+        # An index every document now has its entries in is ready for queries,
+        # in every process; one with a duplicate or a busy key is not.
+        unsettled = {p.index for p in found}
+        _catalog.mark_ready(
+            kv, info, [ix.name for ix in info.indexes if ix.qualname not in unsettled]
+        )
+        problems += found
     return IndexReport(tuple(problems), n_docs, n_entries)
 
 

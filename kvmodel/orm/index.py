@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from kvmodel.errors import DecodeError, InvalidArgumentError, ModelDefinitionError
 from kvmodel.keys import decode_key
-from kvmodel.orm._convert import Key, KeyPart, form_part_converter, to_key_part
+from kvmodel.orm._convert import Key, KeyPart, form_part_converter, query_part_converter
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
@@ -53,7 +53,15 @@ class IndexBase(Generic[M]):
 
     unique: ClassVar[bool] = False
 
-    __slots__ = ("_converters", "_info", "fields", "key_prefix", "model", "name")
+    __slots__ = (
+        "_converters",
+        "_info",
+        "_query_converters",
+        "fields",
+        "key_prefix",
+        "model",
+        "name",
+    )
 
     def __init__(self, *fields: str) -> None:
         if not fields:
@@ -71,6 +79,7 @@ class IndexBase(Generic[M]):
         self.key_prefix = ""
         self._info: ModelInfo | None = None
         self._converters: tuple[tuple[str, Callable[[Any], KeyPart]], ...] | None = None
+        self._query_converters: tuple[Callable[[Any], KeyPart], ...] = ()
 
     # -- declaration -------------------------------------------------------------
 
@@ -92,6 +101,9 @@ class IndexBase(Generic[M]):
             return
         self._converters = tuple(
             (f, form_part_converter(types[f], f"{self.qualname}.{f}")) for f in self.fields
+        )
+        self._query_converters = tuple(
+            query_part_converter(types[f], f"{self.qualname}.{f}") for f in self.fields
         )
 
     @property
@@ -156,15 +168,22 @@ class IndexBase(Generic[M]):
                 f"{self.qualname} indexes {self.fields!r}; {len(values)} value(s) "
                 f"{values!r}{' and a range' if room else ''} is more than it has fields."
             )
+        self.info  # noqa: B018 -- prepares the converters
+        converters = self._query_converters
         parts = []
-        for value, name in zip(values, self.fields, strict=False):
+        for value, name, convert in zip(values, self.fields, converters, strict=False):
             if value is None:
                 raise InvalidArgumentError(
                     f"None is not a value of {self.qualname} (field {name!r}): documents "
                     "with None in an indexed field have no entry in the index."
                 )
-            parts.append(to_key_part(value, f"The value for {self.qualname}.{name}"))
+            parts.append(convert(value))
         return tuple(parts)
+
+    def _bound_part(self, position: int, value: Any) -> KeyPart:
+        """The key part of a range bound on the field at ``position``."""
+        self.info  # noqa: B018 -- prepares the converters
+        return self._query_converters[position](value)
 
     # -- queries -----------------------------------------------------------------
 

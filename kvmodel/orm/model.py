@@ -19,16 +19,32 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import attrs
 
-from kvmodel.errors import ModelDefinitionError
+from kvmodel._text import brief_repr
+from kvmodel.errors import (
+    DecodeError,
+    InvalidKeyError,
+    KvTypeError,
+    ModelDefinitionError,
+    ValidationError,
+)
 from kvmodel.keys import decode_key, encode_key
-from kvmodel.orm import _convert
-from kvmodel.orm._convert import Key, KeyPart, to_key_part
+from kvmodel.orm import _convert, _validate
+from kvmodel.orm._convert import Key, KeyPart, query_part_converter
 from kvmodel.orm.index import IndexBase
 
 __all__ = ["Model", "ModelInfo", "field", "new_id", "utcnow", "model_info"]
 
 PRIMARY_KEY_METADATA = "kvmodel.primary_key"
 """The attrs metadata flag :func:`field` sets on primary key fields."""
+
+VERSION_FIELD = "$v"
+"""The document entry that records the model version a document was written with.
+
+No Python identifier contains ``$``, so it never collides with a field; a
+document without it was written at version 1.
+"""
+
+UpgradeStep = Callable[[dict[str, Any]], dict[str, Any]]
 
 M = TypeVar("M", bound="Model")
 
@@ -156,18 +172,27 @@ class ModelInfo:
     """
 
     __slots__ = (
+        "_checkers",
         "_encoded_prefix",
+        "_field_hooks",
+        "_pk_converters",
         "_pk_getter",
+        "_pk_is_str",
         "_ready",
         "cls",
+        "eager_baseline",
         "field_names",
+        "field_set",
         "indexes",
         "name",
         "pk_fields",
         "prefix",
+        "qualified_name",
         "structure",
         "unique_indexes",
         "unstructure",
+        "upgrades",
+        "version",
     )
 
     def __init__(
@@ -177,15 +202,25 @@ class ModelInfo:
         pk_fields: tuple[str, ...],
         field_names: tuple[str, ...],
         indexes: tuple[IndexBase[Any], ...],
+        version: int = 1,
     ) -> None:
         self.cls = cls
         self.name = cls.__qualname__
+        self.qualified_name = f"{cls.__module__}.{cls.__qualname__}"
         self.prefix = prefix
         self._encoded_prefix = encode_key((prefix,))
         self.pk_fields = pk_fields
         self.field_names = field_names
+        self.field_set = frozenset(field_names)
         self.indexes = indexes
+        self.version = version
+        self.upgrades: dict[int, UpgradeStep] = {}
         self.unique_indexes: dict[str, IndexBase[Any]] = {}
+        self._checkers: tuple[tuple[str, _validate.Checker], ...] = ()
+        self._pk_converters: tuple[Callable[[Any], KeyPart], ...] = ()
+        self._field_hooks: dict[str, Callable[[Any], Any]] = {}
+        self.eager_baseline = False
+        self._pk_is_str = False
         self._ready = False
         self.unstructure: Callable[[Any], dict[str, Any]] = self._lazy_unstructure
         self.structure: Callable[[Any], Any] = self._lazy_structure
@@ -211,8 +246,18 @@ class ModelInfo:
                 f"The field types of {self.name} cannot be resolved ({exc}); "
                 "define every annotated class at module level before using the model."
             ) from exc
+        self.check_types(types)
         for index in self.indexes:
             index._prepare(types)
+        self._pk_converters = tuple(
+            query_part_converter(types[n], f"The primary key field {self.name}.{n}")
+            for n in self.pk_fields
+        )
+        self._pk_is_str = (
+            len(self.pk_fields) == 1 and _convert.plain_type(types[self.pk_fields[0]]) is str
+        )
+        self._field_hooks = {n: _roundtrip_hook(types[n]) for n in self.field_names}
+        self.eager_baseline = any(_has_nested_defaults(types[n], set()) for n in self.field_names)
         # Key prefix -> unique index: the planner spots unique entries by prefix.
         self.unique_indexes = {ix.key_prefix: ix for ix in self.indexes if ix.unique}
         unstructure = _convert.unstructure_hook(self.cls)
@@ -221,6 +266,79 @@ class ModelInfo:
         self.unstructure = unstructure
         self.structure = lambda form: structure(form, cls)
         self._ready = True
+
+    def check_types(self, types: dict[str, Any]) -> None:
+        """Builds the field checkers, refusing field types kvmodel cannot store.
+
+        Raises:
+            ModelDefinitionError: names the model, the field and how to add support.
+        """
+        if self._checkers:
+            return
+        from cattrs.errors import StructureHandlerNotFoundError
+
+        checkers = []
+        for name in self.field_names:
+            what = f"The field {self.name}.{name}"
+            checkers.append((name, _validate.checker_for(types[name], what)))
+            try:
+                _convert.CONVERTER.get_structure_hook(types[name])
+            except StructureHandlerNotFoundError:
+                raise ModelDefinitionError(
+                    f"{what} has the type {_validate.describe_type(types[name])}, which "
+                    "kvmodel cannot read back; register its conversion with "
+                    "km.register_type(cls, unstructure=..., structure=...)."
+                ) from None
+        self._checkers = tuple(checkers)
+
+    def validate(self, obj: Any, key: Key) -> bool:
+        """Checks every field of ``obj`` against its declared type, then the attrs validators.
+
+        An int in a float field becomes a float (on the object too), so the
+        stored document and its index keys hold the float a query looks for.
+
+        Returns:
+            True when a value was converted (the object's form must be taken again).
+
+        Raises:
+            ValidationError: names the model, the key, the field, the type and the value.
+        """
+        converted = False
+        for name, check in self._checkers:
+            value = getattr(obj, name)
+            try:
+                checked = check(value, 0)
+            except _validate.Mismatch as m:
+                raise ValidationError(
+                    f"{self.describe(key[1:])}.{name}{m.path} {m.describe()}; nothing was "
+                    "written. Give it a value of the declared type.",
+                    model=self.name,
+                    key=key,
+                    field=name + m.path,
+                    expected=m.expected,
+                    value=m.value,
+                ) from None
+            if checked is not value:
+                object.__setattr__(obj, name, checked)
+                converted = True
+        try:
+            attrs.validate(obj)
+        except (ValueError, TypeError) as exc:
+            field = _field_named_in(exc, self.field_names)
+            raise ValidationError(
+                f"{self.describe(key[1:])} was rejected by a validator"
+                f"{f' of the field {field!r}' if field else ''}: {exc}; nothing was written.",
+                model=self.name,
+                key=key,
+                field=field,
+                expected="a value its validator accepts",
+                value=getattr(obj, field, None) if field else None,
+            ) from exc
+        return converted
+
+    def field_roundtrip(self, name: str, value: Any) -> Any:
+        """What a stored field value becomes after loading and saving it unchanged."""
+        return self._field_hooks[name](value)
 
     def _lazy_unstructure(self, obj: Any) -> dict[str, Any]:
         self.prepare()
@@ -235,7 +353,7 @@ class ModelInfo:
         parts = self._pk_getter(obj)
         if type(parts[0]) is str and len(parts) == 1:
             return parts  # the common case: one str id
-        return tuple(self._pk_part(v, n) for v, n in zip(parts, self.pk_fields, strict=True))
+        return self._pk_tuple(parts)
 
     def decode_doc_key(self, encoded: bytes) -> Key:
         """The key tuple of one of this model's documents, from its encoded form.
@@ -256,21 +374,37 @@ class ModelInfo:
         return decode_key(encoded)
 
     def key_for(self, pk: tuple[Any, ...]) -> Key:
-        """The primary key ``(prefix, *pk)`` for Python primary key values."""
-        if len(pk) != len(self.pk_fields):
-            raise TypeError(
-                f"{self.name} has the primary key fields {self.pk_fields!r}; "
-                f"got {len(pk)} value(s) {pk!r}."
-            )
-        return (
-            self.prefix,
-            *(self._pk_part(v, n) for v, n in zip(pk, self.pk_fields, strict=True)),
-        )
+        """The primary key ``(prefix, *pk)`` for Python primary key values.
 
-    def _pk_part(self, value: Any, name: str) -> KeyPart:
-        if value is None:
-            raise TypeError(f"The primary key field {self.name}.{name} is None; give it a value.")
-        return to_key_part(value, f"{self.name}.{name}")
+        Each value is converted to its field's declared type first (an int for a
+        float key field becomes a float), so every spelling of a number finds
+        the same document.
+
+        Raises:
+            KvTypeError: not one value per primary key field.
+            InvalidKeyError: a None value.
+            InvalidArgumentError: a value of the wrong kind for its field.
+        """
+        if len(pk) != len(self.pk_fields):
+            raise KvTypeError(
+                f"{self.name} has the primary key fields {self.pk_fields!r}; "
+                f"got {len(pk)} value(s) {brief_repr(pk)}. Give one value per field."
+            )
+        if self._pk_is_str and type(pk[0]) is str:
+            return (self.prefix, pk[0])
+        return (self.prefix, *self._pk_tuple(pk))
+
+    def _pk_tuple(self, values: tuple[Any, ...]) -> tuple[KeyPart, ...]:
+        if not self._ready:
+            self.prepare()
+        parts = []
+        for value, name, convert in zip(values, self.pk_fields, self._pk_converters, strict=True):
+            if value is None:
+                raise InvalidKeyError(
+                    f"The primary key field {self.name}.{name} is None; give it a value."
+                )
+            parts.append(convert(value))
+        return tuple(parts)
 
     def index_entries(self, form: dict[str, Any], pk: tuple[KeyPart, ...]) -> dict[Key, Any]:
         """Every index entry (key -> value) a document with this form and pk has."""
@@ -283,6 +417,97 @@ class ModelInfo:
             if entry is not None:
                 entries[entry[0]] = entry[1]
         return entries
+
+    def current_doc(self, doc: Any, key: Key) -> dict[str, Any]:
+        """A stored document as this model version reads it: older versions upgraded.
+
+        The document itself is returned when it is current (or newer: a newer
+        version's document is read as it is, its unknown fields kept aside).
+
+        Raises:
+            DecodeError: not a map, a bad version marker, or an upgrade step is
+                missing or failed.
+        """
+        if type(doc) is not dict:
+            raise DecodeError(
+                f"The document at {brief_repr(key)} is a {type(doc).__name__}, not a map of "
+                f"fields, so it cannot be a {self.name}."
+            )
+        stored_version = doc.get(VERSION_FIELD, 1)
+        if stored_version == self.version or (
+            type(stored_version) is int and stored_version > self.version
+        ):
+            return doc
+        if type(stored_version) is not int or stored_version < 1:
+            raise DecodeError(
+                f"The document at {brief_repr(key)} has the version marker "
+                f"{brief_repr(stored_version)}, which is not a model version (an int >= 1)."
+            )
+        upgraded = {k: v for k, v in doc.items() if k != VERSION_FIELD}
+        for version in range(stored_version, self.version):
+            step = self.upgrades.get(version)
+            if step is None:
+                raise DecodeError(
+                    f"The document at {brief_repr(key)} was written by version {version} of "
+                    f"{self.name}, and no upgrade step leads from it to version "
+                    f"{version + 1}; declare one with @km.upgrade({self.name}, "
+                    f"from_version={version})."
+                )
+            try:
+                result = step(upgraded)
+            except Exception as exc:
+                raise DecodeError(
+                    f"The upgrade step of {self.name} from version {version} failed on the "
+                    f"document at {brief_repr(key)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if type(result) is not dict:
+                raise DecodeError(
+                    f"The upgrade step of {self.name} from version {version} returned "
+                    f"{brief_repr(result, 60)} for the document at {brief_repr(key)}; "
+                    "a step returns the upgraded document as a dict."
+                )
+            upgraded = result
+        return upgraded
+
+    def load(self, doc: Any, key: Key) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+        """The object of a stored document, the document as read, and its baseline form.
+
+        The baseline is the object's form as loaded, which the session compares
+        against to see whether the object changed. It is None when it can be
+        derived later from the stored document field by field (every field is
+        present and no default is involved): that keeps loading cheap.
+
+        Raises:
+            DecodeError: the document does not fit the model (names key, field, reason).
+        """
+        source = self.current_doc(doc, key)
+        try:
+            obj = self.structure(source)
+        except Exception as exc:
+            raise DecodeError(
+                f"The document at {brief_repr(key)} does not fit {self.name}: "
+                f"{self.misfit(source) or exc}."
+            ) from exc
+        if source is doc and not self.eager_baseline and self.field_set <= doc.keys():
+            return obj, source, None
+        return obj, source, self.unstructure(obj)
+
+    def misfit(self, doc: dict[str, Any]) -> str | None:
+        """Why a current-version document cannot be loaded, field by field (None: it can)."""
+        cls: Any = self.cls
+        for a in attrs.fields(cls):
+            if a.name not in doc:
+                if a.default is attrs.NOTHING:
+                    return f"missing required field {a.name!r}"
+                continue
+            try:
+                self._field_hooks[a.name](doc[a.name])
+            except Exception as exc:
+                return (
+                    f"the field {a.name!r} holds {brief_repr(doc[a.name], 60)}, which is not "
+                    f"a {_validate.describe_type(a.type)} ({type(exc).__name__}: {exc})"
+                )
+        return None
 
     def describe(self, pk: tuple[Any, ...]) -> str:
         """A short name for one document in messages: ``Order('01HX...')``."""
@@ -304,6 +529,7 @@ class ModelMeta(type):
         /,
         *,
         prefix: str | None = None,
+        version: int = 1,
         **kwargs: Any,
     ) -> ModelMeta:
         # attrs rebuilds a slotted class by calling the metaclass again with the
@@ -313,6 +539,10 @@ class ModelMeta(type):
         if prefix is not None and (not isinstance(prefix, str) or not prefix):
             raise ModelDefinitionError(
                 f"The prefix of {name} must be a non-empty str, not {prefix!r}."
+            )
+        if type(version) is not int or version < 1:
+            raise ModelDefinitionError(
+                f"The version of {name} must be an int >= 1, not {version!r}."
             )
         # Indexes: declared here, plus copies of the ones inherited (an index
         # is bound to exactly one model).
@@ -351,7 +581,7 @@ class ModelMeta(type):
                     "declare a new Index for each model."
                 )
         model_prefix = prefix if prefix is not None else snake_case(name)
-        info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()))
+        info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()), version)
         for index in declared.values():
             index._bind(cls, info)
         type.__setattr__(cls, "__kvmodel__", info)
@@ -362,6 +592,7 @@ class ModelMeta(type):
         except NameError:
             pass
         else:
+            info.check_types(types)
             for index in declared.values():
                 index._prepare(types)
         return cls  # type: ignore[no-any-return]
@@ -386,9 +617,11 @@ class Model(metaclass=ModelMeta):
     __slots__ = ()
     __kvmodel__: ClassVar[ModelInfo]
 
-    def __init_subclass__(cls, *, prefix: str | None = None, **kwargs: Any) -> None:
-        # The metaclass consumes ``prefix``; this signature lets type checkers
-        # accept the class keyword.
+    def __init_subclass__(
+        cls, *, prefix: str | None = None, version: int = 1, **kwargs: Any
+    ) -> None:
+        # The metaclass consumes ``prefix`` and ``version``; this signature lets
+        # type checkers accept the class keywords.
         super().__init_subclass__(**kwargs)
 
 
@@ -396,11 +629,96 @@ def model_info(cls: type[Model]) -> ModelInfo:
     """The prepared :class:`ModelInfo` of a model class.
 
     Raises:
-        TypeError: ``cls`` is not a Model subclass.
+        KvTypeError: ``cls`` is not a Model subclass.
     """
     info = getattr(cls, "__kvmodel__", None)
-    if info is None:
-        raise TypeError(f"{cls!r} is not a km.Model subclass.")
+    if not isinstance(info, ModelInfo):
+        raise KvTypeError(
+            f"{brief_repr(cls, 80)} is not a km.Model subclass or instance; sessions and "
+            "queries work on classes declared as `class X(km.Model, prefix=...)`."
+        )
     if not info._ready:
         info.prepare()
-    return info  # type: ignore[no-any-return]
+    return info
+
+
+def upgrade(model: type[Model], *, from_version: int) -> Callable[[UpgradeStep], UpgradeStep]:
+    """Declares the step that upgrades a stored document from one model version to the next.
+
+    The step takes the document as a dict of stored fields (without the version
+    marker) written at ``from_version`` and returns it as version
+    ``from_version + 1`` stores it. Documents are upgraded in memory when they
+    are loaded, step by step; they are written back only when the object is
+    saved for another reason, or by :func:`kvmodel.migrate`.
+
+    >>> import kvmodel as km
+    >>> class Article(km.Model, prefix="articles_doc", version=2):
+    ...     id: str = km.field(primary_key=True)
+    ...     title: str
+    >>> @km.upgrade(Article, from_version=1)
+    ... def rename_headline(doc):
+    ...     doc["title"] = doc.pop("headline")
+    ...     return doc
+    >>> kv = km.open_kv()
+    >>> kv.set(("articles_doc", "a1"), {"id": "a1", "headline": "Hello"}).ok
+    True
+    >>> km.Session(kv).get(Article, "a1").title
+    'Hello'
+
+    Raises:
+        ModelDefinitionError: not a model, or ``from_version`` is not below the
+            model's version.
+    """
+    info = getattr(model, "__kvmodel__", None)
+    if not isinstance(info, ModelInfo):
+        raise ModelDefinitionError(f"km.upgrade needs a km.Model class, not {model!r}.")
+    if type(from_version) is not int or not 1 <= from_version < info.version:
+        raise ModelDefinitionError(
+            f"{info.name} is at version {info.version}; an upgrade step's from_version must "
+            f"be an int from 1 to {info.version - 1}, not {from_version!r}."
+        )
+
+    def register(step: UpgradeStep) -> UpgradeStep:
+        if not callable(step):
+            raise ModelDefinitionError(f"An upgrade step must be callable, not {step!r}.")
+        info.upgrades[from_version] = step
+        return step
+
+    return register
+
+
+def _roundtrip_hook(tp: Any) -> Callable[[Any], Any]:
+    """stored field value -> the value saving it unchanged would store."""
+    structure = _convert.CONVERTER.get_structure_hook(tp)
+    unstructure = _convert.CONVERTER.get_unstructure_hook(tp)
+    return lambda value: unstructure(structure(value, tp))
+
+
+def _has_nested_defaults(tp: Any, seen: set[Any]) -> bool:
+    """Whether loading a field of this type may fill in defaults of nested attrs classes.
+
+    A default made by a factory differs each time, so such fields cannot be
+    compared against a re-conversion of the stored document later.
+    """
+    if tp in seen:
+        return False
+    seen.add(tp)
+    if isinstance(tp, type) and attrs.has(tp):
+        attrs.resolve_types(tp)
+        return any(
+            a.default is not attrs.NOTHING or _has_nested_defaults(a.type, seen)
+            for a in attrs.fields(tp)
+        )
+    import typing
+
+    return any(_has_nested_defaults(a, seen) for a in typing.get_args(tp))
+
+
+def _field_named_in(exc: BaseException, names: tuple[str, ...]) -> str:
+    """The field an attrs validator error is about (attrs passes the attribute)."""
+    for arg in exc.args:
+        name = getattr(arg, "name", None)
+        if isinstance(name, str) and name in names:
+            return name
+    text = str(exc)
+    return next((n for n in names if f"'{n}'" in text), "")

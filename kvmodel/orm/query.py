@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from kvmodel._text import brief_repr
 from kvmodel.engines.base import Consistency, ReadRange
-from kvmodel.errors import InvalidArgumentError
-from kvmodel.orm._convert import Key, KeyPart, to_key_part
+from kvmodel.errors import InvalidArgumentError, KvTypeError
+from kvmodel.orm._catalog import attach, require_ready
+from kvmodel.orm._convert import Key, KeyPart
 from kvmodel.orm.model import model_info
 from kvmodel.orm.session import Session, load_documents
 
@@ -67,13 +69,15 @@ def resolve_source(source: Session | Kv) -> tuple[Kv, Session | None]:
     """The Kv to read and the session to load into (None: detached objects from a Kv).
 
     Raises:
-        TypeError: ``source`` is neither a Session nor a Kv.
+        KvTypeError: ``source`` is neither a Session nor a Kv.
     """
     if isinstance(source, Session):
         return source.kv, source
     if hasattr(source, "atomic") and hasattr(source, "read_linked"):
         return source, None
-    raise TypeError(f"Expected a km.Session or a km.Kv, not {source!r}.")
+    raise KvTypeError(
+        f"Index queries read from a km.Session or a km.Kv, not {brief_repr(source, 80)}."
+    )
 
 
 def _selector(
@@ -85,9 +89,9 @@ def _selector(
     base: Key = (index.key_prefix, *parts)
     if not ranged:
         return {"prefix": base}, parts
-    field = f"The range bound for {index.qualname}.{index.fields[len(parts)]}"
-    lo = None if start is None else (*base, to_key_part(start, field))
-    hi = None if end is None else (*base, to_key_part(end, field))
+    at = len(parts)
+    lo = None if start is None else (*base, index._bound_part(at, start))
+    hi = None if end is None else (*base, index._bound_part(at, end))
     if lo is not None and hi is not None:
         return {"start": lo, "end": hi}, parts
     if lo is not None:
@@ -114,6 +118,7 @@ def find(
 ) -> Page[M]:
     """See :meth:`kvmodel.Index.find`."""
     kv, session = resolve_source(source)
+    require_ready(kv, index)
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         # A full unique value is one key, which a prefix listing would exclude.
         if cursor:
@@ -149,6 +154,7 @@ def list_documents(
     """See :meth:`kvmodel.Session.all`: the model's documents, decoded from raw batches."""
     info = model_info(model)
     kv = session.kv
+    attach(kv, info)
     batch_size = None if limit is not None else _LIST_BATCH
     state = kv.list_state((info.prefix,), None, None, limit, reverse, cursor, batch_size, "strong")
 
@@ -188,6 +194,7 @@ def count(
 ) -> int:
     """See :meth:`kvmodel.Index.count`: the number of matching index entries."""
     kv, _ = resolve_source(source)
+    require_ready(kv, index)
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         key = (index.key_prefix, *index.key_parts(values))
         return 0 if kv.get(key).versionstamp is None else 1
@@ -198,6 +205,7 @@ def count(
 def unique_get(index: Unique[M], source: Session | Kv, values: tuple[Any, ...]) -> M | None:
     """See :meth:`kvmodel.Unique.get`: the entry and its document, read in one snapshot."""
     kv, session = resolve_source(source)
+    require_ready(kv, index)
     if len(values) != len(index.fields):
         raise InvalidArgumentError(
             f"{index.qualname} needs one value per field {index.fields!r}; got {values!r}."

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kvmodel._values import decode_value
 from kvmodel.errors import (
     ConflictError,
-    DecodeError,
     EncodeError,
     InvalidArgumentError,
     LimitExceededError,
     UniqueViolationError,
 )
 from kvmodel.limits import MAX_GET_MANY_KEYS
+from kvmodel.orm._catalog import attach
 from kvmodel.orm._convert import Key
 from kvmodel.orm._planner import Plan, PlannedCheck, PlannedEnqueue, Tracked, plan_commit
 from kvmodel.orm.index import pointed_key
@@ -106,6 +106,7 @@ class Session:
             t.deleted = False
             return
         info = model_info(type(obj))
+        attach(self._kv, info)
         pk = info.pk_parts(obj)
         key: Key = (info.prefix, *pk)
         current = self._identity.get(key)
@@ -191,6 +192,7 @@ class Session:
         """
         info = model_info(model)
         key = info.key_for(pk)
+        attach(self._kv, info)
         t = self._identity.get(key)
         if t is not None:
             return None if t.deleted else t.obj
@@ -206,8 +208,9 @@ class Session:
         groups of 10 (the ``get_many`` limit); each document is as read then.
         """
         info = model_info(model)
+        attach(self._kv, info)
         single = len(info.pk_fields) == 1
-        keys = [info.key_for((pk,) if single else tuple(pk)) for pk in pks]
+        keys = [info.key_for((pk,) if single else _pk_tuple(info, pk)) for pk in pks]
         out: list[M | None] = [None] * len(keys)
         todo: list[int] = []
         for i, key in enumerate(keys):
@@ -238,10 +241,14 @@ class Session:
                 "from the session.",
                 keys=(t.key,),
             )
-        self._assign(t, entry.value)
+        fresh, source, baseline = t.info.load(entry.value, t.key)
+        self._assign(t, fresh)
         t.stored = entry.value
+        t.source = source
+        t.baseline = baseline
         t.versionstamp = entry.versionstamp
         t.deleted = False
+        t.force = False
 
     def all(
         self,
@@ -280,15 +287,15 @@ class Session:
         t = self._identity.get(key)
         if t is not None:
             return None if t.deleted else t.obj
-        obj = _structure(info, key, value)
-        t = Tracked(obj, info, key[1:], value, versionstamp)
+        obj, source, baseline = info.load(value, key)
+        t = Tracked(obj, info, key[1:], value, versionstamp, source, baseline)
         self._identity[key] = t
         self._by_id[id(obj)] = t
         return obj
 
-    def _assign(self, t: Tracked, form: Any) -> None:
-        """Overwrites the fields of a tracked object with a stored form's values."""
-        fresh = t.info.structure(form)
+    @staticmethod
+    def _assign(t: Tracked, fresh: Any) -> None:
+        """Overwrites the fields of a tracked object with those of a freshly loaded one."""
         for name in t.info.field_names:
             object.__setattr__(t.obj, name, getattr(fresh, name))
 
@@ -335,9 +342,9 @@ class Session:
         if not result.ok:
             raise self._failure(plan, result.failed_checks)
         versionstamp = result.versionstamp
-        for t, form in plan.written:
-            t.stored = form
-            t.versionstamp = versionstamp
+        assert versionstamp is not None
+        for t, doc in plan.written:
+            t.written(doc, versionstamp)
         for t in plan.removed:
             self._forget(t)
         self._enqueues.clear()
@@ -351,8 +358,13 @@ class Session:
                 self._forget(t)
                 continue
             t.deleted = False
-            if t.info.unstructure(t.obj) != t.stored:
-                self._assign(t, t.stored)
+            t.force = False
+            try:
+                unchanged = t.unchanged(t.info.unstructure(t.obj))
+            except Exception:
+                unchanged = False  # a field holds a value of the wrong type
+            if not unchanged:
+                self._assign(t, t.info.load(t.stored, t.key)[0])
         self._enqueues.clear()
 
     def _failure(self, plan: Plan, failed_keys: Sequence[Any]) -> ConflictError:
@@ -447,6 +459,15 @@ class Session:
         return f"<Session tracking {len(self._by_id)} object(s) on {self._kv!r}>"
 
 
+def _pk_tuple(info: ModelInfo, pk: Any) -> tuple[Any, ...]:
+    if not isinstance(pk, tuple | list):
+        raise InvalidArgumentError(
+            f"{info.name} has a composite primary key {info.pk_fields!r}; give each key as a "
+            f"tuple of {len(info.pk_fields)} values, not {pk!r}."
+        )
+    return tuple(pk)
+
+
 def _limit_facts(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, LimitExceededError):
         return {"limit": exc.limit, "actual": exc.actual}
@@ -478,16 +499,8 @@ def load_documents(
             continue
         form: Any = decode_value(raw.value, raw.encoding)
         if session is None:
-            out.append(_structure(info, key, form))
+            out.append(info.load(form, key)[0])
         else:
             obj = session._load(info, key, form, raw.versionstamp.hex())
             if obj is not None:
                 out.append(obj)
-
-
-def _structure(info: ModelInfo, key: Key, form: Any) -> Any:
-    """The object of a stored form; a form that does not fit the model is a DecodeError."""
-    try:
-        return info.structure(form)
-    except Exception as exc:
-        raise DecodeError(f"The document at {key!r} does not fit {info.name}: {exc}") from exc

@@ -1,0 +1,269 @@
+"""The models a Kv has met: who owns each keyspace, and each model's stored description.
+
+Two things happen the first time a model is used with a Kv (:func:`attach`):
+
+* **Keyspace ownership.** A model owns its prefix and the key prefix of each of
+  its indexes. Two models claiming one keyspace would read each other's data,
+  so the second claim raises ``ModelDefinitionError`` naming both owners. The
+  same class defined again (a module reload) takes its predecessor's place.
+* **The stored description.** The database keeps, per model prefix, the
+  model's fields, version and indexes with their states, under a reserved
+  keyspace: keys starting with the byte 0xFF, which no encoded tuple key starts
+  with, so ``kv.list(prefix=())`` and every model listing pass them by. An
+  index the description does not know yet is *ready* when the model's keyspace
+  is empty and *building* otherwise: documents written before it was declared
+  have no entries, so a query on it would return partial results.
+  ``rebuild_indexes`` builds it and marks it ready for every process;
+  ``drop_index`` removes an index the model no longer declares.
+
+The description is read once per Kv and model; a query on a building index
+reads it again before refusing, since another process may have built it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from kvmodel._values import decode_value, encode_value
+from kvmodel.engines.base import AtomicWrite, Check, Consistency, Mutation, MutationKind, ReadRange
+from kvmodel.errors import IndexNotReadyError, ModelDefinitionError
+from kvmodel.keys import encode_key
+
+if TYPE_CHECKING:
+    from kvmodel._kv import Kv
+    from kvmodel.orm.index import IndexBase
+    from kvmodel.orm.model import ModelInfo
+
+__all__ = [
+    "ModelState",
+    "attach",
+    "description_key",
+    "mark_ready",
+    "remove_index",
+    "require_ready",
+    "stored_description",
+]
+
+SYSTEM_KEY_PREFIX = b"\xff"
+"""The first byte of kvmodel's own keys: outside every tuple key's encoding."""
+
+READY = "ready"
+BUILDING = "building"
+
+# A description write races other processes attaching the same model; each
+# retry re-reads it, and this many conflicts in a row means something is wrong.
+_ATTEMPTS = 20
+
+
+def description_key(prefix: str) -> bytes:
+    """The reserved key of the stored description of the model with this prefix."""
+    return SYSTEM_KEY_PREFIX + encode_key(("kvmodel", "models", prefix))
+
+
+class ModelState:
+    """What one Kv knows of one model: its index states, from the stored description."""
+
+    __slots__ = ("states",)
+
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+
+
+class _KvModels:
+    """The models one Kv has met."""
+
+    __slots__ = ("attached", "lock", "owners")
+
+    def __init__(self) -> None:
+        self.owners: dict[str, tuple[str, ModelInfo]] = {}
+        self.attached: dict[ModelInfo, ModelState] = {}
+        self.lock = threading.Lock()
+
+
+_registry: weakref.WeakKeyDictionary[Kv, _KvModels] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def models_of(kv: Kv) -> _KvModels:
+    """The per-Kv record of attached models (created on first use)."""
+    found = _registry.get(kv)
+    if found is None:
+        with _registry_lock:
+            found = _registry.setdefault(kv, _KvModels())
+    return found
+
+
+def attach(kv: Kv, info: ModelInfo) -> ModelState:
+    """Registers ``info``'s keyspaces with ``kv`` and loads its stored description.
+
+    Raises:
+        ModelDefinitionError: another model owns one of ``info``'s keyspaces.
+    """
+    models = models_of(kv)
+    state = models.attached.get(info)
+    if state is not None:
+        return state
+    with models.lock:
+        state = models.attached.get(info)
+        if state is not None:
+            return state
+        _claim_keyspaces(models, info)
+        state = ModelState(_settle_description(kv, info))
+        models.attached[info] = state
+        return state
+
+
+def _claim_keyspaces(models: _KvModels, info: ModelInfo) -> None:
+    claims = [(info.prefix, f"the documents of {info.qualified_name}")]
+    claims += [
+        (ix.key_prefix, f"the index {ix.qualname} of {info.qualified_name}") for ix in info.indexes
+    ]
+    for space, what in claims:
+        owner = models.owners.get(space)
+        if owner is None or owner[1] is info:
+            continue
+        other_what, other = owner
+        if other.qualified_name == info.qualified_name:
+            continue  # the same class defined again: it replaces the old one below
+        raise ModelDefinitionError(
+            f"The keyspace {space!r} is claimed by {what} and by {other_what}; they would "
+            "read and overwrite each other's keys. Give one model another prefix= or the "
+            "index another name."
+        )
+    for space, what in claims:
+        owner = models.owners.get(space)
+        if owner is not None and owner[1] is not info:
+            models.attached.pop(owner[1], None)
+        models.owners[space] = (what, info)
+
+
+def stored_description(kv: Kv, prefix: str) -> tuple[dict[str, Any] | None, bytes | None]:
+    """The stored description of a model prefix and its versionstamp (None, None if none)."""
+    key = description_key(prefix)
+    found = kv.read_range(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
+    if not found:
+        return None, None
+    value = decode_value(found[0].value, found[0].encoding)
+    if not isinstance(value, dict) or not isinstance(value.get("indexes"), dict):
+        return None, found[0].versionstamp  # damaged: rewritten from the model
+    return value, found[0].versionstamp
+
+
+def _write_description(
+    kv: Kv, prefix: str, description: dict[str, Any], versionstamp: bytes | None
+) -> bool:
+    key = description_key(prefix)
+    data, encoding = encode_value(description)
+    write = AtomicWrite(
+        (Check(key, versionstamp),), (Mutation(key, MutationKind.SET, data, encoding),), ()
+    )
+    return kv.commit_write(write, [("kvmodel description", prefix)]).ok
+
+
+def _has_keys(kv: Kv, prefix: str) -> bool:
+    base = encode_key((prefix,))
+    return bool(kv.read_range(ReadRange(base + b"\x00", base + b"\xff", 1), Consistency.STRONG))
+
+
+def _index_description(index: IndexBase[Any], state: str) -> dict[str, Any]:
+    return {"fields": list(index.fields), "unique": index.unique, "state": state}
+
+
+def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
+    """Reads (and completes) the stored description; returns the declared indexes' states."""
+    for _ in range(_ATTEMPTS):
+        stored, versionstamp = stored_description(kv, info.prefix)
+        indexes: dict[str, Any] = dict(stored["indexes"]) if stored is not None else {}
+        has_documents: bool | None = None
+        changed = stored is None
+        for index in info.indexes:
+            known = indexes.get(index.name)
+            if (
+                isinstance(known, dict)
+                and known.get("fields") == list(index.fields)
+                and known.get("unique") == index.unique
+                and known.get("state") in (READY, BUILDING)
+            ):
+                continue
+            if has_documents is None:
+                has_documents = _has_keys(kv, info.prefix)
+            # Documents stored before this index was declared have no entries in
+            # it. A database that predates descriptions gets the benefit of the
+            # doubt for an index that already has entries.
+            ready = not has_documents or (stored is None and _has_keys(kv, index.key_prefix))
+            indexes[index.name] = _index_description(index, READY if ready else BUILDING)
+            changed = True
+        version = info.version
+        if stored is not None and isinstance(stored.get("version"), int):
+            if stored["version"] > version:
+                version = stored["version"]
+            elif stored["version"] < version:
+                changed = True
+        if changed:
+            description = {
+                "model": info.qualified_name,
+                "version": version,
+                "fields": list(info.field_names),
+                "primary_key": list(info.pk_fields),
+                "indexes": indexes,
+            }
+            if not _write_description(kv, info.prefix, description, versionstamp):
+                continue  # another process wrote it meanwhile: read it again
+        return {ix.name: indexes[ix.name]["state"] for ix in info.indexes}
+    raise ModelDefinitionError(
+        f"The stored description of {info.name} kept changing while kvmodel read it; try again."
+    )
+
+
+def _update(kv: Kv, info: ModelInfo, change: Any) -> None:
+    """Applies ``change(indexes)`` to the stored description, checked and retried."""
+    attach(kv, info)
+    for _ in range(_ATTEMPTS):
+        stored, versionstamp = stored_description(kv, info.prefix)
+        if stored is None:
+            return
+        indexes = dict(stored["indexes"])
+        change(indexes)
+        if _write_description(kv, info.prefix, {**stored, "indexes": indexes}, versionstamp):
+            models_of(kv).attached.pop(info, None)  # read it again on next use
+            return
+    raise ModelDefinitionError(
+        f"The stored description of {info.name} kept changing; run the operation again."
+    )
+
+
+def mark_ready(kv: Kv, info: ModelInfo, names: list[str]) -> None:
+    """Marks indexes of ``info`` ready in the stored description (after a full backfill)."""
+
+    def change(indexes: dict[str, Any]) -> None:
+        for name in names:
+            if isinstance(indexes.get(name), dict):
+                indexes[name] = {**indexes[name], "state": READY}
+
+    _update(kv, info, change)
+
+
+def remove_index(kv: Kv, info: ModelInfo, name: str) -> None:
+    """Removes an index from the stored description of ``info``."""
+    _update(kv, info, lambda indexes: indexes.pop(name, None))
+
+
+def require_ready(kv: Kv, index: IndexBase[Any]) -> None:
+    """Raises IndexNotReadyError unless ``index`` is ready on ``kv``."""
+    info = index.info
+    state = attach(kv, info)
+    if state.states.get(index.name) == READY:
+        return
+    # Another process may have built it since: read the description again.
+    models_of(kv).attached.pop(info, None)
+    state = attach(kv, info)
+    if state.states.get(index.name) == READY:
+        return
+    raise IndexNotReadyError(
+        f"The index {index.qualname} is still being built: documents stored before it was "
+        "declared have no entries in it yet, so a query would miss them. Build it with "
+        f"km.rebuild_indexes(kv, {info.name}); every process uses it once that finishes.",
+        index=index.qualname,
+    )
