@@ -142,14 +142,13 @@ _MAX_ATTEMPT = 1 << 62
 _LOOK_AGAIN = -1
 
 
-def _unpack_column(where: str, blob: object) -> object:
+def _unpack_column(where: str, column: str, blob: object) -> object:
     """Unpacks a msgpack column of a queue row; DecodeError when it is not one."""
     if type(blob) is not bytes or len(blob) > _MAX_COLUMN_BYTES:
-        size = len(blob) if isinstance(blob, bytes | str) else None
+        size = f" of {len(blob)}" if isinstance(blob, bytes | str) else ""
         raise DecodeError(
-            f"A msgpack column of {where} is a {type(blob).__name__}"
-            + (f" of {size}" if size is not None else "")
-            + f", not bytes of at most {_MAX_COLUMN_BYTES}."
+            f"The {column} column of {where} is a {type(blob).__name__}{size}, "
+            f"not msgpack bytes of at most {_MAX_COLUMN_BYTES}."
         )
     try:
         return msgpack.unpackb(
@@ -162,7 +161,10 @@ def _unpack_column(where: str, blob: object) -> object:
             max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"A msgpack column of {where} is damaged: {exc}.") from exc
+        detail = str(exc).rstrip(".") or type(exc).__name__
+        raise DecodeError(
+            f"The {column} column of {where} is not valid msgpack ({detail})."
+        ) from exc
 
 
 def _checked_entry(
@@ -1002,14 +1004,18 @@ class SqliteEngine:
         """
         payload, encoding, attempt, keys_blob, schedule_blob = columns
         where = f"queue message {message_id}"
-        step = next_backoff(read_stored_backoff(where, _unpack_column(where, schedule_blob)))
+        step = next_backoff(
+            read_stored_backoff(where, _unpack_column(where, "backoff_schedule", schedule_blob))
+        )
         if step is not None:
             delay_ms, rest = step
             conn.execute(
                 RESCHEDULE_MESSAGE, (now_ms + delay_ms, msgpack.packb(list(rest)), message_id)
             )
             return "retried"
-        keys = read_stored_dead_letter_keys(where, _unpack_column(where, keys_blob))
+        keys = read_stored_dead_letter_keys(
+            where, _unpack_column(where, "keys_if_undelivered", keys_blob)
+        )
         self._dead_letter(conn, message_id, payload, encoding, keys)
         log_undelivered(str(message_id), attempt if isinstance(attempt, int) else 0, keys, why)
         return "given up"
@@ -1046,7 +1052,9 @@ class SqliteEngine:
         where = f"queue message {message_id}"
         try:
             check_stored_value(where, payload, encoding)
-            keys = read_stored_dead_letter_keys(where, _unpack_column(where, keys_blob))
+            keys = read_stored_dead_letter_keys(
+                where, _unpack_column(where, "keys_if_undelivered", keys_blob)
+            )
         except DecodeError as exc:
             return self._quarantine(conn, message_id, exc)
         try:
@@ -1055,7 +1063,7 @@ class SqliteEngine:
                     f"The attempt count of {where} is {describe_stored_key(attempt)}, "
                     "not a positive int."
                 )
-            read_stored_backoff(where, _unpack_column(where, schedule_blob))
+            read_stored_backoff(where, _unpack_column(where, "backoff_schedule", schedule_blob))
         except DecodeError as exc:
             if not keys:
                 return self._quarantine(conn, message_id, exc)
