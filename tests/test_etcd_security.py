@@ -182,12 +182,21 @@ def test_a_rejected_token_is_renewed_once_and_the_request_sent_again(
 
 
 def test_a_user_with_a_role_on_its_prefix_works_there_only(auth_cluster: EtcdCluster) -> None:
-    """A user granted read-write on one prefix opens it; another prefix is refused at open."""
+    """A user granted read-write on one prefix uses all of kvmodel there; elsewhere is refused."""
     name = f"app-{uuid.uuid4().hex[:6]}"
     auth_cluster.add_user(name, "app-password", prefix=f"{name}/".encode())
     with km.open_kv(_with_login(auth_cluster.url(name), name, "app-password")) as kv:
-        kv.set(("x",), "ok")
-        assert kv.get(("x",)).value == "ok"
+        kv.set(("x",), "ok", expire_in=60)
+        assert kv.atomic().check(kv.get(("x",))).sum(("n",), km.KvU64(1)).commit().ok
+        watch = kv.watch([("x",)])
+        assert next(iter(watch))[0].value == "ok"
+        watch.close()
+        kv.enqueue("job")
+        engine = kv._engine
+        assert isinstance(engine, EtcdEngine)
+        message = engine.dequeue_next_message(10)
+        assert message is not None
+        message.finish(True)
     with pytest.raises(EngineError, match="permission denied"):
         km.open_kv(_with_login(auth_cluster.url("elsewhere"), name, "app-password"))
 

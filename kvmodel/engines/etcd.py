@@ -343,7 +343,8 @@ class EtcdEngine:
         tls_given = [n for n in ("ca_file", "cert_file", "key_file") if options[n] is not None]
         if scheme == "etcd" and tls_given:
             raise InvalidArgumentError(
-                f"{', '.join(tls_given)} only apply to TLS: open {shown!r} as etcds:// instead."
+                f"The etcd URL {shown!r} is plain HTTP (etcd://) but has the TLS options "
+                f"{', '.join(tls_given)}; open it as etcds:// instead."
             )
         endpoints = [e for e in hosts.split(",") if e]
         if not endpoints or any("/" in e or ":" not in e for e in endpoints):
