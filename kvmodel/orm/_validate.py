@@ -111,7 +111,7 @@ def register_type(
 def describe_type(tp: Any) -> str:
     """A declared type as messages show it: ``int``, ``list[OrderItem]``, ``str | None``."""
     if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__qualname__
+        return tp.__name__
     text = repr(tp).replace("typing.", "")
     return text.replace("datetime.", "").replace("uuid.", "").replace("decimal.", "")
 
