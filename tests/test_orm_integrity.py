@@ -180,7 +180,7 @@ def test_fields_the_model_does_not_declare_survive_a_save(kv: Kv) -> None:
 def test_wrongly_typed_values_are_refused_and_nothing_is_written(
     kv: Kv, kwargs: dict[str, Any], field: str, expected: str
 ) -> None:
-    """ValidationError names model, key, field, expected type and value; the session stays usable."""
+    """ValidationError names model, key, field, type and value; the session stays usable."""
     s = km.Session(kv)
     ok = User(id="good", email="g@x")
     bad = User(id="bad", **{"email": "b@x", **kwargs})
@@ -189,7 +189,8 @@ def test_wrongly_typed_values_are_refused_and_nothing_is_written(
         s.commit()
     err = info.value
     assert isinstance(err, km.KvError) and isinstance(err, ValueError)
-    assert (err.model, err.key, err.field, err.expected) == ("User", ("users", "bad"), field, expected)
+    facts = (err.model, err.key, err.field, err.expected)
+    assert facts == ("User", ("users", "bad"), field, expected)
     assert "User('bad')" in str(err) and field in str(err) and repr(kwargs[field]) in str(err)
     assert list(kv.list(prefix=())) == []
     s.delete(bad)
