@@ -26,9 +26,9 @@ from etcd_cluster import (
 )
 
 import kvmodel as km
-from kvmodel.engines._etcd_transport import Credentials, EtcdAuthError
+from kvmodel.engines._etcd_transport import Credentials
 from kvmodel.engines.base import AtomicWrite, Mutation, MutationKind, ReadRange
-from kvmodel.engines.etcd import EtcdEngine, redact_url
+from kvmodel.engines.etcd import EtcdAuthError, EtcdEngine, redact_url
 from kvmodel.errors import EngineError, InvalidArgumentError
 
 pytestmark = [

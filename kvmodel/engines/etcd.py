@@ -111,7 +111,7 @@ from kvmodel.errors import (
 )
 from kvmodel.limits import EngineLimits
 
-__all__ = ["ETCD_LIMITS", "EtcdEngine", "etcd_limits", "redact_url"]
+__all__ = ["ETCD_LIMITS", "EtcdAuthError", "EtcdEngine", "etcd_limits", "redact_url"]
 
 Json = dict[str, Any]
 
