@@ -5,6 +5,12 @@ Target: the SQLite queue (``SqliteEngine.dequeue_next_message``, leases) and
 record each delivery with one commit and linger before returning, so kills
 land before, inside and after handlers; a killed listener's lease runs out and
 another listener takes the message again.
+
+A delivery cut short by a kill is a failed attempt (its lease expires, as in
+Deno's queue_cleanup), so a message is dead-lettered only when all
+``ATTEMPTS`` of its deliveries were killed. Each kill abandons at most one
+delivery (listeners run one handler at a time), so the test expects every
+message handled or dead-lettered, and at most ``kills // ATTEMPTS`` dead letters.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from ._workers import (
 
 LEASE = 0.3
 """Lease timeout of the listeners: short, so killed deliveries come back quickly."""
+SCHEDULE = [0.01] * 5
+"""Many quick retries: a message caught by a few kills is retried, not dead-lettered."""
+ATTEMPTS = len(SCHEDULE) + 1
 
 
 def handled(kv: km.Kv) -> dict[int, int]:
@@ -48,10 +57,7 @@ def test_every_message_is_handled_despite_listener_kills(
     db = tmp_path / "queue.db"
     with km.open_kv(db) as kv:
         for i in range(messages):
-            # Many quick retries: a message caught by several kills is retried, not dropped.
-            kv.enqueue(
-                i, backoff_schedule=[0.01] * 5, keys_if_undelivered=[("undelivered", i), DEAD]
-            )
+            kv.enqueue(i, backoff_schedule=SCHEDULE, keys_if_undelivered=[("undelivered", i), DEAD])
     started = time.monotonic()
     kills = kill_rounds(rng, "queue", db, LEASE, rounds, max_life)
     # A last pair of listeners, left alive until every message is accounted for.
@@ -81,4 +87,8 @@ def test_every_message_is_handled_despite_listener_kills(
         f"seconds={time.monotonic() - started:.1f}"
     )
     assert lost == 0
-    assert not dead, f"messages dropped after exhausting their retries: {sorted(dead)[:10]}"
+    # Handlers never fail here: only kills use up attempts.
+    assert len(dead) * ATTEMPTS <= kills, (
+        f"{len(dead)} messages dead-lettered, but {kills} kills abandon at most "
+        f"{kills // ATTEMPTS} messages {ATTEMPTS} times: {sorted(dead)[:10]}"
+    )
