@@ -40,8 +40,8 @@ def settle(message: QueueMessage, success: bool) -> None:
         message.finish(success)
     except KvError:
         logger.warning(
-            "Could not settle a queue message (attempt %d); it will be redelivered "
-            "after its lease expires.",
+            "Could not settle a queue message (attempt %d); when its lease expires "
+            "it counts as a failed attempt and follows its backoff schedule.",
             message.attempt,
             exc_info=True,
         )
@@ -60,7 +60,7 @@ class LeaseKeeper:
     def add(self, message: QueueMessage) -> None:
         with self._cond:
             self._messages.add(message)
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name="kvmodel-lease", daemon=True)
                 self._thread.start()
 
@@ -69,9 +69,13 @@ class LeaseKeeper:
             self._messages.discard(message)
 
     def stop(self) -> None:
+        """Stops the renewal thread and waits until it has ended (Kv.close relies on it)."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _run(self) -> None:
         while True:
@@ -85,7 +89,7 @@ class LeaseKeeper:
                     if not message.renew_lease():
                         logger.warning(
                             "Lost the lease of a queue message while its handler "
-                            "ran; it may be delivered again."
+                            "ran; it counts as a failed attempt and may be delivered again."
                         )
                 except KvError:
                     pass  # closing: the message will be redelivered after its lease
@@ -116,6 +120,10 @@ class QueueListener:
                 self._run_pool()
         finally:
             self._leases.stop()
+
+    def stop_leases(self) -> None:
+        """Stops renewing leases and joins the renewal thread (called by Kv.close)."""
+        self._leases.stop()
 
     def _next(self) -> QueueMessage | None:
         if self._kv.closed:
