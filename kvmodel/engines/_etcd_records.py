@@ -237,7 +237,7 @@ def _unpack_record(where: str, raw: bytes) -> list[Any]:
             raw,
             raw=False,
             max_bin_len=MAX_VALUE_SIZE,
-            max_str_len=0,
+            max_str_len=MAX_VALUE_SIZE,  # none is valid, but a str field may be the only damage
             max_array_len=_MAX_RECORD_BYTES,
             max_map_len=0,
             max_ext_len=0,
