@@ -277,15 +277,17 @@ def _attrs_class(cls: type, what: str) -> Checker:
     found = _attrs_checkers.get(cls)
     if found is not None:
         return found
-    fields: list[tuple[str, Checker]] = []
+    fields: list[tuple[str, type | None, Checker]] = []
 
     def check(value: Any, depth: int) -> Any:
         if not isinstance(value, cls):
             raise Mismatch(cls.__qualname__, value)
         if depth >= MAX_DEPTH:
             raise _too_deep(value)
-        for name, c in fields:
+        for name, exact, c in fields:
             v = getattr(value, name)
+            if type(v) is exact:
+                continue
             try:
                 checked = c(v, depth + 1)
             except Mismatch as m:
@@ -298,11 +300,29 @@ def _attrs_class(cls: type, what: str) -> Checker:
     try:
         attrs.resolve_types(cls)
         for a in attrs.fields(cls):
-            fields.append((a.name, checker_for(a.type, f"{what} ({cls.__qualname__}.{a.name})")))
+            c = checker_for(a.type, f"{what} ({cls.__qualname__}.{a.name})")
+            fields.append((a.name, exact_type(a.type), c))
     except BaseException:
         del _attrs_checkers[cls]
         raise
     return check
+
+
+_LEAF_TYPES = frozenset({int, float, str, bool, bytes, datetime, date, UUID, Decimal, timedelta})
+
+
+def exact_type(tp: Any) -> type | None:
+    """The one type whose instances need no check for a field of type ``tp`` (None if none).
+
+    Validation runs on every object a commit writes; testing ``type(v) is t``
+    first keeps the common case to one comparison per field.
+    """
+    tp = _strip_newtype(tp)
+    if tp in _LEAF_TYPES or tp in _registered:
+        return tp  # type: ignore[no-any-return]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp
+    return None
 
 
 def checker_for(tp: Any, what: str) -> Checker:

@@ -175,6 +175,7 @@ class ModelInfo:
         "_checkers",
         "_encoded_prefix",
         "_field_hooks",
+        "_has_validators",
         "_pk_converters",
         "_pk_getter",
         "_pk_is_str",
@@ -216,7 +217,8 @@ class ModelInfo:
         self.version = version
         self.upgrades: dict[int, UpgradeStep] = {}
         self.unique_indexes: dict[str, IndexBase[Any]] = {}
-        self._checkers: tuple[tuple[str, _validate.Checker], ...] = ()
+        self._checkers: tuple[tuple[str, type | None, _validate.Checker], ...] = ()
+        self._has_validators = False
         self._pk_converters: tuple[Callable[[Any], KeyPart], ...] = ()
         self._field_hooks: dict[str, Callable[[Any], Any]] = {}
         self.eager_baseline = False
@@ -280,7 +282,8 @@ class ModelInfo:
         checkers = []
         for name in self.field_names:
             what = f"The field {self.name}.{name}"
-            checkers.append((name, _validate.checker_for(types[name], what)))
+            check = _validate.checker_for(types[name], what)
+            checkers.append((name, _validate.exact_type(types[name]), check))
             try:
                 _convert.CONVERTER.get_structure_hook(types[name])
             except StructureHandlerNotFoundError:
@@ -290,6 +293,8 @@ class ModelInfo:
                     "km.register_type(cls, unstructure=..., structure=...)."
                 ) from None
         self._checkers = tuple(checkers)
+        cls: Any = self.cls
+        self._has_validators = any(a.validator is not None for a in attrs.fields(cls))
 
     def validate(self, obj: Any, key: Key) -> bool:
         """Checks every field of ``obj`` against its declared type, then the attrs validators.
@@ -304,8 +309,10 @@ class ModelInfo:
             ValidationError: names the model, the key, the field, the type and the value.
         """
         converted = False
-        for name, check in self._checkers:
+        for name, exact, check in self._checkers:
             value = getattr(obj, name)
+            if type(value) is exact:
+                continue
             try:
                 checked = check(value, 0)
             except _validate.Mismatch as m:
@@ -321,6 +328,8 @@ class ModelInfo:
             if checked is not value:
                 object.__setattr__(obj, name, checked)
                 converted = True
+        if not self._has_validators:
+            return converted
         try:
             attrs.validate(obj)
         except (ValueError, TypeError) as exc:
