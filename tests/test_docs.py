@@ -60,6 +60,7 @@ DOC_PAGES = [
     "docs/index.md",
     "docs/how-to/unique-constraints.md",
     "docs/how-to/add-an-index.md",
+    "docs/how-to/evolve-a-model.md",
     "docs/how-to/retries.md",
     "docs/how-to/choose-an-engine.md",
     "docs/explanation/models-and-keys.md",
