@@ -298,3 +298,22 @@ def test_the_description_lives_in_the_reserved_keyspace(kv: Kv) -> None:
     assert desc["indexes"] == {"by_title": by_title}
     keys = [e.key for e in kv.list(prefix=())]
     assert keys == [("articles", "d"), ("articles_by_title", "t", "d")]
+
+
+def test_an_index_on_a_new_field_with_a_default_is_built_from_loaded_documents(kv: Kv) -> None:
+    """Documents without the new field are indexed under its default, as they load."""
+    kv.set(("crew", "c1"), {"id": "c1"})
+    kv.set(("crew", "c2"), {"id": "c2", "team": "ops"})
+
+    class Crew(km.Model, prefix="crew"):
+        id: str = km.field(primary_key=True)
+        team: str = "core"
+        by_team = km.Index("team")
+
+    assert km.rebuild_indexes(kv, Crew).ok
+    assert [c.id for c in Crew.by_team.find(kv, "core")] == ["c1"]
+    assert km.check_indexes(kv, Crew).ok
+    with km.Session(kv) as s:  # moving it on deletes the entry it had under the default
+        s.get(Crew, "c1").team = "ops"  # type: ignore[union-attr]
+    assert [c.id for c in Crew.by_team.find(kv, "ops")] == ["c1", "c2"]
+    assert km.check_indexes(kv, Crew).ok

@@ -196,16 +196,19 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
             indexes[index.name] = _index_description(index, READY if ready else BUILDING)
             changed = True
         version = info.version
+        fields = list(info.field_names)
         if stored is not None and isinstance(stored.get("version"), int):
             if stored["version"] > version:
+                # A newer release described the model: keep its version and fields.
                 version = stored["version"]
-            elif stored["version"] < version:
+                fields = stored.get("fields", fields)
+            elif stored["version"] < version or stored.get("fields") != fields:
                 changed = True
         if changed:
             description = {
                 "model": info.qualified_name,
                 "version": version,
-                "fields": list(info.field_names),
+                "fields": fields,
                 "primary_key": list(info.pk_fields),
                 "indexes": indexes,
             }

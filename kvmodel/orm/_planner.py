@@ -114,6 +114,13 @@ class Tracked:
             return False
         return True
 
+    def indexed_form(self) -> dict[str, Any]:
+        """The form the stored document's index entries were derived from (its loaded form)."""
+        if self.baseline is not None:
+            return self.baseline
+        assert self.source is not None
+        return self.source
+
     def document(self, form: dict[str, Any]) -> dict[str, Any]:
         """The document to store for ``form``: the model's fields, plus the fields and
         version marker of the stored document that this model does not own."""
@@ -243,7 +250,7 @@ def plan_commit(
                     PlannedMutation(t.key, None, True, t),
                 )
             )
-            for key in info.index_entries(t.stored, t.pk):
+            for key in info.index_entries(t.indexed_form(), t.pk):
                 if key[0] in unique_prefixes:
                     released.add(key)
                 if key not in index_ops:
@@ -271,7 +278,7 @@ def plan_commit(
             (t, PlannedCheck(t.key, t.versionstamp, t), PlannedMutation(t.key, doc, False, t))
         )
         written.append((t, doc))
-        old = info.index_entries(stored, t.pk) if stored is not None else {}
+        old = info.index_entries(t.indexed_form(), t.pk) if stored is not None else {}
         new = info.index_entries(form, t.pk)
         for key, value in old.items():
             if key not in new or new[key] != value:

@@ -81,18 +81,19 @@ def register_type(
     ``structure`` turns that back into a ``cls``. Register before the first
     model that uses the type is defined. Field values must be instances of ``cls``.
 
+    >>> import types
     >>> import kvmodel as km
     >>> km.register_type(
-    ...     complex, unstructure=lambda c: [c.real, c.imag], structure=lambda v: complex(*v)
+    ...     types.SimpleNamespace, unstructure=vars, structure=lambda d: types.SimpleNamespace(**d)
     ... )
-    >>> class Signal(km.Model, prefix="signals"):
+    >>> class Sensor(km.Model, prefix="sensors"):
     ...     name: str = km.field(primary_key=True)
-    ...     gain: complex
+    ...     calibration: types.SimpleNamespace
     >>> kv = km.open_kv()
     >>> with km.Session(kv) as s:
-    ...     s.add(Signal(name="s1", gain=1 + 2j))
-    >>> km.Session(kv).get(Signal, "s1").gain
-    (1+2j)
+    ...     s.add(Sensor(name="s1", calibration=types.SimpleNamespace(gain=2.5)))
+    >>> km.Session(kv).get(Sensor, "s1").calibration
+    namespace(gain=2.5)
 
     Raises:
         InvalidArgumentError: ``cls`` is not a class, or a conversion is not callable.

@@ -98,7 +98,7 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
         for entry in kv.list(prefix=(info.prefix,), batch_size=1000):
             n_docs += 1
             pk = entry.key[1:]
-            form: Any = entry.value
+            form = info.indexed_form(entry.value, entry.key)
             target = encode_key(entry.key)
             for index in info.indexes:
                 e = index._entry(form, pk, target)
@@ -243,8 +243,7 @@ def _settle_document(kv: Kv, info: ModelInfo, key: Key) -> list[IndexProblem]:
         doc = kv.get(key)
         if doc.versionstamp is None:
             return []  # deleted meanwhile, with its entries
-        form: Any = doc.value
-        want = info.index_entries(form, key[1:])
+        want = info.index_entries(info.indexed_form(doc.value, key), key[1:])
         keys = list(want)
         step = MAX_GET_MANY_KEYS
         current = [e for lo in range(0, len(keys), step) for e in kv.get_many(keys[lo : lo + step])]
@@ -282,8 +281,10 @@ def _holder(kv: Kv, info: ModelInfo, entry: Entry[Any]) -> Entry[Any] | None:
     if other is None:
         return None
     doc = kv.get(other)
-    form: Any = doc.value
-    if doc.versionstamp is None or entry.key not in info.index_entries(form, other[1:]):
+    if doc.versionstamp is None:
+        return None
+    form = info.indexed_form(doc.value, other)
+    if entry.key not in info.index_entries(form, other[1:]):
         return None
     return doc
 
@@ -299,7 +300,7 @@ def _settle_entry(kv: Kv, index: IndexBase[Any], key: Key) -> list[IndexProblem]
         owner = _owner_of(index, entry)
         if owner is not None:
             doc = kv.get(owner)
-            form: Any = doc.value
+            form = info.indexed_form(doc.value, owner) if doc.versionstamp is not None else {}
             if doc.versionstamp is not None and key in info.index_entries(form, owner[1:]):
                 return []
             op.check(doc)

@@ -501,6 +501,18 @@ class ModelInfo:
             return obj, source, None
         return obj, source, self.unstructure(obj)
 
+    def indexed_form(self, doc: Any, key: Key) -> dict[str, Any]:
+        """The form whose values a stored document's index entries hold: the document as
+        this model loads it, with older versions upgraded and defaults filled in.
+
+        A document that does not load is indexed as it is stored (or not at all).
+        """
+        try:
+            _, source, baseline = self.load(doc, key)
+        except DecodeError:
+            return doc if type(doc) is dict else {}
+        return baseline if baseline is not None else source
+
     def misfit(self, doc: dict[str, Any]) -> str | None:
         """Why a current-version document cannot be loaded, field by field (None: it can)."""
         cls: Any = self.cls
