@@ -46,12 +46,13 @@ from typing import Any, Final, NoReturn
 
 import msgpack
 
+from kvmodel._text import brief_value
 from kvmodel.engines.base import (
     VALUE_ENCODING_BYTES,
     VALUE_ENCODING_LE64,
     VALUE_ENCODING_MSGPACK,
 )
-from kvmodel.errors import DecodeError, EncodeError
+from kvmodel.errors import DecodeError, EncodeError, LimitExceededError
 from kvmodel.limits import MAX_VALUE_SIZE
 
 __all__ = [
@@ -300,13 +301,14 @@ def _unpack(data: bytes | bytearray | memoryview) -> object:
 # ---------------------------------------------------------------------------
 # Public entry points
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 _SUPPORTED = "None, bool, int, float, str, bytes, list, tuple, dict, datetime and KvU64"
 # A value deeper than this cannot come back: msgpack's unpacker holds at most
-# 1024 open containers. Only values of more bytes than that can be that deep.
+# 1024 open containers.
 _MAX_DEPTH = 1024
 
 
-def encode_value(value: object) -> tuple[bytes, int]:
+def encode_value(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, int]:
     """Encodes a value into ``(data, encoding)`` for an engine record.
 
     >>> encode_value(b"raw")
@@ -316,19 +318,44 @@ def encode_value(value: object) -> tuple[bytes, int]:
     >>> encode_value({"a": [1, None]})
     (b'\\x81\\xa1a\\x92\\x01\\xc0', 1)
 
+    Before anything is packed, a walk of the value (see :func:`_measure`)
+    refuses values that cannot fit in ``limit`` bytes, that contain
+    themselves, or that nest too deeply, so no value costs more than a small
+    multiple of ``limit`` in time or memory. The result may still be longer
+    than ``limit``: the caller checks the exact size.
+
     Raises:
         EncodeError: the value holds something other than None, bool, int,
             float, str, bytes, list, tuple, dict, datetime (naive, with a
-            ``datetime.timezone`` or a ``zoneinfo.ZoneInfo``) and KvU64, or is
-            nested too deeply. The message names the type and where it sits.
+            ``datetime.timezone`` or a ``zoneinfo.ZoneInfo``) and KvU64, or
+            contains itself, or is nested too deeply. The message names the
+            type and where it sits.
+        LimitExceededError: the value's encoding is certainly longer than
+            ``limit`` bytes. ``actual`` is then a lower bound of its size.
     """
     t = type(value)
     if t is bytes:
         return value, VALUE_ENCODING_BYTES  # type: ignore[return-value]
     if t is KvU64:
         return _LE64.pack(value._value), VALUE_ENCODING_LE64  # type: ignore[attr-defined]
-    if isinstance(value, bytes | bytearray | memoryview):
+    if t is dict or t is list or t is tuple:
+        if not _fits(value, limit):
+            _measure(value, limit)  # raises, unless _fits only met something unusual
+    elif t is str:
+        if len(value) >= limit:  # type: ignore[arg-type]
+            _measure(value, limit)
+    elif t is int:
+        if not _MSGPACK_INT_MIN <= value < _U64_LIMIT:  # type: ignore[operator]
+            _measure(value, limit)
+    elif t is float or t is bool or value is None:
+        pass
+    elif isinstance(value, _BYTES_LIKE):
+        size = value.nbytes if isinstance(value, memoryview) else len(value)
+        if size > limit:  # refused before bytes() copies it
+            raise _over_limit(size, limit)
         return bytes(value), VALUE_ENCODING_BYTES
+    else:
+        _measure(value, limit)  # a datetime, a subclass or an unsupported type
     try:
         packer = _local.packer
     except AttributeError:
@@ -336,19 +363,9 @@ def encode_value(value: object) -> tuple[bytes, int]:
     try:
         data: bytes = packer.pack(value)
     except (_Unsupported, ValueError, TypeError, OverflowError, BufferError) as exc:
-        # Only now walk the value in Python, to say what failed and where.
+        # Only now walk the value in Python, to say what failed and where. The
+        # walk above bounded the value, so this one is bounded too.
         raise _encode_error(value, exc) from (None if isinstance(exc, _Unsupported) else exc)
-    if len(data) > _MAX_DEPTH:
-        # msgpack's packer accepts one level more than its unpacker; only a value
-        # this long can be that deep, so only such values are checked by decoding.
-        try:
-            _unpack(data)
-        except DecodeError as exc:
-            if isinstance(exc.__cause__, msgpack.StackError):
-                raise _too_deep(value) from None
-            raise EncodeError(
-                f"Cannot encode the {_type_name(value)}: it would not decode back ({exc})"
-            ) from exc
     return data, VALUE_ENCODING_MSGPACK
 
 
@@ -381,6 +398,320 @@ def decode_value(data: bytes, encoding: int) -> object:
 
 
 # ---------------------------------------------------------------------------
+# The bounding walk
+
+
+class _Cycle(Exception):
+    """Raised inside :func:`_measure` when a container holds itself or an open ancestor."""
+
+
+# Elements that cost nothing beyond the byte their container charges for them.
+_PLAIN_SCALARS: Final = frozenset((float, bool, type(None)))
+_CONTAINERS: Final = frozenset((dict, list, tuple))
+
+
+class _NotAType:
+    """Stands for ``str`` in :func:`_measure`'s fast branch when strs must be checked too."""
+
+
+def _fits(value: Any, limit: int) -> bool:
+    """The walk of :func:`_measure` for the common case, without its bookkeeping.
+
+    True when ``value`` certainly cannot be refused: its total stays within
+    ``limit``, it nests at most 1024 deep, and it holds only str keys, exact
+    containers and elements of supported types. False means "ask
+    :func:`_measure`", which says exactly what is wrong (or, for what this
+    pass does not handle, such as int keys, finds nothing wrong).
+
+    It goes level by level, charging what :func:`_measure` charges, so it
+    stops as early and holds as little: a cycle or shared references grow
+    the total until it passes ``limit``, or the depth until it passes 1024.
+    """
+    size = 1  # the first byte of value; each element's is counted by its container
+    level = [value]
+    depth = 0
+    try:
+        while True:
+            depth += 1
+            below: list[Any] = []
+            for node in level:
+                if type(node) is dict:
+                    size += 2 * len(node)
+                    if size > limit:
+                        return False
+                    for k, v in node.items():
+                        if type(k) is not str:
+                            return False
+                        t = type(v)
+                        if t is str:
+                            size += len(k) + len(v)
+                            continue
+                        size += len(k)
+                        if t is int:
+                            if not _MSGPACK_INT_MIN <= v < _U64_LIMIT:
+                                size += _element_cost(v, False)
+                        elif t in _CONTAINERS:
+                            below.append(v)
+                        elif t not in _PLAIN_SCALARS:
+                            cost = _element_cost(v, False)
+                            if cost < 0:
+                                return False  # a subclass of a container
+                            size += cost
+                else:
+                    size += len(node)
+                    if size > limit:
+                        return False
+                    for v in node:
+                        t = type(v)
+                        if t is str:
+                            size += len(v)
+                        elif t is int:
+                            if not _MSGPACK_INT_MIN <= v < _U64_LIMIT:
+                                size += _element_cost(v, False)
+                        elif t in _CONTAINERS:
+                            below.append(v)
+                        elif t not in _PLAIN_SCALARS:
+                            cost = _element_cost(v, False)
+                            if cost < 0:
+                                return False
+                            size += cost
+            if size > limit:
+                return False
+            if not below:
+                return True
+            if depth >= _MAX_DEPTH:
+                return False
+            level = below
+    except _Unsupported:
+        return False
+
+
+def _measure(value: object, limit: int, *, strict: bool = False) -> int:
+    """Walks ``value`` in the packer's order without encoding it; refuses it early.
+
+    The running total is a lower bound of the msgpack size: every element's
+    encoding starts with at least one byte, so the value counts one, a
+    container counts one per element (two per dict entry) before its elements
+    are looked at, and a str, bytes, big int or datetime counts what it adds
+    beyond its first byte. A container that appears several times is
+    charged every time, as the packer writes it every time, so 601 lists
+    sharing references cost as much here as they would there and stop here
+    at once. The walk is iterative; it stops with
+
+    * ``LimitExceededError`` once the total passes ``limit``,
+    * ``EncodeError`` when a container holds itself or one of its open
+      ancestors (msgpack would nest forever), when a container would open
+      below depth 1024 (msgpack could not read it back), or at an element of
+      an unsupported type.
+
+    Everything the walk holds (the open containers and the containers still to
+    visit) was charged first, so time and memory stay within a small multiple
+    of ``limit``; the encoding itself is at most about 9 bytes per byte
+    charged (a float or int charged 1), so packing after a walk that passed is
+    bounded too. ``strict`` also checks what the packer checks (strs hold no
+    lone surrogate, datetimes have a supported tzinfo): the error path uses
+    it to say what failed and where.
+
+    Returns the total.
+    """
+    fast_str: Any = _NotAType if strict else str
+    if type(value) not in _CONTAINERS:
+        try:
+            cost = _element_cost(value, strict)
+        except _Unsupported as exc:
+            raise EncodeError(_unsupported_message(exc.args[0], "value")) from None
+        if cost >= 0:
+            if 1 + cost > limit:
+                raise _over_limit(1 + cost, limit, lower_bound=True)
+            return 1 + cost
+        # A subclass of dict, list or tuple: walked as one.
+    size = 1
+    node: Any = value
+    ancestors: list[Any] = []  # the open containers above node, outermost first
+    open_ids: set[int] = set()  # their ids
+    pending: list[list[Any]] = []  # per open container, its child containers to visit (last first)
+    try:
+        while True:
+            kids: list[Any] = []
+            if isinstance(node, dict):
+                size += 2 * len(node)
+                if size > limit:
+                    raise _over_limit(size, limit, lower_bound=True)
+                for k, v in node.items():
+                    if type(k) is fast_str:
+                        size += len(k)
+                    else:
+                        # Keys are hashable, so a container key is a tuple: it cannot
+                        # hold an open ancestor.
+                        cost = _element_cost(k, strict)
+                        if cost >= 0:
+                            size += cost
+                        else:
+                            kids.append(k)
+                    t = type(v)
+                    if t is fast_str:
+                        size += len(v)
+                    elif t is int:
+                        if not _MSGPACK_INT_MIN <= v < _U64_LIMIT:
+                            size += _element_cost(v, strict)
+                    elif t not in _PLAIN_SCALARS:
+                        cost = -1 if t in _CONTAINERS else _element_cost(v, strict)
+                        if cost >= 0:
+                            size += cost
+                        elif v is node or id(v) in open_ids:
+                            raise _Cycle(v)
+                        else:
+                            kids.append(v)
+            else:
+                size += len(node)
+                if size > limit:
+                    raise _over_limit(size, limit, lower_bound=True)
+                for v in node:
+                    t = type(v)
+                    if t is fast_str:
+                        size += len(v)
+                    elif t is int:
+                        if not _MSGPACK_INT_MIN <= v < _U64_LIMIT:
+                            size += _element_cost(v, strict)
+                    elif t not in _PLAIN_SCALARS:
+                        cost = -1 if t in _CONTAINERS else _element_cost(v, strict)
+                        if cost >= 0:
+                            size += cost
+                        elif v is node or id(v) in open_ids:
+                            raise _Cycle(v)
+                        else:
+                            kids.append(v)
+            if size > limit:
+                raise _over_limit(size, limit, lower_bound=True)
+            if kids:
+                if len(ancestors) + 2 > _MAX_DEPTH:  # the kids would open at this depth
+                    raise _too_deep(value)
+                ancestors.append(node)
+                open_ids.add(id(node))
+                kids.reverse()
+                pending.append(kids)
+            # Move to the next container to visit, closing the finished ones.
+            while pending and not pending[-1]:
+                pending.pop()
+                open_ids.discard(id(ancestors.pop()))
+            if not pending:
+                return size
+            node = pending[-1].pop()
+    except _Unsupported as exc:
+        where = _path(ancestors, node, exc.args[0])
+        raise EncodeError(_unsupported_message(exc.args[0], where)) from None
+    except _Cycle as exc:
+        # The element is node itself or one of its ancestors: name both places.
+        again = exc.args[0]
+        chain = [*ancestors, node]
+        i = next(i for i, c in enumerate(chain) if c is again)
+        first = _path(chain[: i - 1], chain[i - 1], again) if i else "value"
+        raise EncodeError(
+            f"Cannot encode {_path(ancestors, node, again)}: it is {first} again, "
+            "so the value contains itself and has no finite encoding."
+        ) from None
+
+
+def _element_cost(x: object, strict: bool) -> int:
+    """What ``x`` adds to the total beyond its one byte; -1 for a container.
+
+    Raises:
+        _Unsupported: ``x`` has a type the codec does not store (or, when
+            ``strict``, a str with a lone surrogate or a datetime whose tzinfo
+            cannot be stored).
+    """
+    if isinstance(x, msgpack.ExtType | msgpack.Timestamp):
+        # The packer would write these as they are, and the decoder refuses
+        # any extension code it does not own.
+        raise _Unsupported(x)
+    if isinstance(x, dict | list | tuple):
+        return -1
+    if isinstance(x, str):
+        if strict:
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Unsupported(x) from None
+        return len(x)  # at least one UTF-8 byte per character
+    if isinstance(x, int):  # bool included
+        n = int(x)
+        if _MSGPACK_INT_MIN <= n < _U64_LIMIT:
+            return 0
+        return ((n if n >= 0 else ~n).bit_length() + 8) >> 3  # the extension's payload
+    if x is None or isinstance(x, float) or type(x) is KvU64:
+        return 0
+    if isinstance(x, bytes | bytearray):
+        return len(x)
+    if isinstance(x, memoryview):
+        return x.nbytes
+    if isinstance(x, datetime):
+        if strict:
+            _pack_datetime(x)  # raises _Unsupported
+        # A timestamp is at least 6 bytes; a zone name or key is stored too.
+        tz = x.tzinfo
+        if type(tz) is zoneinfo.ZoneInfo and isinstance(tz.key, str):
+            return 5 + len(tz.key)
+        if type(tz) is timezone:
+            name = tz.tzname(None)
+            return 5 + (len(name) if isinstance(name, str) else 0)
+        return 5
+    raise _Unsupported(x)
+
+
+def _over_limit(size: int, limit: int, *, lower_bound: bool = False) -> LimitExceededError:
+    if lower_bound:
+        text = f"The value is at least {size} bytes encoded"
+    else:
+        text = f"The value is {size} bytes encoded"
+    return LimitExceededError(
+        f"{text}; values are limited to {limit} bytes, so split it over several keys.",
+        limit=limit,
+        actual=size,
+    )
+
+
+def _path(ancestors: list[Any], node: Any, target: object) -> str:
+    """Where ``target``, an element of ``node`` (below ``ancestors``), sits: "value[1]['a']".
+
+    ``node`` None means ``target`` is the value itself. Each step names the
+    first place its child sits in its parent, found by identity.
+    """
+    if node is None:
+        return "value"
+    text = "value"
+    chain = [*ancestors, node]
+    for parent, child in zip(chain, [*chain[1:], target], strict=True):
+        if isinstance(parent, dict):
+            for k, v in parent.items():
+                if v is child:
+                    text = f"{text}[{_short_repr(k)}]"
+                    break
+                if k is child:
+                    text = f"a key of {text}"
+                    break
+        else:
+            for i, v in enumerate(parent):
+                if v is child:
+                    text = f"{text}[{i}]"
+                    break
+    return text
+
+
+def _unsupported_message(obj: object, path: str) -> str:
+    if isinstance(obj, str):
+        return f"Cannot encode the str {_short_repr(obj)} at {path}: it holds a lone surrogate."
+    if isinstance(obj, datetime):
+        return (
+            f"Cannot encode the datetime {obj!r} at {path}: its tzinfo {obj.tzinfo!r} "
+            "is not a datetime.timezone or a zoneinfo.ZoneInfo loaded by key."
+        )
+    return (
+        f"Cannot encode {path}: type {_type_name(obj)!r} is not supported; "
+        f"supported types are {_SUPPORTED}."
+    )
+
+
+# ---------------------------------------------------------------------------
 # Error reporting (the slow path, after the packer failed)
 
 
@@ -394,72 +725,25 @@ def _type_name(obj: object) -> str:
 def _too_deep(value: object) -> EncodeError:
     return EncodeError(
         f"Cannot encode the {_type_name(value)}: it is nested too deeply (more than "
-        f"{_MAX_DEPTH} levels of lists, tuples and dicts, or it contains itself)."
+        f"{_MAX_DEPTH} levels of lists, tuples and dicts)."
     )
 
 
 def _encode_error(value: object, exc: BaseException) -> EncodeError:
     """Finds what in ``value`` the packer could not encode and says where it is."""
-    found = _find_unsupported(value)
-    if found is not None:
-        return EncodeError(found)
-    if "recursion" in str(exc) or "nest" in str(exc):
-        return _too_deep(value)
+    try:
+        _measure(value, 1 << 62, strict=True)
+    except EncodeError as found:
+        return found
     return EncodeError(f"Cannot encode the {_type_name(value)}: {exc}.")
 
 
-def _find_unsupported(value: object) -> str | None:
-    """A message about the first unsupported thing in ``value``, or None if all is fine.
-
-    The walk is iterative (a value may be deeper than Python's recursion limit)
-    and stops descending at the depth limit, which the caller reports.
-    """
-    stack: list[tuple[object, str, int]] = [(value, "value", 0)]
-    while stack:
-        obj, path, depth = stack.pop()
-        if obj is None or isinstance(obj, bool | int | float | bytes | bytearray | memoryview):
-            continue
-        if isinstance(obj, KvU64):
-            continue
-        if isinstance(obj, str):
-            try:
-                obj.encode("utf-8")
-            except UnicodeEncodeError:
-                return (
-                    f"Cannot encode the str {_short_repr(obj)} at {path}: "
-                    "it holds a lone surrogate."
-                )
-            continue
-        if isinstance(obj, datetime):
-            try:
-                _pack_datetime(obj)
-            except _Unsupported:
-                return (
-                    f"Cannot encode the datetime {obj!r} at {path}: its tzinfo {obj.tzinfo!r} "
-                    "is not a datetime.timezone or a zoneinfo.ZoneInfo loaded by key."
-                )
-            continue
-        if depth >= _MAX_DEPTH:
-            continue
-        children: list[tuple[object, str, int]] = []
-        if isinstance(obj, list | tuple):
-            children = [(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(obj)]
-        elif isinstance(obj, dict):
-            for key, item in obj.items():
-                children.append((key, f"a key of {path}", depth + 1))
-                children.append((item, f"{path}[{_short_repr(key)}]", depth + 1))
-        else:
-            return (
-                f"Cannot encode {path}: type {_type_name(obj)!r} is not supported; "
-                f"supported types are {_SUPPORTED}."
-            )
-        stack.extend(reversed(children))
-    return None
-
-
 def _short_repr(obj: object) -> str:
-    try:
-        text = repr(obj)
-    except ValueError:  # an int beyond sys.get_int_max_str_digits()
-        text = f"<int of {obj.bit_length()} bits>" if isinstance(obj, int) else "<?>"
+    if isinstance(obj, int):
+        try:
+            text = repr(obj)
+        except ValueError:  # an int beyond sys.get_int_max_str_digits()
+            text = f"<int of {obj.bit_length()} bits>"
+    else:
+        text = brief_value(obj, 1 << 30)  # bounded in depth; cut below
     return text if len(text) <= 40 else text[:37] + "..."

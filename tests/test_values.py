@@ -9,6 +9,7 @@ import enum
 import math
 import pickle
 import struct
+import tracemalloc
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,7 +32,7 @@ from kvmodel.engines.base import (
     VALUE_ENCODING_LE64,
     VALUE_ENCODING_MSGPACK,
 )
-from kvmodel.errors import DecodeError, EncodeError
+from kvmodel.errors import DecodeError, EncodeError, LimitExceededError
 from kvmodel.limits import MAX_VALUE_SIZE
 from kvmodel.testing.strategies import corrupted
 
@@ -291,6 +292,118 @@ def test_encoding_is_repeatable_after_an_error() -> None:
 
 
 # ---------------------------------------------------------------------------
+# Bounded encoding
+
+
+def _shared_lists(n: int) -> list[Any]:
+    """n lists, each holding the previous one twice: 2**n copies once encoded."""
+    value: list[Any] = []
+    for _ in range(n):
+        value = [value, value]
+    return value
+
+
+@pytest.mark.parametrize("n", [27, 601])
+def test_shared_references_are_refused_in_bounded_memory(n: int) -> None:
+    """Lists sharing references stop at the limit, holding a small multiple of it at most."""
+    # Before the bounding walk, 27 such lists took 10.7 GiB and 601 never finished.
+    value = _shared_lists(n)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitExceededError) as info:
+            encode_value(value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert MAX_VALUE_SIZE < info.value.actual <= 2 * MAX_VALUE_SIZE
+    assert info.value.limit == MAX_VALUE_SIZE
+    assert peak < 16 * MAX_VALUE_SIZE
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["x" * 1000] * 100,  # one str held 100 times counts 100 times
+        [b"x" * 1000] * 100,
+        [10**2000] * 100,  # big ints count their bytes
+        [datetime(2024, 1, 1, tzinfo=timezone(timedelta(0), "z" * 1000))] * 100,
+        {"k" * 70_000: 1},
+        "y" * 70_000,
+        bytearray(70_000),  # refused before bytes() copies it
+        [[]] * 70_000,
+    ],
+    ids=["str", "bytes", "bigint", "named-tz", "dict-key", "top-str", "bytearray", "many-lists"],
+)
+def test_oversized_values_are_refused_before_packing(value: object) -> None:
+    """What certainly encodes past the limit is refused, naming a lower bound of its size."""
+    with pytest.raises(LimitExceededError) as info:
+        encode_value(value)
+    assert info.value.actual > MAX_VALUE_SIZE
+
+
+def test_the_limit_is_a_parameter() -> None:
+    """encode_value(limit=n) refuses at n: the walk's total is a lower bound of the size."""
+    assert encode_value(["ab"] * 10, limit=31) == (b"\x9a" + b"\xa2ab" * 10, VALUE_ENCODING_MSGPACK)
+    with pytest.raises(LimitExceededError):
+        encode_value(["ab"] * 10, limit=30)
+
+
+def test_a_list_holding_itself_twice_names_the_cycle() -> None:
+    """A container holding itself, or an open ancestor, is an EncodeError at once."""
+    twice: list[Any] = []
+    twice.extend([twice, twice])
+    with pytest.raises(EncodeError, match=r"Cannot encode value\[0\]: it is value again"):
+        encode_value(twice)
+    inner: list[Any] = [1]
+    outer = {"a": (2, inner)}
+    inner.append(outer)
+    with pytest.raises(EncodeError, match=r"value\['a'\]\[1\]\[1\]: it is value again"):
+        encode_value(outer)
+    middle: list[Any] = []
+    top = [0, [1, middle]]
+    middle.append(top[1])
+    with pytest.raises(EncodeError, match=r"value\[1\]\[1\]\[0\]: it is value\[1\] again"):
+        encode_value(top)
+
+
+@pytest.mark.parametrize("kind", [list, tuple, dict])
+def test_nesting_far_beyond_the_recursion_limit_is_an_encode_error(kind: type) -> None:
+    """100,000 nested containers are an EncodeError, not a RecursionError."""
+    value: Any = "leaf"
+    for _ in range(100_000):
+        value = {"k": value} if kind is dict else kind([value])
+    with pytest.raises(EncodeError, match="nested too deeply"):
+        encode_value(value)
+
+
+def test_container_subclasses_are_walked_like_containers() -> None:
+    """A list subclass holding shared lists is refused like a list; a namedtuple round-trips."""
+
+    class MyList(list[Any]):
+        pass
+
+    with pytest.raises(LimitExceededError):
+        encode_value(MyList([_shared_lists(40)]))
+    assert decode_value(*encode_value(MyList([1, 2]))) == [1, 2]
+
+
+def test_msgpack_extension_objects_are_refused() -> None:
+    """An ExtType or Timestamp in a value is an EncodeError: it would not decode back."""
+    for value in ([msgpack.ExtType(42, b"x")], {"t": msgpack.Timestamp(1)}):
+        with pytest.raises(EncodeError, match="is not supported"):
+            encode_value(value)
+
+
+def test_the_error_search_is_bounded_on_shared_values() -> None:
+    """A lone surrogate after 2**12 shared copies is found and named without walking forever."""
+    shared: list[Any] = ["a"]
+    for _ in range(12):
+        shared = [shared, shared]
+    with pytest.raises(EncodeError, match=r"str '\\ud800' at value\[1\]"):
+        encode_value([shared, "\ud800"])
+
+
+# ---------------------------------------------------------------------------
 # Decode errors
 
 
@@ -403,6 +516,18 @@ values = st.recursive(
 def test_any_supported_value_round_trips(value: object) -> None:
     """Any nesting of supported values decodes back equal to what was encoded."""
     assert _roundtrip(value) == value
+
+
+@VALUE_SETTINGS
+@given(values, st.integers(1, 120))
+def test_the_walk_never_refuses_a_value_that_fits(value: object, limit: int) -> None:
+    """LimitExceededError only for values whose encoding is longer than the limit."""
+    size = len(encode_value(value, limit=1 << 30)[0])
+    try:
+        encode_value(value, limit=limit)
+    except LimitExceededError as exc:
+        assert size > limit
+        assert limit < exc.actual <= size
 
 
 msgpack_fuzz = st.one_of(

@@ -475,6 +475,43 @@ def test_too_deeply_nested_or_cyclic_values_raise_encode_error(kv: Kv) -> None:
             kv.set(("k",), value)
 
 
+def _shared_lists(n: int) -> list[Any]:
+    """n lists, each holding the previous one twice: 2**n copies once encoded."""
+    value: list[Any] = []
+    for _ in range(n):
+        value = [value, value]
+    return value
+
+
+def test_values_that_share_references_are_refused_before_encoding(kv: Kv) -> None:
+    """Shared lists that would encode to 2**601 copies are a LimitExceededError, nothing written."""
+    for n in (27, 601):
+        with unchanged(kv), pytest.raises(LimitExceededError) as info:
+            kv.set(("k",), _shared_lists(n))
+        assert info.value.limit == MAX_VALUE_SIZE
+        assert MAX_VALUE_SIZE < info.value.actual <= 2 * MAX_VALUE_SIZE
+        with unchanged(kv), pytest.raises(LimitExceededError):
+            kv.atomic().set(("a",), 1).set(("k",), {"x": _shared_lists(n)}).commit()
+    # One big str held 100 times: each occurrence counts.
+    with unchanged(kv), pytest.raises(LimitExceededError):
+        kv.set(("k",), ["x" * 1000] * 100)
+    assert kv.set(("k",), _shared_lists(10)).ok  # 2**10 empty lists fit
+    assert kv.get(("k",)).value == _shared_lists(10)
+
+
+def test_a_value_holding_itself_twice_is_an_encode_error(kv: Kv) -> None:
+    """A list that contains itself twice is an EncodeError naming the cycle, nothing written."""
+    twice: list[Any] = []
+    twice.extend([twice, twice])
+    with unchanged(kv), pytest.raises(EncodeError, match="contains itself"):
+        kv.set(("k",), twice)
+    inner: dict[str, Any] = {}
+    outer = {"a": [1, inner]}
+    inner["back"] = outer
+    with unchanged(kv), pytest.raises(EncodeError, match=r"value\['a'\]\[1\]\['back'\]"):
+        kv.set(("k",), outer)
+
+
 def test_encode_error_inside_atomic_writes_nothing(kv: Kv) -> None:
     """An EncodeError in one mutation of an atomic commit writes none of its mutations."""
     kv.set(("k",), "old")
