@@ -317,3 +317,20 @@ def test_an_index_on_a_new_field_with_a_default_is_built_from_loaded_documents(k
         s.get(Crew, "c1").team = "ops"  # type: ignore[union-attr]
     assert [c.id for c in Crew.by_team.find(kv, "ops")] == ["c1", "c2"]
     assert km.check_indexes(kv, Crew).ok
+
+
+def test_migrate_resumes_after_a_crash(kv: Kv) -> None:
+    """A migration stopped half way (here by its progress callback) finishes on the next run."""
+    _seed_v1(kv, 30)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_batch(report: km.MigrationReport) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        km.migrate(kv, Article, batch_size=10, progress=crash_after_first_batch)
+    half = km.migrate(kv, Article, batch_size=10)
+    assert (half.scanned, half.upgraded, half.current) == (30, 20, 10)
+    assert all(e.value.get("$v") == 3 for e in kv.list(prefix=("articles",)))
