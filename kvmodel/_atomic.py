@@ -11,12 +11,14 @@ anything reaches the engine. The builder is shared by the sync
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from kvmodel._options import QueueLimitError, duration_ms
+from kvmodel._options import OptionLimitError, duration_ms
 from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
+from kvmodel._text import brief_repr, brief_value
 from kvmodel._values import KvU64
 from kvmodel.engines.base import (
     VALUE_ENCODING_LE64,
@@ -35,6 +37,7 @@ from kvmodel.errors import (
 from kvmodel.limits import (
     MAX_BACKOFF_INTERVAL_SECONDS,
     MAX_BACKOFF_INTERVALS,
+    MAX_EXPIRE_IN_SECONDS,
     MAX_QUEUE_DELAY_SECONDS,
     EngineLimits,
 )
@@ -54,16 +57,19 @@ _LE64 = struct.Struct("<Q")
 _VERSIONSTAMP_PART_SIZE = 22
 
 
+# Exactly 20 hex digits, as Deno's check_from_v8 takes them (faster_hex accepts
+# either case); bytes.fromhex alone would also skip spaces ("00000000000000 01 00").
+_VERSIONSTAMP = re.compile(r"[0-9a-fA-F]{20}")
+
+
 def _hex_versionstamp(value: object) -> bytes | None:
     if value is None:
         return None
-    if isinstance(value, str) and len(value) == 20:
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and _VERSIONSTAMP.fullmatch(value):
+        return bytes.fromhex(value)
     raise InvalidArgumentError(
-        f"A versionstamp is a string of 20 hex digits or None, not {value!r}."
+        "A versionstamp is a string of 20 hex digits (as Kv returns them) "
+        f"or None, not {brief_value(value)}."
     )
 
 
@@ -74,9 +80,9 @@ def _u64_operand(op: str, n: object) -> bytes:
         if 0 <= n < 2**64:
             return _LE64.pack(n)
         raise InvalidArgumentError(
-            f"The operand of {op} must be in [0, 2**64), not {n!r}; it is a KvU64."
+            f"The operand of {op} must be in [0, 2**64), not {brief_value(n)}; it is a KvU64."
         )
-    raise KvTypeError(f"The operand of {op} must be an int or a KvU64, not {n!r}.")
+    raise KvTypeError(f"The operand of {op} must be an int or a KvU64, not {brief_value(n)}.")
 
 
 class AtomicBuilder:
@@ -109,7 +115,7 @@ class AtomicBuilder:
                 key, versionstamp = check
             else:
                 raise InvalidArgumentError(
-                    f"A check is an Entry or a (key, versionstamp) pair, not {check!r}."
+                    f"A check is an Entry or a (key, versionstamp) pair, not {brief_value(check)}."
                 )
             encoded = self._core.write_key(key)
             new.append(Check(encoded, _hex_versionstamp(versionstamp)))
@@ -133,7 +139,9 @@ class AtomicBuilder:
         data, encoding = self._core.encode_value(value)
         expire_at_ms = None
         if expire_in is not None:
-            expire_at_ms = self._core.now_ms() + duration_ms("expire_in", expire_in)
+            expire_at_ms = self._core.now_ms() + duration_ms(
+                "expire_in", expire_in, maximum_s=MAX_EXPIRE_IN_SECONDS
+            )
         self._mutations.append(Mutation(encoded, kind, data, encoding, expire_at_ms))
         return self
 
@@ -300,10 +308,10 @@ def validate_backoff_schedule(schedule: Sequence[object] | None) -> tuple[int, .
         return DEFAULT_BACKOFF_SCHEDULE_MS
     if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
         raise InvalidArgumentError(
-            f"backoff_schedule must be a sequence of durations, not {schedule!r}."
+            f"backoff_schedule must be a sequence of durations, not {brief_value(schedule)}."
         )
     if len(schedule) > MAX_BACKOFF_INTERVALS:
-        raise QueueLimitError(
+        raise OptionLimitError(
             f"backoff_schedule has {len(schedule)} intervals; "
             f"at most {MAX_BACKOFF_INTERVALS} are allowed.",
             limit=MAX_BACKOFF_INTERVALS,
@@ -322,4 +330,4 @@ def validate_delay(delay: object) -> int:
 
 def reject_empty_key(key: Sequence[Any]) -> None:
     """Writes need at least one key part (as in Deno)."""
-    raise InvalidKeyError(f"Key {key!r} is empty; a written key needs at least one part.")
+    raise InvalidKeyError(f"Key {brief_repr(key)} is empty; a written key needs at least one part.")

@@ -41,7 +41,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from kvmodel._text import brief_repr
+from kvmodel._text import brief_repr, brief_value
 from kvmodel.errors import DecodeError, InvalidKeyError
 
 __all__ = [
@@ -130,7 +130,7 @@ def _describe_key(key: object) -> str:
 
 def _bad_part(part: object, key: object) -> InvalidKeyError:
     return InvalidKeyError(
-        f"Key part {brief_repr(part)} in {_describe_key(key)} is not a bytes, str, int, "
+        f"Key part {brief_value(part)} in {_describe_key(key)} is not a bytes, str, int, "
         "float or bool."
     )
 
@@ -182,7 +182,7 @@ def _encode_str(s: str, key: object) -> bytes:
         data = s.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidKeyError(
-            f"Key part {s!r} in {_describe_key(key)} is not valid Unicode "
+            f"Key part {brief_value(s)} in {_describe_key(key)} is not valid Unicode "
             "(it holds a lone surrogate), so it has no UTF-8 encoding."
         ) from exc
     if _NUL in data:
@@ -237,8 +237,8 @@ def encode_key(key: Sequence[KeyPartLike]) -> bytes:
         not isinstance(key, Sequence) or isinstance(key, str | bytes | bytearray | memoryview)
     ):
         raise InvalidKeyError(
-            f"Key {key!r} is not a tuple of key parts; write a key as a tuple, "
-            f"for example ({key!r},)."
+            f"Key {brief_repr(key)} is not a tuple of key parts; write a key as a tuple, "
+            f"for example ({brief_repr(key)},)."
         )
     parts: Sequence[Any] = key  # checked by exact type below, which mypy cannot follow
     out = b""
@@ -280,7 +280,7 @@ def encode_key(key: Sequence[KeyPartLike]) -> bytes:
 
 
 def _decode_error(data: bytes, pos: int, what: str) -> DecodeError:
-    return DecodeError(f"Bytes {data!r} are not a valid key: {what} at offset {pos}.")
+    return DecodeError(f"Bytes {brief_value(data)} are not a valid key: {what} at offset {pos}.")
 
 
 def _read_escaped(data: bytes, pos: int) -> tuple[bytes, int]:

@@ -15,6 +15,8 @@ __all__ = [
     "MAX_BACKOFF_INTERVAL_SECONDS",
     "MAX_BACKOFF_INTERVALS",
     "MAX_CHECKS",
+    "MAX_CURSOR_LENGTH",
+    "MAX_EXPIRE_IN_SECONDS",
     "MAX_GET_MANY_KEYS",
     "MAX_KEY_SIZE",
     "MAX_LIST_BATCH",
@@ -55,6 +57,15 @@ MAX_BACKOFF_INTERVALS = 5
 """Intervals in a ``backoff_schedule``."""
 MAX_BACKOFF_INTERVAL_SECONDS = 3600
 """Largest interval in a ``backoff_schedule`` (1 hour)."""
+MAX_EXPIRE_IN_SECONDS = 100 * 365 * 24 * 3600
+"""Largest ``expire_in`` (100 years of 365 days): a deadline every engine can hold.
+
+Deno sets no such limit; kvmodel does so that every engine refuses the same
+durations (SQLite stores the deadline in a 64-bit integer of milliseconds, etcd
+grants no lease beyond about 285 years).
+"""
+MAX_CURSOR_LENGTH = 4 * -(-MAX_READ_KEY_SIZE // 3)
+"""Characters of a ``list`` cursor (2732): the padded base64url of a 2049-byte key."""
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ from kvmodel import (
     LimitExceededError,
 )
 from kvmodel.limits import (
+    MAX_EXPIRE_IN_SECONDS,
     MAX_GET_MANY_KEYS,
     MAX_KEY_SIZE,
     MAX_READ_KEY_SIZE,
@@ -540,6 +541,97 @@ def test_value_size_limit_counts_the_msgpack_encoding(kv: Kv) -> None:
     assert kv.get(("fits",)).value == fits
     with unchanged(kv), pytest.raises(LimitExceededError):
         kv.set(("big",), "y" * (MAX_VALUE_SIZE - 2))
+
+
+# ---------------------------------------------------------------------------
+# Edge arguments: the same typed error on every engine
+
+
+def _nested_list(depth: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+def test_a_key_part_nested_1500_deep_is_an_invalid_key_error_everywhere(kv: Kv) -> None:
+    """A key part of 1,500 nested lists is an InvalidKeyError on every call that takes a key."""
+    key = ("a", _nested_list(1500))
+    deep_dict: dict[str, Any] = {}
+    for _ in range(1500):
+        deep_dict = {"k": deep_dict}
+    calls: list[Callable[[], object]] = [
+        lambda: kv.set(key, 1),
+        lambda: kv.set(deep_dict, 1),  # type: ignore[arg-type]
+        lambda: kv.get(key),
+        lambda: kv.get_many([key]),
+        lambda: kv.delete(key),
+        lambda: list(kv.list(prefix=key)),
+        lambda: list(kv.list(start=key, end=("b",))),
+        lambda: kv.atomic().check((key, None)).commit(),
+        lambda: kv.atomic().sum(key, 1).commit(),
+        lambda: kv.enqueue(1, keys_if_undelivered=[key]),
+        lambda: kv.watch([key]),
+    ]
+    for call in calls:
+        with unchanged(kv), pytest.raises(InvalidKeyError) as info:
+            call()
+        assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "expire_in",
+    [1e17, 10**400, timedelta.max, MAX_EXPIRE_IN_SECONDS + 1],
+    ids=["1e17", "10**400", "timedelta.max", "maximum+1"],
+)
+def test_expire_in_beyond_its_maximum_is_a_limit_error(kv: Kv, expire_in: Any) -> None:
+    """expire_in over MAX_EXPIRE_IN_SECONDS is a LimitExceededError (and InvalidArgumentError)."""
+    kv.set(("k",), "old")
+    writes: list[Callable[[], object]] = [
+        lambda: kv.set(("k",), 1, expire_in=expire_in),
+        lambda: kv.atomic().set(("k",), 1, expire_in=expire_in).commit(),
+    ]
+    for write in writes:
+        with unchanged(kv), pytest.raises(LimitExceededError) as info:
+            write()
+        assert isinstance(info.value, InvalidArgumentError)
+        assert info.value.limit == MAX_EXPIRE_IN_SECONDS
+
+
+def test_expire_in_at_its_maximum_is_stored(kv: Kv) -> None:
+    """The longest expire_in (100 years) is a deadline every engine holds."""
+    assert kv.set(("k",), 1, expire_in=MAX_EXPIRE_IN_SECONDS).ok
+    assert kv.get(("k",)).value == 1
+
+
+@pytest.mark.parametrize("delay", [1e17, 10**400, timedelta.max], ids=["1e17", "10**400", "max"])
+def test_a_huge_delay_is_a_limit_error(kv: Kv, delay: Any) -> None:
+    """A delay far beyond 30 days is a LimitExceededError (and InvalidArgumentError)."""
+    with unchanged(kv), pytest.raises(LimitExceededError) as info:
+        kv.enqueue(1, delay=delay)
+    assert isinstance(info.value, InvalidArgumentError)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "00000000000000 01 00",
+        " 000000000000000100 ",
+        "00000000000000\t01\t00",
+        "0x000000000000000100",
+        "00000000000000000g00",
+    ],
+    ids=["spaces", "outer-spaces", "tabs", "0x", "g"],
+)
+def test_a_versionstamp_is_exactly_20_hex_digits(kv: Kv, stamp: str) -> None:
+    """A versionstamp of 20 characters that are not all hex digits is invalid, spaces too."""
+    # bytes.fromhex skips whitespace: these used to pass as 9-byte versionstamps.
+    assert len(stamp) == 20
+    real = kv.set(("k",), 1).versionstamp
+    assert real is not None
+    with unchanged(kv), pytest.raises(InvalidArgumentError, match="20 hex digits"):
+        kv.atomic().check((("k",), stamp)).set(("k",), 2).commit()
+    assert kv.atomic().check((("k",), real)).set(("k",), 2).commit().ok
 
 
 # ---------------------------------------------------------------------------
