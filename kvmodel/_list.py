@@ -20,13 +20,14 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from kvmodel._options import OptionLimitError
 from kvmodel._records import Entry
-from kvmodel._text import brief_repr
+from kvmodel._text import brief_repr, brief_value
 from kvmodel._values import decode_value
 from kvmodel.engines.base import Consistency, RawEntry, ReadRange
 from kvmodel.errors import InvalidArgumentError, LimitExceededError
 from kvmodel.keys import decode_key, encode_key
-from kvmodel.limits import MAX_READ_KEY_SIZE
+from kvmodel.limits import MAX_CURSOR_LENGTH, MAX_READ_KEY_SIZE
 
 __all__ = ["ListIterator", "ListState"]
 
@@ -52,13 +53,23 @@ _CURSOR_PATTERN = re.compile(r"(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2}==|[A-Za-
 
 def _decode_cursor(cursor: object) -> bytes:
     if not isinstance(cursor, str):
-        raise InvalidArgumentError(f"cursor must be a str, not {cursor!r}.")
+        raise InvalidArgumentError(f"cursor must be a str, not {brief_value(cursor)}.")
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        # A cursor names a key, and no key read is longer than MAX_READ_KEY_SIZE
+        # bytes: refused before the pattern and the decoder look at it.
+        raise OptionLimitError(
+            f"cursor {brief_value(cursor)} is {len(cursor)} characters long; a cursor is at "
+            f"most {MAX_CURSOR_LENGTH} (the base64url of a {MAX_READ_KEY_SIZE}-byte key). "
+            "Pass the .cursor of an earlier listing.",
+            limit=MAX_CURSOR_LENGTH,
+            actual=len(cursor),
+        )
     if _CURSOR_PATTERN.fullmatch(cursor) is None:
-        raise InvalidArgumentError(f"cursor {cursor!r} is not valid padded base64url.")
+        raise InvalidArgumentError(f"cursor {brief_value(cursor)} is not valid padded base64url.")
     try:
         return base64.urlsafe_b64decode(cursor)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidArgumentError(f"cursor {cursor!r} is not valid base64url.") from exc
+        raise InvalidArgumentError(f"cursor {brief_value(cursor)} is not valid base64url.") from exc
 
 
 def _bound(name: str, key: Sequence[Any], *, extra: int = 0) -> bytes:
@@ -102,7 +113,7 @@ class ListState:
         max_batch: int,
     ) -> None:
         if not isinstance(reverse, bool):
-            raise InvalidArgumentError(f"reverse must be a bool, not {reverse!r}.")
+            raise InvalidArgumentError(f"reverse must be a bool, not {brief_value(reverse)}.")
         if batch_size is not None and batch_size > max_batch:
             raise LimitExceededError(
                 f"batch_size {batch_size} is over the limit of {max_batch} entries per batch.",
@@ -134,13 +145,13 @@ class ListState:
                 explicit_start = first = _bound("start", start)
                 if not (first.startswith(p) and first > p):
                     raise InvalidArgumentError(
-                        f"start key {tuple(start)!r} is not inside prefix {tuple(prefix)!r}."
+                        f"start key {brief_repr(start)} is not inside prefix {brief_repr(prefix)}."
                     )
             if end is not None:
                 explicit_end = last = _bound("end", end)
                 if not (last.startswith(p) and last > p):
                     raise InvalidArgumentError(
-                        f"end key {tuple(end)!r} is not inside prefix {tuple(prefix)!r}."
+                        f"end key {brief_repr(end)} is not inside prefix {brief_repr(prefix)}."
                     )
         else:
             if start is None or end is None:
@@ -152,7 +163,7 @@ class ListState:
             explicit_end = last = _bound("end", end)
             if first > last:
                 raise InvalidArgumentError(
-                    f"start key {tuple(start)!r} sorts after end key {tuple(end)!r}."
+                    f"start key {brief_repr(start)} sorts after end key {brief_repr(end)}."
                 )
             self._common = _common_prefix(first, last)
 
@@ -165,7 +176,7 @@ class ListState:
                 explicit_end is not None and position >= explicit_end
             ):
                 raise InvalidArgumentError(
-                    f"cursor {cursor!r} points outside the range of the selector."
+                    f"cursor {brief_value(cursor)} points outside the range of the selector."
                 )
             if reverse:
                 last = position
@@ -242,11 +253,20 @@ class ListIterator(Iterator[Entry[Any]]):
         self._buffer: list[Entry[Any]] = []
         self._pos = 0
         self._initial_cursor = cursor or ""
+        self._exhausted = False
 
     @property
     def cursor(self) -> str:
-        """Where to resume: "" once exhausted, else just past the last entry yielded."""
-        if self._state.done and self._pos >= len(self._buffer):
+        """Where to resume: just past the last entry yielded, or "" once exhausted.
+
+        As in Deno's ``KvListIterator``, the last entry's cursor stays after
+        that entry is yielded, even when it is the last of the range; the cursor
+        becomes "" only when a ``next`` finds no entry left in the range. A
+        listing stopped by its ``limit`` keeps its last entry's cursor. Before
+        anything is yielded it is the cursor the listing started from ("" for
+        none).
+        """
+        if self._exhausted:
             return ""
         if self._pos == 0:  # nothing yielded yet
             return self._initial_cursor
@@ -261,7 +281,11 @@ class ListIterator(Iterator[Entry[Any]]):
 
     def __next__(self) -> Entry[Any]:
         while self._pos >= len(self._buffer):
-            if self._state.stopped():
+            state = self._state
+            if state.remaining is not None and state.remaining <= 0:
+                raise StopIteration  # the limit: Deno keeps the last entry's cursor
+            if state.done:
+                self._exhausted = True  # a next that found nothing: Deno's cursor is ""
                 raise StopIteration
             read = self._state.next_read()
             raw = self._fetch(read, self._state.consistency)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from kvmodel import InvalidArgumentError, Kv, LimitExceededError
-from kvmodel.limits import MAX_LIST_BATCH
-from kvmodel.testing.conformance_support import unchanged
+from kvmodel.limits import MAX_CURSOR_LENGTH, MAX_KEY_SIZE, MAX_LIST_BATCH
+from kvmodel.testing.conformance_support import key_of_size, unchanged
 
 _LETTERS = "abcde"
 
@@ -296,6 +296,52 @@ def test_cursor_when_the_limit_ends_exactly_at_the_last_key(kv: Kv) -> None:
     assert len(list(it)) == 5
     assert it.cursor == "AmUA"
     assert list(kv.list(prefix=("a",), cursor=it.cursor)) == []
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 1000])
+def test_cursor_after_each_entry_is_its_own_until_a_next_finds_nothing(
+    kv: Kv, reverse: bool, batch_size: int
+) -> None:
+    """As in Deno, the last entry's cursor stays after it is yielded; "" only once a next ends."""
+    # Deno's KvListIterator (ext/kv/01_db.ts) sets the cursor to each entry as
+    # it yields it, and to "" only when a next() pops no entry: a short last
+    # batch (batch_size 2) and a full one (5) behave alike.
+    _fill_letters(kv)
+    it = kv.list(prefix=("a",), reverse=reverse, batch_size=batch_size)
+    cursors = []
+    for _ in range(5):
+        next(it)
+        cursors.append(it.cursor)
+    expected = ["AmEA", "AmIA", "AmMA", "AmQA", "AmUA"]
+    assert cursors == (expected[::-1] if reverse else expected)
+    with pytest.raises(StopIteration):
+        next(it)
+    assert it.cursor == ""
+    with pytest.raises(StopIteration):
+        next(it)
+    assert it.cursor == ""
+
+
+def test_a_cursor_longer_than_any_key_is_a_limit_error(kv: Kv) -> None:
+    """A cursor over MAX_CURSOR_LENGTH characters is a LimitExceededError (and invalid)."""
+    _fill_letters(kv)
+    for cursor in ("A" * 60_000, "AAAA" * (MAX_CURSOR_LENGTH // 4 + 1)):
+        with pytest.raises(LimitExceededError) as info:
+            list(kv.list(prefix=("a",), cursor=cursor))
+        assert isinstance(info.value, InvalidArgumentError)
+        assert (info.value.limit, info.value.actual) == (MAX_CURSOR_LENGTH, len(cursor))
+
+
+def test_the_longest_cursor_a_listing_gives_is_accepted(kv: Kv) -> None:
+    """The cursor of a largest key listed from the root is MAX_CURSOR_LENGTH long and resumes."""
+    first, second = key_of_size(MAX_KEY_SIZE, "x"), key_of_size(MAX_KEY_SIZE, "y")
+    kv.set(first, 1)
+    kv.set(second, 2)
+    it = kv.list(prefix=(), limit=1)
+    assert [e.key for e in it] == [first]
+    assert len(it.cursor) == MAX_CURSOR_LENGTH
+    assert [e.key for e in kv.list(prefix=(), cursor=it.cursor)] == [second]
 
 
 @pytest.mark.parametrize("cursor", ["!!!!", "AmI", "+/8=", "Am IA", "A"])
