@@ -67,6 +67,23 @@ class AsyncSession:
         """See :meth:`kvmodel.Session.delete`."""
         self._session.delete(obj)
 
+    def merge(self, obj: M) -> M:
+        """See :meth:`kvmodel.Session.merge`."""
+        return self._session.merge(obj)
+
+    async def put(self, obj: Model) -> None:
+        """See :meth:`kvmodel.Session.put` (it reads the current document)."""
+        await self._kv.run(self._session.put, obj)
+
+    def close(self) -> None:
+        """See :meth:`kvmodel.Session.close`."""
+        self._session.close()
+
+    @property
+    def closed(self) -> bool:
+        """See :attr:`kvmodel.Session.closed`."""
+        return self._session.closed
+
     def enqueue(
         self,
         value: object,
@@ -147,10 +164,15 @@ class AsyncSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            await self.commit()
-        else:
-            await self.rollback()
+        if self._session.closed:
+            return
+        try:
+            if exc_type is None:
+                await self.commit()
+            else:
+                await self.rollback()
+        finally:
+            self._session.close()
 
     def __repr__(self) -> str:
         return f"<kvmodel.aio.AsyncSession over {self._session!r}>"

@@ -57,6 +57,7 @@ class Tracked:
         "key",
         "obj",
         "pk",
+        "session",
         "source",
         "stored",
         "versionstamp",
@@ -82,6 +83,7 @@ class Tracked:
         self.versionstamp = versionstamp
         self.deleted = False
         self.force = False
+        self.session: Any = None
 
     def unchanged(self, form: dict[str, Any]) -> bool:
         """Whether ``form`` (the object's form now) is what the object was when loaded.

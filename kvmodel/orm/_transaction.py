@@ -68,6 +68,9 @@ def transaction(
         except ConflictError:
             if attempt >= retries:
                 raise
+        finally:
+            # The objects fn returns stay usable: detached, ready to merge.
+            session.close()
         time.sleep(retry_delay(attempt, base_delay, max_delay))
         attempt += 1
 

@@ -635,7 +635,10 @@ class Model(metaclass=ModelMeta):
     ('customers', 'customers_by_email')
     """
 
-    __slots__ = ()
+    # What kvmodel remembers of an instance: the Tracked record of the session
+    # that tracks it, or (key, document, versionstamp) as it was last read or
+    # written, so that a detached object can be merged into a session later.
+    __slots__ = ("_km_state",)
     __kvmodel__: ClassVar[ModelInfo]
 
     def __init_subclass__(

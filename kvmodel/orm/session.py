@@ -9,6 +9,7 @@ same on every engine.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +19,7 @@ from kvmodel.errors import (
     ConflictError,
     EncodeError,
     InvalidArgumentError,
+    KvClosedError,
     LimitExceededError,
     UniqueViolationError,
 )
@@ -60,13 +62,17 @@ class Session:
     'wolf'
     """
 
-    __slots__ = ("_by_id", "_enqueues", "_identity", "_kv")
+    __slots__ = ("__weakref__", "_by_id", "_closed", "_enqueues", "_identity", "_kv", "_ref")
 
     def __init__(self, kv: Kv) -> None:
         self._kv = kv
         self._identity: dict[Key, Tracked] = {}
         self._by_id: dict[int, Tracked] = {}
         self._enqueues: list[PlannedEnqueue] = []
+        self._closed = False
+        # Tracked objects point back at their session through this one weak
+        # reference, so another session can tell that an object is taken.
+        self._ref = weakref.ref(self)
 
     @property
     def kv(self) -> Kv:
@@ -84,10 +90,44 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.rollback()
+        if self._closed:
+            return
+        try:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.rollback()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Ends the session: its objects become detached, its pending changes are dropped.
+
+        A detached object keeps the versionstamp it was read or written with, so
+        another session can :meth:`merge` it. Every later call on this session
+        raises ``KvClosedError``; closing twice is fine. Leaving a ``with`` block
+        commits (or rolls back on an exception) and then closes.
+        """
+        if self._closed:
+            return
+        for t in self._by_id.values():
+            _detach(t)
+        self._identity.clear()
+        self._by_id.clear()
+        self._enqueues.clear()
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (or a ``with`` block ended)."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KvClosedError(
+                "This Session is closed (its with block ended, or close() was called); "
+                "start a new km.Session(kv)."
+            )
 
     # -- tracking ----------------------------------------------------------------
 
@@ -101,12 +141,17 @@ class Session:
             TypeError: ``obj`` is not a model instance.
             InvalidArgumentError: another object with the same key is tracked.
         """
+        if self._closed:
+            self._check_open()
         t = self._by_id.get(id(obj))
         if t is not None:
             t.deleted = False
             return
         info = model_info(type(obj))
         attach(self._kv, info)
+        state = getattr(obj, "_km_state", None)
+        if state is not None:
+            self._refuse_known(obj, info, state)
         pk = info.pk_parts(obj)
         key: Key = (info.prefix, *pk)
         current = self._identity.get(key)
@@ -119,13 +164,124 @@ class Session:
             # Replace the deleted object: the new one is written over it, with
             # the deleted object's versionstamp check and index entries.
             del self._by_id[id(current.obj)]
+            _detach(current)
             current.obj = obj
             current.deleted = False
-            self._by_id[id(obj)] = current
+            self._track(current)
             return
-        t = Tracked(obj, info, pk, None, None)
-        self._identity[key] = t
-        self._by_id[id(obj)] = t
+        self._track(Tracked(obj, info, pk, None, None))
+
+    def _track(self, t: Tracked) -> None:
+        self._identity[t.key] = t
+        self._by_id[id(t.obj)] = t
+        t.session = self._ref
+        object.__setattr__(t.obj, "_km_state", t)
+
+    def _refuse_known(self, obj: Model, info: ModelInfo, state: Any) -> None:
+        """add() is for new objects: one another session tracks, or one read or written
+        before, gets advice instead of a commit that fails on an existing key."""
+        if isinstance(state, Tracked):
+            owner = state.session() if state.session is not None else None
+            if owner is not None and owner is not self and not owner._closed:
+                raise InvalidArgumentError(
+                    f"{state.describe()} is tracked by another session ({owner!r}); change it "
+                    "there, or close that session and merge() the object into this one."
+                )
+            if state.stored is None:
+                return  # added to a session that never committed it: still new
+        elif state[1] is None:
+            return
+        raise InvalidArgumentError(
+            f"{info.describe(info.pk_parts(obj))} was read from or written to the database "
+            "before, so add() (which creates) would fail on its existing key; attach it with "
+            "session.merge(obj), or overwrite it with session.put(obj)."
+        )
+
+    def merge(self, obj: M) -> M:
+        """Attaches a detached object (from a query on a Kv, or a closed session).
+
+        The next commit writes the object's changes, checked against the
+        versionstamp it was read with: if the document changed since, the
+        commit raises ``ConflictError``. Merging an object this session tracks
+        returns it as it is.
+
+        Raises:
+            InvalidArgumentError: the object was never read or written (add() it),
+                another session tracks it, or this session tracks another
+                object with its key.
+        """
+        self._check_open()
+        if id(obj) in self._by_id:
+            return obj
+        info = model_info(type(obj))
+        attach(self._kv, info)
+        state = getattr(obj, "_km_state", None)
+        if isinstance(state, Tracked):
+            owner = state.session() if state.session is not None else None
+            if owner is not None and owner is not self and not owner._closed:
+                raise InvalidArgumentError(
+                    f"{state.describe()} is tracked by another session ({owner!r}); close that "
+                    "session first, or change the object there."
+                )
+            state = (state.key, state.stored, state.versionstamp)
+        if state is None or state[1] is None:
+            raise InvalidArgumentError(
+                f"{info.describe(info.pk_parts(obj))} was never read from or written to the "
+                "database, so there is nothing to merge it with; add() it instead."
+            )
+        key, doc, versionstamp = state
+        if self._identity.get(key) is not None:
+            raise InvalidArgumentError(
+                f"The session already tracks another object with the key {key!r}; change "
+                "that object instead of merging this one."
+            )
+        _, source, baseline = info.load(doc, key)
+        self._track(Tracked(obj, info, key[1:], doc, versionstamp, source, baseline))
+        return obj
+
+    def put(self, obj: Model) -> None:
+        """Writes ``obj`` at the next commit whether or not its document exists (an upsert).
+
+        The current document is read now, so the commit replaces it with an
+        exact index diff and keeps the fields the model does not declare; the
+        commit is checked against what was read, so a document changed in
+        between raises ``ConflictError`` (retry with :func:`kvmodel.transaction`).
+
+        Raises:
+            InvalidArgumentError: the session tracks another object with its key,
+                or another session tracks this one.
+        """
+        self._check_open()
+        t = self._by_id.get(id(obj))
+        if t is not None:
+            t.deleted = False
+            t.force = True
+            return
+        info = model_info(type(obj))
+        attach(self._kv, info)
+        state = getattr(obj, "_km_state", None)
+        if isinstance(state, Tracked):
+            owner = state.session() if state.session is not None else None
+            if owner is not None and owner is not self and not owner._closed:
+                raise InvalidArgumentError(
+                    f"{state.describe()} is tracked by another session ({owner!r}); put() it "
+                    "there, or close that session first."
+                )
+        pk = info.pk_parts(obj)
+        key: Key = (info.prefix, *pk)
+        if self._identity.get(key) is not None:
+            raise InvalidArgumentError(
+                f"The session already tracks another object with the key {key!r} "
+                f"({info.describe(pk)}); change that object instead of putting this one."
+            )
+        entry = self._kv.get(key)
+        if entry.versionstamp is None:
+            self._track(Tracked(obj, info, pk, None, None))
+            return
+        _, source, baseline = info.load(entry.value, key)
+        t = Tracked(obj, info, pk, entry.value, entry.versionstamp, source, baseline)
+        t.force = True
+        self._track(t)
 
     def add_all(self, objs: Iterable[Model]) -> None:
         """Adds several objects (see :meth:`add`)."""
@@ -141,6 +297,8 @@ class Session:
         Raises:
             InvalidArgumentError: the session does not track ``obj``.
         """
+        if self._closed:
+            self._check_open()
         t = self._tracked(obj)
         if t.stored is None:
             self._forget(t)
@@ -162,6 +320,7 @@ class Session:
     def _forget(self, t: Tracked) -> None:
         self._identity.pop(t.key, None)
         self._by_id.pop(id(t.obj), None)
+        _detach(t)
 
     def enqueue(
         self,
@@ -175,6 +334,8 @@ class Session:
 
         The options are those of ``Kv.enqueue``.
         """
+        if self._closed:
+            self._check_open()
         options: dict[str, Any] = {"delay": delay}
         if keys_if_undelivered:
             options["keys_if_undelivered"] = [tuple(k) for k in keys_if_undelivered]
@@ -190,6 +351,8 @@ class Session:
         The identity map answers first: the same key gives the same object for
         the life of the session (call :meth:`refresh` to re-read it).
         """
+        if self._closed:
+            self._check_open()
         info = model_info(model)
         key = info.key_for(pk)
         attach(self._kv, info)
@@ -207,6 +370,8 @@ class Session:
         A pk is a value, or a tuple for a composite primary key. Keys are read in
         groups of 10 (the ``get_many`` limit); each document is as read then.
         """
+        if self._closed:
+            self._check_open()
         info = model_info(model)
         attach(self._kv, info)
         single = len(info.pk_fields) == 1
@@ -232,6 +397,8 @@ class Session:
         Raises:
             ConflictError: the document no longer exists (the object is detached).
         """
+        if self._closed:
+            self._check_open()
         t = self._tracked(obj)
         entry = self._kv.get(t.key)
         if entry.versionstamp is None:
@@ -259,6 +426,8 @@ class Session:
         cursor: str | None = None,
     ) -> Page[M]:
         """The documents of ``model`` in primary key order, a page at a time."""
+        if self._closed:
+            self._check_open()
         from kvmodel.orm.query import list_documents
 
         return list_documents(self, model, limit=limit, reverse=reverse, cursor=cursor)
@@ -274,6 +443,8 @@ class Session:
         cursor: str | None = None,
     ) -> Page[M]:
         """Queries an index; see :meth:`kvmodel.Index.find`."""
+        if self._closed:
+            self._check_open()
         return index.find(
             self, *values, start=start, end=end, limit=limit, reverse=reverse, cursor=cursor
         )
@@ -291,6 +462,8 @@ class Session:
         t = Tracked(obj, info, key[1:], value, versionstamp, source, baseline)
         self._identity[key] = t
         self._by_id[id(obj)] = t
+        t.session = self._ref
+        object.__setattr__(obj, "_km_state", t)
         return obj
 
     @staticmethod
@@ -303,6 +476,8 @@ class Session:
 
     def plan(self) -> Plan:
         """The atomic commit the next :meth:`commit` would send (no I/O)."""
+        if self._closed:
+            self._check_open()
         return plan_commit(list(self._by_id.values()), self._enqueues, self._kv.limits)
 
     def commit(self) -> CommitResult | None:
@@ -316,6 +491,8 @@ class Session:
             UniqueViolationError: a unique value is taken (index, value, owner key).
             LimitExceededError: the commit is too large; the message names the object.
         """
+        if self._closed:
+            self._check_open()
         plan = self.plan()
         if plan.empty:
             return None
@@ -353,6 +530,8 @@ class Session:
     def rollback(self) -> None:
         """Discards the pending changes: new objects and enqueues are dropped,
         deletions undone, and changed objects get their stored values back."""
+        if self._closed:
+            self._check_open()
         for t in list(self._by_id.values()):
             if t.stored is None:
                 self._forget(t)
@@ -459,6 +638,13 @@ class Session:
         return f"<Session tracking {len(self._by_id)} object(s) on {self._kv!r}>"
 
 
+def _detach(t: Tracked) -> None:
+    """Leaves an object with what it was last read or written as, owned by no session."""
+    t.session = None
+    state = (t.key, t.stored, t.versionstamp) if t.stored is not None and not t.deleted else None
+    object.__setattr__(t.obj, "_km_state", state)
+
+
 def _pk_tuple(info: ModelInfo, pk: Any) -> tuple[Any, ...]:
     if not isinstance(pk, tuple | list):
         raise InvalidArgumentError(
@@ -499,7 +685,9 @@ def load_documents(
             continue
         form: Any = decode_value(raw.value, raw.encoding)
         if session is None:
-            out.append(info.load(form, key)[0])
+            obj = info.load(form, key)[0]
+            object.__setattr__(obj, "_km_state", (key, form, raw.versionstamp.hex()))
+            out.append(obj)
         else:
             obj = session._load(info, key, form, raw.versionstamp.hex())
             if obj is not None:
