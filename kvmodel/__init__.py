@@ -34,6 +34,7 @@ from kvmodel.errors import (
     ValidationError,
 )
 from kvmodel.orm import (
+    BulkReport,
     DocumentProblem,
     DocumentReport,
     Index,
@@ -44,6 +45,8 @@ from kvmodel.orm import (
     Page,
     Session,
     Unique,
+    bulk_delete,
+    bulk_save,
     check_documents,
     check_indexes,
     drop_index,
@@ -61,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AtomicOperation",
+    "BulkReport",
     "CommitResult",
     "ConflictError",
     "DecodeError",
@@ -92,6 +96,8 @@ __all__ = [
     "VERSIONSTAMP",
     "ValidationError",
     "WatchIterator",
+    "bulk_delete",
+    "bulk_save",
     "check_documents",
     "check_indexes",
     "drop_index",

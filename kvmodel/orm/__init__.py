@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kvmodel.orm._transaction import transaction
 from kvmodel.orm._validate import register_type
+from kvmodel.orm.bulk import BulkReport, bulk_delete, bulk_save
 from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes, rebuild_indexes
 from kvmodel.orm.evolve import (
     DocumentProblem,
@@ -23,6 +24,7 @@ from kvmodel.orm.query import Page
 from kvmodel.orm.session import Session
 
 __all__ = [
+    "BulkReport",
     "DocumentProblem",
     "DocumentReport",
     "Index",
@@ -33,6 +35,8 @@ __all__ = [
     "Page",
     "Session",
     "Unique",
+    "bulk_delete",
+    "bulk_save",
     "check_documents",
     "check_indexes",
     "drop_index",

@@ -362,7 +362,9 @@ def _unstructure(t: Tracked) -> dict[str, Any]:
 def _too_large(t: Tracked, what: str, actual: int, limit: int, limits: EngineLimits) -> None:
     raise LimitExceededError(
         f"Committing {t.describe()} brings the commit to {actual} {what}; {limits.name} "
-        f"allows at most {limit} in one commit. Commit the session in smaller batches.",
+        f"allows at most {limit} in one commit. Commit the session in smaller batches, "
+        "or save many objects with km.bulk_save(kv, objs), which packs them into as "
+        "many commits as the limits need.",
         limit=limit,
         actual=actual,
     )

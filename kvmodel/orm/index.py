@@ -24,6 +24,7 @@ from kvmodel.orm._convert import Key, KeyPart, form_part_converter, query_part_c
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
+    from kvmodel.orm.bulk import BulkReport
     from kvmodel.orm.model import Model, ModelInfo
     from kvmodel.orm.query import Page
     from kvmodel.orm.session import Session
@@ -234,6 +235,42 @@ class IndexBase(Generic[M]):
         from kvmodel.orm import query
 
         return query.count(self, source, values, start=start, end=end)
+
+    def delete_where(
+        self,
+        kv: Kv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        progress: Callable[[BulkReport], object] | None = None,
+    ) -> BulkReport:
+        """Deletes every document that :meth:`find` selects, with all its index entries.
+
+        The index is read a page at a time with its documents, and the
+        documents are deleted in as few commits as the engine's limits allow,
+        each checked against the versionstamp read. A document changed in
+        between is read again and deleted only if it still matches; one that
+        no longer matches is counted as ``skipped``. Each commit is atomic;
+        the deletion as a whole is NOT: what a failure interrupts stays half
+        done, and running the call again finishes it.
+
+        Args:
+            kv: the Kv to delete from (not a Session: the commits are its own).
+            values: equality on a prefix of the index fields, as in :meth:`find`.
+            start: inclusive lower bound of the next field.
+            end: exclusive upper bound of the next field.
+            progress: called with the running report after each commit.
+
+        Returns:
+            A :class:`kvmodel.BulkReport` (``.deleted``, ``.skipped``, ``.conflicts``).
+
+        Raises:
+            IndexNotReadyError: the index is still building (see ``rebuild_indexes``).
+            KvTypeError: ``kv`` is a Session or not a Kv.
+        """
+        from kvmodel.orm import bulk
+
+        return bulk.delete_where(self, kv, values, start=start, end=end, progress=progress)
 
 
 class Index(IndexBase[M]):

@@ -628,7 +628,9 @@ class Session:
             except LimitExceededError as crossed:
                 return LimitExceededError(
                     f"Committing {t.describe()} makes the commit too large: {crossed} "
-                    "Commit the session in smaller batches.",
+                    "Commit the session in smaller batches, or save many objects with "
+                    "km.bulk_save(kv, objs), which packs them into as many commits as the "
+                    "limits need.",
                     limit=crossed.limit,
                     actual=crossed.actual,
                 )
