@@ -16,14 +16,18 @@ None in any indexed field has no entry in that index.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from kvmodel.errors import DecodeError, InvalidArgumentError, ModelDefinitionError
 from kvmodel.keys import decode_key
 from kvmodel.orm._convert import Key, KeyPart, form_part_converter, query_part_converter
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from kvmodel._kv import Kv
+    from kvmodel.aio._kv import AsyncKv
+    from kvmodel.aio._session import AsyncSession
     from kvmodel.orm.bulk import BulkReport
     from kvmodel.orm.model import Model, ModelInfo
     from kvmodel.orm.query import Page
@@ -188,6 +192,7 @@ class IndexBase(Generic[M]):
 
     # -- queries -----------------------------------------------------------------
 
+    @overload
     def find(
         self,
         source: Session | Kv,
@@ -197,7 +202,28 @@ class IndexBase(Generic[M]):
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
-    ) -> Page[M]:
+    ) -> Page[M]: ...
+    @overload
+    def find(
+        self,
+        source: AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Awaitable[Page[M]]: ...
+    def find(
+        self,
+        source: Session | Kv | AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M] | Awaitable[Page[M]]:
         """The documents whose first indexed fields equal ``values``, in index order.
 
         ``start``/``end`` bound the next field to ``[start, end)``. Each page of
@@ -206,7 +232,9 @@ class IndexBase(Generic[M]):
 
         Args:
             source: a :class:`Session` (results join its identity map) or a Kv
-                (detached objects: changing them writes nothing).
+                (detached objects: changing them writes nothing); or their
+                ``kvmodel.aio`` twins, an ``AsyncSession`` or an ``AsyncKv``,
+                and then the result is awaited.
             values: equality on a prefix of the index fields.
             start: inclusive lower bound of the next field.
             end: exclusive upper bound of the next field.
@@ -230,8 +258,25 @@ class IndexBase(Generic[M]):
             cursor=cursor,
         )
 
-    def count(self, source: Session | Kv, *values: Any, start: Any = None, end: Any = None) -> int:
-        """How many index entries match, as :meth:`find` would select them."""
+    @overload
+    def count(
+        self, source: Session | Kv, *values: Any, start: Any = None, end: Any = None
+    ) -> int: ...
+    @overload
+    def count(
+        self, source: AsyncSession | AsyncKv, *values: Any, start: Any = None, end: Any = None
+    ) -> Awaitable[int]: ...
+    def count(
+        self,
+        source: Session | Kv | AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+    ) -> int | Awaitable[int]:
+        """How many index entries match, as :meth:`find` would select them.
+
+        Awaitable when ``source`` is an ``AsyncSession`` or an ``AsyncKv``.
+        """
         from kvmodel.orm import query
 
         return query.count(self, source, values, start=start, end=end)
@@ -316,8 +361,16 @@ class Unique(IndexBase[M]):
     def __get__(self, instance: object, owner: type[M2]) -> Unique[M2]:
         return self  # type: ignore[return-value]
 
-    def get(self, source: Session | Kv, *values: Any) -> M | None:
+    @overload
+    def get(self, source: Session | Kv, *values: Any) -> M | None: ...
+    @overload
+    def get(self, source: AsyncSession | AsyncKv, *values: Any) -> Awaitable[M | None]: ...
+    def get(
+        self, source: Session | Kv | AsyncSession | AsyncKv, *values: Any
+    ) -> M | Awaitable[M | None] | None:
         """The document holding these values (one per field), or None.
+
+        Awaitable when ``source`` is an ``AsyncSession`` or an ``AsyncKv``.
 
         Raises:
             InvalidArgumentError: not one value per field, or a None value.

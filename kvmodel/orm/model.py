@@ -13,9 +13,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, dataclass_transform, overload
 
 import attrs
 
@@ -31,6 +31,12 @@ from kvmodel.keys import decode_key, encode_key
 from kvmodel.orm import _convert, _validate
 from kvmodel.orm._convert import Key, KeyPart, query_part_converter
 from kvmodel.orm.index import IndexBase
+
+if TYPE_CHECKING:
+    from kvmodel._kv import Kv
+    from kvmodel.aio._kv import AsyncKv
+    from kvmodel.aio._model_watch import AsyncModelWatch, AsyncModelWatchMany
+    from kvmodel.orm.watch import ModelWatch, ModelWatchMany
 
 __all__ = ["Model", "ModelInfo", "field", "new_id", "utcnow", "model_info"]
 
@@ -647,6 +653,54 @@ class Model(metaclass=ModelMeta):
         # The metaclass consumes ``prefix`` and ``version``; this signature lets
         # type checkers accept the class keywords.
         super().__init_subclass__(**kwargs)
+
+    @overload
+    @classmethod
+    def watch(cls: type[M], kv: Kv, *pk: Any) -> ModelWatch[M]: ...
+    @overload
+    @classmethod
+    def watch(cls: type[M], kv: AsyncKv, *pk: Any) -> AsyncModelWatch[M]: ...
+    @classmethod
+    def watch(cls: type[M], kv: Kv | AsyncKv, *pk: Any) -> ModelWatch[M] | AsyncModelWatch[M]:
+        """Streams this model's object with primary key ``pk``: now, then after every change.
+
+        Each item is a fresh detached object, or None while there is no such
+        document (not yet written, deleted or expired). With a sync Kv the
+        result is an iterator; with a ``kvmodel.aio.AsyncKv`` iterate it with
+        ``async for``. Close it (or leave its ``with`` block) to end it; it
+        also ends when the Kv closes.
+
+        Raises:
+            KvTypeError: ``kv`` is not a Kv or an AsyncKv, or ``pk`` has the
+                wrong number of values.
+            DecodeError: (while iterating) the document does not fit the model.
+        """
+        from kvmodel.orm import watch
+
+        return watch.watch(cls, kv, pk)
+
+    @overload
+    @classmethod
+    def watch_many(cls: type[M], kv: Kv, pks: Iterable[Any]) -> ModelWatchMany[M]: ...
+    @overload
+    @classmethod
+    def watch_many(cls: type[M], kv: AsyncKv, pks: Iterable[Any]) -> AsyncModelWatchMany[M]: ...
+    @classmethod
+    def watch_many(
+        cls: type[M], kv: Kv | AsyncKv, pks: Iterable[Any]
+    ) -> ModelWatchMany[M] | AsyncModelWatchMany[M]:
+        """Streams several objects of this model (up to 10): a list, one item per change.
+
+        ``pks`` holds one primary key per object: a value, or a tuple for a
+        compound key. Each item lists the objects in that order, None for a
+        missing one. As :meth:`watch`, sync or async after the Kv given.
+
+        Raises:
+            LimitExceededError: more than 10 keys.
+        """
+        from kvmodel.orm import watch
+
+        return watch.watch_many(cls, kv, pks)
 
 
 def model_info(cls: type[Model]) -> ModelInfo:

@@ -12,8 +12,8 @@ skipped, and ``check_indexes`` reports the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from kvmodel._text import brief_repr
 from kvmodel.engines.base import Consistency, ReadRange
@@ -24,8 +24,12 @@ from kvmodel.orm.model import model_info
 from kvmodel.orm.session import Session, load_documents
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from kvmodel._kv import Kv
     from kvmodel._list import ListState
+    from kvmodel.aio._kv import AsyncKv
+    from kvmodel.aio._session import AsyncSession
     from kvmodel.engines.base import RawEntry
     from kvmodel.orm.index import IndexBase, Unique
     from kvmodel.orm.model import Model, ModelInfo
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Page", "count", "find", "unique_get"]
 
 M = TypeVar("M", bound="Model")
+T = TypeVar("T")
 
 
 class Page(Sequence[M], Generic[M]):
@@ -65,19 +70,57 @@ class Page(Sequence[M], Generic[M]):
         return f"Page({self.items!r}, cursor={self.cursor!r})"
 
 
+def _sync_source(source: object) -> tuple[Kv, Session | None] | None:
+    """The Kv and session of a sync source, or None when ``source`` is not one."""
+    if isinstance(source, Session):
+        return source.kv, source
+    if hasattr(source, "atomic") and hasattr(source, "read_linked"):
+        return source, None  # type: ignore[return-value]
+    return None
+
+
+def _not_a_source(source: object) -> KvTypeError:
+    return KvTypeError(
+        f"Index queries read from a km.Session, a km.Kv, a kvmodel.aio.AsyncSession or "
+        f"a kvmodel.aio.AsyncKv, not {brief_repr(source, 80)}."
+    )
+
+
 def resolve_source(source: Session | Kv) -> tuple[Kv, Session | None]:
     """The Kv to read and the session to load into (None: detached objects from a Kv).
 
     Raises:
         KvTypeError: ``source`` is neither a Session nor a Kv.
     """
-    if isinstance(source, Session):
-        return source.kv, source
-    if hasattr(source, "atomic") and hasattr(source, "read_linked"):
-        return source, None
-    raise KvTypeError(
-        f"Index queries read from a km.Session or a km.Kv, not {brief_repr(source, 80)}."
-    )
+    found = _sync_source(source)
+    if found is None:
+        raise _not_a_source(source)
+    return found
+
+
+def run_async(source: object, query: Callable[[Session | Kv], T]) -> Coroutine[Any, Any, T]:
+    """Runs the sync ``query(sync_source)`` for an async source; await the result.
+
+    ``source`` is an ``AsyncKv`` (detached objects) or an ``AsyncSession``
+    (objects join its identity map). The query runs through ``AsyncKv.run``, on
+    the Kv's worker thread as every other call of that Kv, so the sync query
+    code is the only copy. ``kvmodel.aio`` is imported here, not at module
+    import: the object mapper sits below it and must not need asyncio.
+
+    Raises:
+        KvTypeError: ``source`` is not a query source at all.
+    """
+    from kvmodel.aio._kv import AsyncKv
+    from kvmodel.aio._session import AsyncSession
+
+    sync: Session | Kv
+    if isinstance(source, AsyncSession):
+        kv, sync = source.kv, source.sync
+    elif isinstance(source, AsyncKv):
+        kv, sync = source, source.sync
+    else:
+        raise _not_a_source(source)
+    return kv.run(query, sync)
 
 
 def _selector(
@@ -105,6 +148,7 @@ _FIND_BATCH = 100
 _LIST_BATCH = 500
 
 
+@overload
 def find(
     index: IndexBase[M],
     source: Session | Kv,
@@ -115,15 +159,54 @@ def find(
     limit: int | None = None,
     reverse: bool = False,
     cursor: str | None = None,
-) -> Page[M]:
-    """See :meth:`kvmodel.Index.find`."""
-    kv, session = resolve_source(source)
+) -> Page[M]: ...
+@overload
+def find(
+    index: IndexBase[M],
+    source: AsyncSession | AsyncKv,
+    values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+    limit: int | None = None,
+    reverse: bool = False,
+    cursor: str | None = None,
+) -> Awaitable[Page[M]]: ...
+def find(
+    index: IndexBase[M],
+    source: Session | Kv | AsyncSession | AsyncKv,
+    values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+    limit: int | None = None,
+    reverse: bool = False,
+    cursor: str | None = None,
+) -> Page[M] | Awaitable[Page[M]]:
+    """See :meth:`kvmodel.Index.find`; awaitable for an async source."""
+    resolved = _sync_source(source)
+    if resolved is None:
+        return run_async(
+            source,
+            lambda sync: find(
+                index,
+                sync,
+                values,
+                start=start,
+                end=end,
+                limit=limit,
+                reverse=reverse,
+                cursor=cursor,
+            ),
+        )
+    kv, session = resolved
     require_ready(kv, index)
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         # A full unique value is one key, which a prefix listing would exclude.
         if cursor:
             return Page([], "")
-        found = unique_get(index, source, values)  # type: ignore[arg-type]
+        sync_source = kv if session is None else session
+        found = unique_get(cast("Unique[M]", index), sync_source, values)
         return Page([found] if found is not None else [], "")
     selector, _ = _selector(index, values, start, end)
     state = kv.list_state(
@@ -184,6 +267,7 @@ def _collect(
     return Page(items, state.cursor_after(last, cursor))
 
 
+@overload
 def count(
     index: IndexBase[Any],
     source: Session | Kv,
@@ -191,9 +275,29 @@ def count(
     *,
     start: Any = None,
     end: Any = None,
-) -> int:
+) -> int: ...
+@overload
+def count(
+    index: IndexBase[Any],
+    source: AsyncSession | AsyncKv,
+    values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+) -> Awaitable[int]: ...
+def count(
+    index: IndexBase[Any],
+    source: Session | Kv | AsyncSession | AsyncKv,
+    values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+) -> int | Awaitable[int]:
     """See :meth:`kvmodel.Index.count`: the number of matching index entries."""
-    kv, _ = resolve_source(source)
+    resolved = _sync_source(source)
+    if resolved is None:
+        return run_async(source, lambda sync: count(index, sync, values, start=start, end=end))
+    kv, _ = resolved
     require_ready(kv, index)
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         key = (index.key_prefix, *index.key_parts(values))
@@ -202,9 +306,20 @@ def count(
     return sum(1 for _ in kv.list(**selector, batch_size=1000))
 
 
-def unique_get(index: Unique[M], source: Session | Kv, values: tuple[Any, ...]) -> M | None:
+@overload
+def unique_get(index: Unique[M], source: Session | Kv, values: tuple[Any, ...]) -> M | None: ...
+@overload
+def unique_get(
+    index: Unique[M], source: AsyncSession | AsyncKv, values: tuple[Any, ...]
+) -> Awaitable[M | None]: ...
+def unique_get(
+    index: Unique[M], source: Session | Kv | AsyncSession | AsyncKv, values: tuple[Any, ...]
+) -> M | Awaitable[M | None] | None:
     """See :meth:`kvmodel.Unique.get`: the entry and its document, read in one snapshot."""
-    kv, session = resolve_source(source)
+    resolved = _sync_source(source)
+    if resolved is None:
+        return run_async(source, lambda sync: unique_get(index, sync, values))
+    kv, session = resolved
     require_ready(kv, index)
     if len(values) != len(index.fields):
         raise InvalidArgumentError(
