@@ -465,16 +465,25 @@ def delete_where(
         return _stored(t.obj, info, t.key, entry.value, entry.versionstamp)
 
     packer = _Packer(kv, progress, retry)
-    cursor: str | None = None
-    while cursor != "":
-        reader = Session(kv)
-        page = index.find(reader, *values, start=start, end=end, limit=_PAGE, cursor=cursor)
-        cursor = page.cursor
-        for obj in page:
-            t = reader._by_id[id(obj)]
-            t.deleted = True
-            packer.add(t)
-    packer.flush()
+    # A pass reads the selection page by page behind a cursor. A document
+    # changed meanwhile to a position the cursor has passed would be missed,
+    # so passes repeat until one finds nothing (a few at most, against
+    # writers that keep adding matching documents).
+    for _ in range(_ATTEMPTS):
+        found = 0
+        cursor: str | None = None
+        while cursor != "":
+            reader = Session(kv)
+            page = index.find(reader, *values, start=start, end=end, limit=_PAGE, cursor=cursor)
+            cursor = page.cursor
+            for obj in page:
+                t = reader._by_id[id(obj)]
+                t.deleted = True
+                packer.add(t)
+                found += 1
+        packer.flush()
+        if not found:
+            break
     return packer.report()
 
 
