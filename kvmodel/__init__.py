@@ -14,6 +14,7 @@ from __future__ import annotations
 from kvmodel._atomic import AtomicOperation
 from kvmodel._kv import Kv, open_kv
 from kvmodel._list import ListIterator
+from kvmodel._queue import QueueDelivery
 from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
 from kvmodel._values import KvU64
 from kvmodel._watch import WatchIterator
@@ -50,6 +51,7 @@ from kvmodel.orm import (
     check_documents,
     check_indexes,
     drop_index,
+    expires_at,
     field,
     migrate,
     new_id,
@@ -59,6 +61,7 @@ from kvmodel.orm import (
     upgrade,
     utcnow,
 )
+from kvmodel.orm.watch import ModelWatch, ModelWatchMany
 
 __version__ = "0.1.0"
 
@@ -89,7 +92,10 @@ __all__ = [
     "MigrationReport",
     "Model",
     "ModelDefinitionError",
+    "ModelWatch",
+    "ModelWatchMany",
     "Page",
+    "QueueDelivery",
     "Session",
     "Unique",
     "UniqueViolationError",
@@ -101,6 +107,7 @@ __all__ = [
     "check_documents",
     "check_indexes",
     "drop_index",
+    "expires_at",
     "field",
     "migrate",
     "new_id",

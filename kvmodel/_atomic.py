@@ -145,6 +145,18 @@ class AtomicBuilder:
         self._mutations.append(Mutation(encoded, kind, data, encoding, expire_at_ms))
         return self
 
+    def _set_until(self, key: Sequence[Any], value: object, expire_at_ms: int) -> Self:
+        """Sets ``key`` to ``value`` until the absolute deadline ``expire_at_ms``.
+
+        The object mapper writes a document and its index entries with one
+        deadline, which relative ``expire_in`` values read at different
+        moments could not promise.
+        """
+        encoded = self._core.write_key(key)
+        data, encoding = self._core.encode_value(value)
+        self._mutations.append(Mutation(encoded, MutationKind.SET, data, encoding, expire_at_ms))
+        return self
+
     def delete(self, key: Sequence[Any]) -> Self:
         """Deletes ``key`` (a missing key is fine)."""
         self._mutations.append(Mutation(self._core.write_key(key), MutationKind.DELETE))

@@ -21,7 +21,7 @@ from kvmodel.orm.evolve import (
 from kvmodel.orm.index import Index, Unique
 from kvmodel.orm.model import Model, field, new_id, upgrade, utcnow
 from kvmodel.orm.query import Page
-from kvmodel.orm.session import Session
+from kvmodel.orm.session import Session, expires_at
 
 __all__ = [
     "BulkReport",
@@ -40,6 +40,7 @@ __all__ = [
     "check_documents",
     "check_indexes",
     "drop_index",
+    "expires_at",
     "field",
     "migrate",
     "new_id",

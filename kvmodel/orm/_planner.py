@@ -32,7 +32,7 @@ from kvmodel.errors import (
 from kvmodel.limits import DEFAULT_LIMITS, EngineLimits
 from kvmodel.orm._convert import Key, KeyPart
 from kvmodel.orm.index import IndexBase
-from kvmodel.orm.model import VERSION_FIELD, ModelInfo
+from kvmodel.orm.model import EXPIRY_FIELD, VERSION_FIELD, ModelInfo
 
 __all__ = ["Plan", "PlannedCheck", "PlannedEnqueue", "PlannedMutation", "Tracked", "plan_commit"]
 
@@ -52,6 +52,7 @@ class Tracked:
     __slots__ = (
         "baseline",
         "deleted",
+        "expire_at_ms",
         "force",
         "info",
         "key",
@@ -60,6 +61,7 @@ class Tracked:
         "session",
         "source",
         "stored",
+        "stored_expire_at_ms",
         "versionstamp",
     )
 
@@ -84,6 +86,11 @@ class Tracked:
         self.deleted = False
         self.force = False
         self.session: Any = None
+        # The document's expiry deadline as stored, and the one the next write
+        # gives it (with all its index entries); None: it does not expire.
+        expiry = stored.get(EXPIRY_FIELD) if stored is not None else None
+        self.stored_expire_at_ms: int | None = expiry if type(expiry) is int else None
+        self.expire_at_ms = self.stored_expire_at_ms
 
     def unchanged(self, form: dict[str, Any]) -> bool:
         """Whether ``form`` (the object's form now) is what the object was when loaded.
@@ -94,7 +101,7 @@ class Tracked:
         changed counts, so a session that only reads never writes.
         """
         stored = self.stored
-        if stored is None or self.force:
+        if stored is None or self.force or self.expire_at_ms != self.stored_expire_at_ms:
             return False
         if form == stored:
             return True
@@ -128,10 +135,16 @@ class Tracked:
         version marker of the stored document that this model does not own."""
         info = self.info
         source = self.source
+        expiry = self.expire_at_ms
         if source is None or source.keys() <= info.field_set:
-            if info.version == 1:
+            if info.version == 1 and expiry is None:
                 return form
-            return {**form, VERSION_FIELD: info.version}
+            doc = dict(form)
+            if info.version > 1:
+                doc[VERSION_FIELD] = info.version
+            if expiry is not None:
+                doc[EXPIRY_FIELD] = expiry
+            return doc
         doc = {k: v for k, v in source.items() if k not in info.field_set}
         doc.update(form)
         stored_version = self.stored.get(VERSION_FIELD, 1) if self.stored is not None else 1
@@ -142,6 +155,10 @@ class Tracked:
             doc[VERSION_FIELD] = version
         else:
             doc.pop(VERSION_FIELD, None)
+        if expiry is not None:
+            doc[EXPIRY_FIELD] = expiry
+        else:
+            doc.pop(EXPIRY_FIELD, None)
         return doc
 
     def written(self, doc: dict[str, Any], versionstamp: str) -> None:
@@ -151,6 +168,7 @@ class Tracked:
         self.baseline = None
         self.versionstamp = versionstamp
         self.force = False
+        self.stored_expire_at_ms = self.expire_at_ms
 
     def describe(self) -> str:
         """The object as messages name it: ``Order('01HX...')``."""
@@ -176,12 +194,14 @@ class PlannedCheck(NamedTuple):
 
 
 class PlannedMutation(NamedTuple):
-    """A set (``delete=False``) or a delete of one key, on behalf of ``owner``."""
+    """A set (``delete=False``) or a delete of one key, on behalf of ``owner``; a set
+    with ``expire_at_ms`` expires at that deadline (milliseconds since the epoch)."""
 
     key: Key
     value: Any
     delete: bool
     owner: Tracked
+    expire_at_ms: int | None = None
 
 
 class PlannedEnqueue(NamedTuple):
@@ -276,10 +296,18 @@ def plan_commit(
                 "cannot change: delete the object and add a new one instead."
             )
         doc = t.document(form)
+        expiry = t.expire_at_ms
         primary.append(
-            (t, PlannedCheck(t.key, t.versionstamp, t), PlannedMutation(t.key, doc, False, t))
+            (
+                t,
+                PlannedCheck(t.key, t.versionstamp, t),
+                PlannedMutation(t.key, doc, False, t, expiry),
+            )
         )
         written.append((t, doc))
+        # A new deadline is given to every entry, unchanged ones included, so the
+        # document and its entries always expire together.
+        same_deadline = expiry == t.stored_expire_at_ms
         old = info.index_entries(t.indexed_form(), t.pk) if stored is not None else {}
         new = info.index_entries(form, t.pk)
         for key, value in old.items():
@@ -290,6 +318,8 @@ def plan_commit(
                     index_ops[key] = (_DELETE, t)
         for key, value in new.items():
             if key in old and old[key] == value:
+                if not same_deadline:
+                    index_ops[key] = (value, t)
                 continue
             index_ops[key] = (value, t)
             if key[0] in unique_prefixes:
@@ -318,7 +348,7 @@ def plan_commit(
         mutation = (
             PlannedMutation(key, None, True, t)
             if op is _DELETE
-            else (PlannedMutation(key, op, False, t))
+            else (PlannedMutation(key, op, False, t, t.expire_at_ms))
         )
         ops_by_owner.setdefault(id(t), []).append(mutation)
     checks: list[PlannedCheck] = []

@@ -23,6 +23,7 @@ from kvmodel._text import brief_repr
 from kvmodel.errors import (
     DecodeError,
     InvalidKeyError,
+    KvError,
     KvTypeError,
     ModelDefinitionError,
     ValidationError,
@@ -48,6 +49,13 @@ VERSION_FIELD = "$v"
 
 No Python identifier contains ``$``, so it never collides with a field; a
 document without it was written at version 1.
+"""
+
+EXPIRY_FIELD = "$exp"
+"""The document entry that records when an expiring document expires (ms since the epoch).
+
+The document and its index entries are written with this deadline; keeping it
+in the document lets a session keep the deadline when it saves the object again.
 """
 
 UpgradeStep = Callable[[dict[str, Any]], dict[str, Any]]
@@ -188,6 +196,7 @@ class ModelInfo:
         "_ready",
         "cls",
         "eager_baseline",
+        "expire_in",
         "field_names",
         "field_set",
         "indexes",
@@ -210,8 +219,10 @@ class ModelInfo:
         field_names: tuple[str, ...],
         indexes: tuple[IndexBase[Any], ...],
         version: int = 1,
+        expire_in: object = None,
     ) -> None:
         self.cls = cls
+        self.expire_in = expire_in
         self.name = cls.__qualname__
         self.qualified_name = f"{cls.__module__}.{cls.__qualname__}"
         self.prefix = prefix
@@ -557,6 +568,7 @@ class ModelMeta(type):
         *,
         prefix: str | None = None,
         version: int = 1,
+        expire_in: object = None,
         **kwargs: Any,
     ) -> ModelMeta:
         # attrs rebuilds a slotted class by calling the metaclass again with the
@@ -571,6 +583,14 @@ class ModelMeta(type):
             raise ModelDefinitionError(
                 f"The version of {name} must be an int >= 1, not {version!r}."
             )
+        if expire_in is not None:
+            from kvmodel._options import duration_ms
+            from kvmodel.limits import MAX_EXPIRE_IN_SECONDS
+
+            try:
+                duration_ms("expire_in", expire_in, maximum_s=MAX_EXPIRE_IN_SECONDS)
+            except KvError as exc:
+                raise ModelDefinitionError(f"The expire_in of {name} is invalid: {exc}") from exc
         # Indexes: declared here, plus copies of the ones inherited (an index
         # is bound to exactly one model).
         declared: dict[str, IndexBase[Any]] = {}
@@ -608,7 +628,7 @@ class ModelMeta(type):
                     "declare a new Index for each model."
                 )
         model_prefix = prefix if prefix is not None else snake_case(name)
-        info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()), version)
+        info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()), version, expire_in)
         for index in declared.values():
             index._bind(cls, info)
         type.__setattr__(cls, "__kvmodel__", info)
@@ -648,10 +668,15 @@ class Model(metaclass=ModelMeta):
     __kvmodel__: ClassVar[ModelInfo]
 
     def __init_subclass__(
-        cls, *, prefix: str | None = None, version: int = 1, **kwargs: Any
+        cls,
+        *,
+        prefix: str | None = None,
+        version: int = 1,
+        expire_in: object = None,
+        **kwargs: Any,
     ) -> None:
-        # The metaclass consumes ``prefix`` and ``version``; this signature lets
-        # type checkers accept the class keywords.
+        # The metaclass consumes ``prefix``, ``version`` and ``expire_in``; this
+        # signature lets type checkers accept the class keywords.
         super().__init_subclass__(**kwargs)
 
     @overload

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kvmodel._options import duration_ms
 from kvmodel._values import decode_value
 from kvmodel.errors import (
     ConflictError,
@@ -23,12 +25,12 @@ from kvmodel.errors import (
     LimitExceededError,
     UniqueViolationError,
 )
-from kvmodel.limits import MAX_GET_MANY_KEYS
+from kvmodel.limits import MAX_EXPIRE_IN_SECONDS, MAX_GET_MANY_KEYS
 from kvmodel.orm._catalog import attach
 from kvmodel.orm._convert import Key
 from kvmodel.orm._planner import Plan, PlannedCheck, PlannedEnqueue, Tracked, plan_commit
 from kvmodel.orm.index import pointed_key
-from kvmodel.orm.model import Model, ModelInfo, model_info
+from kvmodel.orm.model import EXPIRY_FIELD, Model, ModelInfo, model_info
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from kvmodel.orm.index import IndexBase
     from kvmodel.orm.query import Page
 
-__all__ = ["Session"]
+__all__ = ["Session", "expires_at"]
 
 M = TypeVar("M", bound=Model)
 
@@ -131,11 +133,17 @@ class Session:
 
     # -- tracking ----------------------------------------------------------------
 
-    def add(self, obj: Model) -> None:
+    def add(self, obj: Model, *, expire_in: object = None) -> None:
         """Tracks a new object; the next commit creates it (and fails if its key exists).
 
-        Adding an object the session already tracks does nothing; adding a new
-        object with the key of one deleted in this session replaces that one.
+        Adding an object the session already tracks does nothing (but give it
+        ``expire_in`` to set a new deadline); adding a new object with the key
+        of one deleted in this session replaces that one.
+
+        ``expire_in`` (seconds or a timedelta) makes the document and all its
+        index entries expire together, at one deadline; without it a new object
+        takes its model's ``expire_in`` class keyword, if any. Later saves keep
+        the deadline; :func:`kvmodel.expires_at` tells it.
 
         Raises:
             TypeError: ``obj`` is not a model instance.
@@ -146,12 +154,16 @@ class Session:
         t = self._by_id.get(id(obj))
         if t is not None:
             t.deleted = False
+            if expire_in is not None:
+                t.expire_at_ms = self._deadline(expire_in)
             return
         info = model_info(type(obj))
         attach(self._kv, info)
         state = getattr(obj, "_km_state", None)
         if state is not None:
             self._refuse_known(obj, info, state)
+        if expire_in is None:
+            expire_in = info.expire_in
         pk = info.pk_parts(obj)
         key: Key = (info.prefix, *pk)
         current = self._identity.get(key)
@@ -167,9 +179,19 @@ class Session:
             _detach(current)
             current.obj = obj
             current.deleted = False
+            current.expire_at_ms = None if expire_in is None else self._deadline(expire_in)
             self._track(current)
             return
-        self._track(Tracked(obj, info, pk, None, None))
+        t = Tracked(obj, info, pk, None, None)
+        if expire_in is not None:
+            t.expire_at_ms = self._deadline(expire_in)
+        self._track(t)
+
+    def _deadline(self, expire_in: object) -> int:
+        """The absolute deadline (ms) for a relative ``expire_in``, validated like Kv.set's."""
+        return self._kv.now_ms() + duration_ms(
+            "expire_in", expire_in, maximum_s=MAX_EXPIRE_IN_SECONDS
+        )
 
     def _track(self, t: Tracked) -> None:
         self._identity[t.key] = t
@@ -239,8 +261,12 @@ class Session:
         self._track(Tracked(obj, info, key[1:], doc, versionstamp, source, baseline))
         return obj
 
-    def put(self, obj: Model) -> None:
+    def put(self, obj: Model, *, expire_in: object = None) -> None:
         """Writes ``obj`` at the next commit whether or not its document exists (an upsert).
+
+        ``expire_in`` sets the document's deadline as for :meth:`add`; without
+        it an existing document keeps its deadline and a new one takes the
+        model's ``expire_in``.
 
         The current document is read now, so the commit replaces it with an
         exact index diff and keeps the fields the model does not declare; the
@@ -256,9 +282,12 @@ class Session:
         if t is not None:
             t.deleted = False
             t.force = True
+            if expire_in is not None:
+                t.expire_at_ms = self._deadline(expire_in)
             return
         info = model_info(type(obj))
         attach(self._kv, info)
+        deadline = None if expire_in is None else self._deadline(expire_in)
         state = getattr(obj, "_km_state", None)
         if isinstance(state, Tracked):
             owner = state.session() if state.session is not None else None
@@ -276,11 +305,17 @@ class Session:
             )
         entry = self._kv.get(key)
         if entry.versionstamp is None:
-            self._track(Tracked(obj, info, pk, None, None))
+            t = Tracked(obj, info, pk, None, None)
+            if deadline is None and info.expire_in is not None:
+                deadline = self._deadline(info.expire_in)
+            t.expire_at_ms = deadline
+            self._track(t)
             return
         _, source, baseline = info.load(entry.value, key)
         t = Tracked(obj, info, pk, entry.value, entry.versionstamp, source, baseline)
         t.force = True
+        if deadline is not None:
+            t.expire_at_ms = deadline
         self._track(t)
 
     def add_all(self, objs: Iterable[Model]) -> None:
@@ -504,7 +539,10 @@ class Session:
                 op.delete(m.key)
             else:
                 try:
-                    op.set(m.key, m.value)
+                    if m.expire_at_ms is None:
+                        op.set(m.key, m.value)
+                    else:
+                        op._set_until(m.key, m.value, m.expire_at_ms)
                 except (LimitExceededError, EncodeError) as exc:
                     raise type(exc)(
                         f"{m.owner.describe()} cannot be stored at {m.key!r}: {exc}",
@@ -621,8 +659,10 @@ class Session:
             for m in mutations:
                 if m.delete:
                     op.delete(m.key)
-                else:
+                elif m.expire_at_ms is None:
                     op.set(m.key, m.value)
+                else:
+                    op._set_until(m.key, m.value, m.expire_at_ms)
             try:
                 op.build()
             except LimitExceededError as crossed:
@@ -638,6 +678,39 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session tracking {len(self._by_id)} object(s) on {self._kv!r}>"
+
+
+def expires_at(obj: Model) -> datetime | None:
+    """When the document of ``obj`` expires, as last read or written; None if it does not.
+
+    For an object a session tracks with a new deadline not yet committed,
+    that deadline.
+
+    >>> import kvmodel as km
+    >>> class Visit(km.Model, prefix="visits"):
+    ...     id: str = km.field(primary_key=True)
+    >>> kv = km.open_kv()
+    >>> with km.Session(kv) as s:
+    ...     s.add(Visit(id="v1"), expire_in=3600)
+    >>> visit = km.Session(kv).get(Visit, "v1")
+    >>> 3590 < (km.expires_at(visit) - km.utcnow()).total_seconds() <= 3600
+    True
+
+    Raises:
+        KvTypeError: ``obj`` is not a model instance.
+    """
+    model_info(type(obj))
+    state = getattr(obj, "_km_state", None)
+    if isinstance(state, Tracked):
+        deadline = state.expire_at_ms
+    elif state is not None and isinstance(state[1], dict):
+        found = state[1].get(EXPIRY_FIELD)
+        deadline = found if type(found) is int else None
+    else:
+        deadline = None
+    if deadline is None:
+        return None
+    return datetime.fromtimestamp(deadline / 1000, UTC)
 
 
 def _detach(t: Tracked) -> None:
