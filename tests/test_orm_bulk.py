@@ -241,7 +241,7 @@ def test_delete_where_skips_a_document_changed_to_no_longer_match(kv: Kv) -> Non
 
 def test_delete_where_wants_a_kv_not_a_session(kv: Kv) -> None:
     """A Session is refused: the deletion commits on its own."""
-    with pytest.raises(km.KvTypeError, match="session.kv"):
+    with pytest.raises(km.KvTypeError, match=r"session\.kv"):
         Account.by_plan.delete_where(km.Session(kv), "free")
 
 
