@@ -15,7 +15,10 @@ import hashlib
 import math
 import os
 import sqlite3
+import time
+import tracemalloc
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +178,17 @@ BAD_CALLS: list[tuple[str, Callable[[km.Kv], object]]] = [
     ("watch raw str", lambda kv: kv.watch([("a",)], raw="yes")),  # type: ignore[arg-type]
     ("listen concurrency 0", lambda kv: kv.listen_queue(print, concurrency=0)),
     ("listen concurrency -3", lambda kv: kv.listen_queue(print, concurrency=-3)),
+    # Issue 11 item 5: edge arguments that raised untyped errors.
+    ("set 1e17 s expiry", lambda kv: kv.set(("a",), 1, expire_in=1e17)),
+    ("set timedelta.max expiry", lambda kv: kv.set(("a",), 1, expire_in=timedelta.max)),
+    ("enqueue 10**400 delay", lambda kv: kv.enqueue(1, delay=10**400)),
+    ("set part nested 1500 deep", lambda kv: kv.set(("a", _nested(1500)), 1)),
+    ("get part nested 1500 deep", lambda kv: kv.get(("a", _nested(1500)))),
+    ("check spaced stamp", lambda kv: kv.atomic().check((("a",), "00000000000000 01 00")).commit()),
+    ("list 60 KB cursor", lambda kv: list(kv.list(prefix=("a",), cursor="A" * 60_000))),
+    # Issue 11 item 2: values with no finite or no small encoding.
+    ("set 601 shared lists", lambda kv: kv.set(("a",), _shared_lists(601))),
+    ("set list holding itself twice", lambda kv: kv.set(("a",), _self_twice())),
 ]
 
 
@@ -183,6 +197,59 @@ def _many_mutations(kv: km.Kv, n: int) -> object:
     for i in range(n):
         op.set(("m", i), i)
     return op.commit()
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _shared_lists(n: int) -> list[Any]:
+    """n lists, each holding the previous one twice: 2**n copies once encoded."""
+    value: list[Any] = []
+    for _ in range(n):
+        value = [value, value]
+    return value
+
+
+def _self_twice() -> list[Any]:
+    value: list[Any] = []
+    value.extend([value, value])
+    return value
+
+
+def test_hostile_values_are_refused_in_bounded_time_and_memory() -> None:
+    """Shared-reference and cyclic values are refused at once; prints time and peak memory."""
+    # Before the bounding walk: 27 shared lists took 10.7 GiB and 71 s, 601
+    # never finished, a list holding itself twice hung the error search.
+    figures = []
+    cases: list[tuple[str, Callable[[], object], type[km.KvError]]] = [
+        ("27 shared lists", lambda: _shared_lists(27), km.LimitExceededError),
+        ("601 shared lists", lambda: _shared_lists(601), km.LimitExceededError),
+        ("list holding itself twice", _self_twice, km.EncodeError),
+        ("100k nested lists", lambda: _nested(100_000), km.EncodeError),
+        ("one 1 KB str 100k times", lambda: ["x" * 1000] * 100_000, km.LimitExceededError),
+    ]
+    with km.open_kv() as kv:
+        for name, make, error in cases:
+            value = make()
+            started = time.perf_counter()
+            with pytest.raises(error):
+                kv.set(("k",), value)
+            elapsed = time.perf_counter() - started
+            tracemalloc.start()  # a second time, for memory (it slows Python down)
+            try:
+                with pytest.raises(error):
+                    kv.set(("k",), value)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            figures.append(f"{name}: {elapsed * 1000:.1f} ms, peak {peak // 1024} KiB")
+            assert peak < 16 * 65536, name  # a small multiple of the value limit
+        assert kv.get(("k",)).versionstamp is None
+    print("\nhostile values: " + "; ".join(figures))
 
 
 def _file_digest(path: Path) -> str:
