@@ -136,6 +136,31 @@ def test_non_sequence_keys_are_rejected(key: Any) -> None:
         encode_key(key)
 
 
+@pytest.mark.parametrize("depth", [20, 1500, 100_000])
+def test_deeply_nested_parts_get_a_short_message(depth: int) -> None:
+    """A part of nested lists, however deep, is an InvalidKeyError with a short message."""
+    part: list[Any] = []
+    for _ in range(depth):
+        part = [part]
+    with pytest.raises(InvalidKeyError) as info:
+        encode_key(("a", part))  # type: ignore[arg-type]
+    assert str(info.value).startswith("Key part [[[[")
+    assert "[[[[[[[[[[[[[...]]]]]]]]]]]]]" in str(info.value)  # shown 12 levels deep
+    assert len(str(info.value)) < 400
+    deep_dict: dict[str, Any] = {}
+    for _ in range(depth):
+        deep_dict = {"k": deep_dict}
+    with pytest.raises(InvalidKeyError, match="is not a tuple of key parts"):
+        encode_key(deep_dict)  # type: ignore[arg-type]
+
+
+def test_a_huge_str_part_is_shown_cut() -> None:
+    """A lone surrogate in a 100,000-character part is reported with the part cut short."""
+    with pytest.raises(InvalidKeyError, match="characters>") as info:
+        encode_key(("x" * 100_000 + "\ud800",))
+    assert len(str(info.value)) < 500
+
+
 def test_lone_surrogate_is_an_invalid_key() -> None:
     """A str part that has no UTF-8 encoding is an InvalidKeyError, not a UnicodeError."""
     with pytest.raises(InvalidKeyError, match="lone surrogate"):
