@@ -68,6 +68,23 @@ def test_aio_open_kv_is_awaitable_and_an_async_context_manager() -> None:
     asyncio.run(main())
 
 
+def test_async_list_cursor_follows_deno_after_the_last_entry() -> None:
+    """The async iterator's cursor names the last entry after it is yielded; "" once exhausted."""
+
+    async def main() -> list[str]:
+        async with aio.open_kv() as kv:
+            for letter in "abcde":
+                await kv.set(("a", letter), letter)
+            it = kv.list(prefix=("a",), batch_size=2)  # batches of 2, 2 and 1
+            cursors = []
+            async for _ in it:
+                cursors.append(it.cursor)
+            cursors.append(it.cursor)
+            return cursors
+
+    assert asyncio.run(main()) == ["AmEA", "AmIA", "AmMA", "AmQA", "AmUA", ""]
+
+
 def test_aio_open_kv_without_await_explains_itself() -> None:
     """Using the result of open_kv without await says to await it."""
     with pytest.raises(AttributeError, match="must be awaited"):
