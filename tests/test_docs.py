@@ -62,6 +62,7 @@ DOC_PAGES = [
     "docs/how-to/add-an-index.md",
     "docs/how-to/evolve-a-model.md",
     "docs/how-to/retries.md",
+    "docs/how-to/bulk-writes.md",
     "docs/how-to/choose-an-engine.md",
     "docs/explanation/models-and-keys.md",
     "docs/explanation/unit-of-work.md",
