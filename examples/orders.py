@@ -156,22 +156,22 @@ def running(target: Callable[[], object], name: str) -> Iterator[threading.Threa
 
 
 class StatusWatch:
-    """Prints each status change of some orders, as a kv.watch reports it, until the Kv closes."""
+    """Prints each status change of some orders, as Order.watch_many reports it, until Kv close."""
 
     def __init__(self, kv: km.Kv, order_ids: list[str], say: Callable[[str], None]) -> None:
         self.kv = kv
-        # A document lives at (prefix, *primary key): see docs/explanation/models-and-keys.md.
-        self.keys = [("orders", order_id) for order_id in order_ids]
+        self.order_ids = order_ids
         self.say = say
         self.last: dict[str, str] = {}
         self._changed = threading.Condition()
 
     def __call__(self) -> None:
-        for entries in self.kv.watch(self.keys):
-            for entry in entries:
-                if entry.value is None:
+        # The typed watch: a list of Orders (None for a missing one) now and after each change.
+        for orders in Order.watch_many(self.kv, self.order_ids):
+            for order in orders:
+                if order is None:
                     continue
-                order_id, status = entry.key[1], entry.value["status"]
+                order_id, status = order.id, order.status
                 if self.last.get(order_id) != status:
                     self.say(f"  watch  order {order_id} is {status}")
                     with self._changed:

@@ -1,4 +1,4 @@
-"""The orders API over HTTP, with a live status stream (Server-Sent Events) via ``kv.watch``.
+"""The orders API over HTTP, with a live status stream (Server-Sent Events) via ``Order.watch``.
 
 Needs the ``web`` extra (``pip install 'kvmodel[web]'``). Run it with::
 
@@ -113,14 +113,11 @@ def create_app(kv: km.Kv) -> Starlette:
         until = request.query_params.get("until")
 
         async def stream() -> AsyncIterator[str]:
-            async with akv.watch([("orders", order_id)]) as changes:
-                async for (entry,) in changes:
-                    status = None if entry.value is None else entry.value["status"]
-                    payload = {
-                        "order_id": order_id,
-                        "status": status,
-                        "versionstamp": entry.versionstamp,
-                    }
+            # The typed watch: an Order (or None once it is gone) now and after each change.
+            async with Order.watch(akv, order_id) as changes:
+                async for order in changes:
+                    status = None if order is None else order.status
+                    payload = {"order_id": order_id, "status": status}
                     yield f"data: {json.dumps(payload)}\n\n"
                     if status is None or status == until:
                         return

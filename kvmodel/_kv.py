@@ -53,6 +53,9 @@ from kvmodel.limits import (
 )
 
 __all__ = ["Kv", "open_kv"]
+if TYPE_CHECKING:
+    from kvmodel._queue import QueueDelivery, QueueListener
+
 
 _STRONG = Consistency.STRONG
 _PLAIN_PARTS = frozenset((str, int, bytes, float, bool))
@@ -380,12 +383,20 @@ class Kv:
 
     # -- queue and watch ---------------------------------------------------------
 
-    def listen_queue(self, handler: Callable[[Any], object], *, concurrency: int = 1) -> None:
+    def listen_queue(
+        self,
+        handler: Callable[[Any], object] | Callable[[Any, QueueDelivery], object],
+        *,
+        concurrency: int = 1,
+    ) -> None:
         """Delivers queued values to ``handler`` until the Kv is closed.
 
         A handler that raises is retried after each interval of the message's
         backoff schedule; when the schedule is exhausted the value is written to
         the message's ``keys_if_undelivered``. Delivery is at least once: a
+        A handler with a second positional parameter also gets a
+        :class:`kvmodel.QueueDelivery`: the message's id and attempt number.
+
         message whose listener died is delivered again after the engine's lease
         timeout. With ``concurrency`` > 1, up to that many handlers run at once in
         worker threads.

@@ -4,6 +4,11 @@ The engine owns the queue's state machine (lease, retry after the backoff
 interval, dead-letter keys); this module runs handlers, keeps the leases of
 running handlers alive, and reports every handler failure through ``logging``
 (logger ``kvmodel.queue``), never silently.
+
+A handler that takes a second positional parameter also gets a
+:class:`QueueDelivery` (the message's id and attempt number): the id is what an
+effectively-once handler keys its "done" marker by (docs/how-to/queues.md).
+The handler's signature is inspected once, when the listener starts.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import attrs
 
 from kvmodel._values import decode_value
 from kvmodel.engines.base import QueueMessage
@@ -22,7 +29,14 @@ from kvmodel.errors import InvalidArgumentError, KvError
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
 
-__all__ = ["POLL_INTERVAL", "LeaseKeeper", "QueueListener", "logger"]
+__all__ = [
+    "POLL_INTERVAL",
+    "LeaseKeeper",
+    "QueueDelivery",
+    "QueueListener",
+    "logger",
+    "takes_delivery",
+]
 
 logger = logging.getLogger("kvmodel.queue")
 
@@ -32,6 +46,42 @@ POLL_INTERVAL = 1.0
 Engines wake waiting listeners on every commit and on close, so this bounds
 only how long a lost wake-up could delay a delivery; it is not a busy loop.
 """
+
+
+@attrs.frozen
+class QueueDelivery:
+    """The message a queue handler is running for: its id and this delivery's attempt.
+
+    A handler declared with a second positional parameter,
+    ``def handler(value, delivery)``, receives one. ``id`` is the same on every
+    attempt of a message and never names another message of the database, so
+    a handler can commit its writes together with a "done" marker keyed by it,
+    checking the marker is absent, and so act exactly once per message even
+    though delivery is at least once.
+
+    Attributes:
+        id: names the message (an opaque string, stable across retries).
+        attempt: 1 for the first delivery, 2 for the first retry, ...
+    """
+
+    id: str
+    attempt: int
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def takes_delivery(handler: Callable[..., object]) -> bool:
+    """True when ``handler`` declares a second positional parameter (for a QueueDelivery).
+
+    ``*args`` does not count, so ``print`` and other catch-all callables get the
+    value alone, as before; a callable whose signature cannot be read does too.
+    """
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return sum(1 for p in parameters if p.kind in _POSITIONAL) >= 2
 
 
 def settle(message: QueueMessage, success: bool) -> None:
@@ -98,7 +148,7 @@ class LeaseKeeper:
 class QueueListener:
     """Runs ``handler`` for each message until the Kv closes."""
 
-    def __init__(self, kv: Kv, handler: Callable[[Any], object], *, concurrency: int) -> None:
+    def __init__(self, kv: Kv, handler: Callable[..., object], *, concurrency: int) -> None:
         if not callable(handler):
             raise InvalidArgumentError(f"listen_queue needs a callable handler, not {handler!r}.")
         if inspect.iscoroutinefunction(handler):
@@ -108,6 +158,7 @@ class QueueListener:
             )
         self._kv = kv
         self._handler = handler
+        self._with_delivery = takes_delivery(handler)
         self._concurrency = concurrency
         self._leases = LeaseKeeper(max(kv.engine.lease_timeout / 3, 0.05))
 
@@ -176,7 +227,10 @@ class QueueListener:
             logger.exception("Cannot decode a queue message (attempt %d).", message.attempt)
             return False
         try:
-            self._handler(value)
+            if self._with_delivery:
+                self._handler(value, QueueDelivery(message.id, message.attempt))
+            else:
+                self._handler(value)
         except Exception:
             logger.exception(
                 "Queue handler %r failed on attempt %d.", self._handler, message.attempt

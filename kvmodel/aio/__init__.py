@@ -20,12 +20,15 @@ from kvmodel.aio._kv import (
     OpeningKv,
     open_kv,
 )
+from kvmodel.aio._model_watch import AsyncModelWatch, AsyncModelWatchMany
 from kvmodel.aio._session import AsyncSession, transaction
 
 __all__ = [
     "AsyncAtomicOperation",
     "AsyncKv",
     "AsyncListIterator",
+    "AsyncModelWatch",
+    "AsyncModelWatchMany",
     "AsyncSession",
     "AsyncWatchIterator",
     "OpeningKv",

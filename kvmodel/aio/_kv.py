@@ -23,7 +23,7 @@ from kvmodel._atomic import AtomicBuilder
 from kvmodel._kv import Kv
 from kvmodel._kv import open_kv as _open_sync
 from kvmodel._list import ListState
-from kvmodel._queue import POLL_INTERVAL, LeaseKeeper, settle
+from kvmodel._queue import POLL_INTERVAL, LeaseKeeper, QueueDelivery, settle, takes_delivery
 from kvmodel._records import CommitResult, Entry
 from kvmodel._values import decode_value
 from kvmodel._watch import WatchIterator
@@ -142,12 +142,17 @@ class AsyncKv:
         return AsyncWatchIterator(self._kv.watch(keys, raw=raw))
 
     async def listen_queue(
-        self, handler: Callable[[Any], Awaitable[object]], *, concurrency: int = 1
+        self,
+        handler: Callable[[Any], Awaitable[object]]
+        | Callable[[Any, QueueDelivery], Awaitable[object]],
+        *,
+        concurrency: int = 1,
     ) -> None:
         """Awaits ``handler(value)`` for each queued value until the Kv closes.
 
-        Semantics as :meth:`kvmodel.Kv.listen_queue`; up to ``concurrency``
-        handlers run at once as tasks on this event loop.
+        Semantics as :meth:`kvmodel.Kv.listen_queue`, a second positional
+        parameter included (it gets a :class:`kvmodel.QueueDelivery`); up to
+        ``concurrency`` handlers run at once as tasks on this event loop.
         """
         if not inspect.iscoroutinefunction(handler) and not callable(handler):
             raise InvalidArgumentError(f"listen_queue needs a coroutine function, not {handler!r}.")
@@ -156,6 +161,7 @@ class AsyncKv:
         self._kv._check_open()
         engine = self._kv.engine
         keeper = LeaseKeeper(max(engine.lease_timeout / 3, 0.05))
+        with_delivery = takes_delivery(handler)
         slots = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -171,7 +177,9 @@ class AsyncKv:
                 if message is None:
                     slots.release()
                     continue
-                task = asyncio.create_task(self._deliver(message, handler, keeper, slots))
+                task = asyncio.create_task(
+                    self._deliver(message, handler, with_delivery, keeper, slots)
+                )
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -182,7 +190,8 @@ class AsyncKv:
     async def _deliver(
         self,
         message: QueueMessage,
-        handler: Callable[[Any], Awaitable[object]],
+        handler: Callable[..., Awaitable[object]],
+        with_delivery: bool,
         keeper: LeaseKeeper,
         slots: asyncio.Semaphore,
     ) -> None:
@@ -190,7 +199,10 @@ class AsyncKv:
         success = False
         try:
             value = decode_value(message.payload, message.encoding)
-            result = handler(value)
+            if with_delivery:
+                result = handler(value, QueueDelivery(message.id, message.attempt))
+            else:
+                result = handler(value)
             if inspect.isawaitable(result):
                 await result
             success = True

@@ -256,6 +256,14 @@ class QueueMessage(Protocol):
         """1 for the first delivery, 2 for the first retry, ..."""
         ...
 
+    @property
+    def id(self) -> str:
+        """Names the message: the same on every attempt, never reused by the database.
+
+        Handlers key "already done" markers by it to make their effects happen once.
+        """
+        ...
+
     def renew_lease(self) -> bool:
         """Extends the lease while a handler runs; False if the lease was lost."""
         ...
@@ -368,12 +376,13 @@ class LeasedMessage:
     Subclasses add how to renew and settle their lease.
     """
 
-    __slots__ = ("_attempt", "_encoding", "_payload")
+    __slots__ = ("_attempt", "_encoding", "_message_id", "_payload")
 
-    def __init__(self, payload: bytes, encoding: int, attempt: int) -> None:
+    def __init__(self, payload: bytes, encoding: int, attempt: int, *, message_id: str) -> None:
         self._payload = payload
         self._encoding = encoding
         self._attempt = attempt
+        self._message_id = message_id
 
     @property
     def payload(self) -> bytes:
@@ -389,6 +398,11 @@ class LeasedMessage:
     def attempt(self) -> int:
         """1 for the first delivery, 2 for the first retry, ..."""
         return self._attempt
+
+    @property
+    def id(self) -> str:
+        """Names the message: the same on every attempt, never reused by the database."""
+        return self._message_id
 
     def renew_lease(self) -> bool:
         """Extends the lease while a handler runs; False if the lease was lost."""

@@ -927,6 +927,10 @@ class EtcdEngine:
     def _message_id(self, key: bytes) -> str:
         return key[len(self._queue) :].hex()
 
+    def _stable_id(self, key: bytes) -> str:
+        """The message's id: its key without the ready time, which a retry moves."""
+        return key[len(self._queue) + 8 :].hex()
+
     def _failure_ops(self, key: bytes, record: QueueRecord) -> tuple[list[Json], bool]:
         """The operations that settle a failed delivery, and whether they give up on it.
 
@@ -944,8 +948,13 @@ class EtcdEngine:
                 record.keys_if_undelivered,
                 rest,
             )
-            ready = self._now_ms() + delay
-            ops.append(put_op(self._queue_key(ready, os.urandom(12), 0), retry.pack()))
+            # The retry keeps the key's uid and index (the message's id) and only
+            # moves its ready time, always forward, so the new key is never the
+            # one this transaction deletes.
+            at = len(self._queue)
+            ready = max(self._now_ms() + delay, int.from_bytes(key[at : at + 8], "big") + 1)
+            moved = self._queue + ready.to_bytes(8, "big") + key[at + 8 :]
+            ops.append(put_op(moved, retry.pack()))
             return ops, False
         for k in dict.fromkeys(record.keys_if_undelivered):
             ops.append(put_op(self._data + k, encode_stored(record.payload, record.encoding, None)))
@@ -1127,7 +1136,9 @@ class _EtcdQueueMessage(LeasedMessage):
         lease: int,
         record: QueueRecord,
     ) -> None:
-        super().__init__(record.payload, record.encoding, record.attempt)
+        super().__init__(
+            record.payload, record.encoding, record.attempt, message_id=engine._stable_id(key)
+        )
         self._engine = engine
         self.key = key
         self.lease = lease

@@ -73,7 +73,10 @@ class _MemoryQueueMessage(LeasedMessage):
     __slots__ = ("_engine", "_message", "_token")
 
     def __init__(self, engine: MemoryEngine, message: _Message, token: str) -> None:
-        super().__init__(message.payload, message.encoding, message.attempt)
+        # The sequence number is the message's for life (retries keep the object).
+        super().__init__(
+            message.payload, message.encoding, message.attempt, message_id=str(message.seq)
+        )
         self._engine = engine
         self._message = message
         self._token = token

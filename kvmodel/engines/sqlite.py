@@ -234,7 +234,8 @@ class _SqliteQueueMessage(LeasedMessage):
         encoding: int,
         attempt: int,
     ) -> None:
-        super().__init__(payload, encoding, attempt)
+        # AUTOINCREMENT: a row id is never handed out twice, and a retry keeps its row.
+        super().__init__(payload, encoding, attempt, message_id=str(message_id))
         self._engine = engine
         self._id = message_id
         self._token = token
