@@ -115,14 +115,23 @@ class AsyncSession:
     async def all(
         self,
         model: type[M],
-        *,
+        *pk: Any,
+        start: Any = None,
+        end: Any = None,
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
     ) -> Page[M]:
         """See :meth:`kvmodel.Session.all`."""
         return await self._kv.run(
-            self._session.all, model, limit=limit, reverse=reverse, cursor=cursor
+            self._session.all,
+            model,
+            *pk,
+            start=start,
+            end=end,
+            limit=limit,
+            reverse=reverse,
+            cursor=cursor,
         )
 
     async def find(

@@ -267,11 +267,10 @@ class _Packer:
 def _session_of(kv: Kv, tracked: list[Tracked]) -> Session:
     """A session tracking exactly ``tracked`` (their read state included)."""
     session = Session(kv)
-    identity = session._identity
-    by_id = session._by_id
     for t in tracked:
-        identity[t.key] = t
-        by_id[id(t.obj)] = t
+        # Tracked through the session's own bookkeeping, so a saved object
+        # remembers what it was written as and can be merged into a session later.
+        session._track(t)
     return session
 
 

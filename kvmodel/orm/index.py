@@ -281,6 +281,72 @@ class IndexBase(Generic[M]):
 
         return query.count(self, source, values, start=start, end=end)
 
+    @overload
+    def first(
+        self,
+        source: Session | Kv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        reverse: bool = False,
+    ) -> M | None: ...
+    @overload
+    def first(
+        self,
+        source: AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        reverse: bool = False,
+    ) -> Awaitable[M | None]: ...
+    def first(
+        self,
+        source: Session | Kv | AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        reverse: bool = False,
+    ) -> M | Awaitable[M | None] | None:
+        """The first document :meth:`find` would return (the last with ``reverse``), or None.
+
+        >>> import kvmodel as km
+        >>> class Run(km.Model, prefix="runs"):
+        ...     id: str = km.field(primary_key=True)
+        ...     job: str
+        ...     n: int
+        ...     by_job = km.Index("job", "n")
+        >>> kv = km.open_kv()
+        >>> with km.Session(kv) as s:
+        ...     s.add_all([Run(id=f"r{n}", job="build", n=n) for n in range(3)])
+        >>> Run.by_job.first(kv, "build", reverse=True).n
+        2
+        >>> Run.by_job.exists(kv, "deploy")
+        False
+        """
+        from kvmodel.orm import query
+
+        return query.first(self, source, values, start=start, end=end, reverse=reverse)
+
+    @overload
+    def exists(
+        self, source: Session | Kv, *values: Any, start: Any = None, end: Any = None
+    ) -> bool: ...
+    @overload
+    def exists(
+        self, source: AsyncSession | AsyncKv, *values: Any, start: Any = None, end: Any = None
+    ) -> Awaitable[bool]: ...
+    def exists(
+        self,
+        source: Session | Kv | AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+    ) -> bool | Awaitable[bool]:
+        """Whether :meth:`find` would return at least one document."""
+        from kvmodel.orm import query
+
+        return query.exists(self, source, values, start=start, end=end)
+
     def delete_where(
         self,
         kv: Kv,

@@ -34,9 +34,14 @@ from kvmodel.orm._convert import Key, KeyPart, query_part_converter
 from kvmodel.orm.index import IndexBase
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from kvmodel._kv import Kv
     from kvmodel.aio._kv import AsyncKv
     from kvmodel.aio._model_watch import AsyncModelWatch, AsyncModelWatchMany
+    from kvmodel.aio._session import AsyncSession
+    from kvmodel.orm.query import Page
+    from kvmodel.orm.session import Session
     from kvmodel.orm.watch import ModelWatch, ModelWatchMany
 
 __all__ = ["Model", "ModelInfo", "field", "new_id", "utcnow", "model_info"]
@@ -420,6 +425,28 @@ class ModelInfo:
             return (self.prefix, pk[0])
         return (self.prefix, *self._pk_tuple(pk))
 
+    def pk_prefix_parts(self, values: tuple[Any, ...]) -> tuple[KeyPart, ...]:
+        """Key parts for values of the first primary key fields (a listing's prefix)."""
+        if not self._ready:
+            self.prepare()
+        return tuple(self.pk_part_at(i, v) for i, v in enumerate(values))
+
+    def pk_part_at(self, position: int, value: Any) -> KeyPart:
+        """The key part of a value for the primary key field at ``position``.
+
+        Raises:
+            InvalidKeyError: a None value.
+            InvalidArgumentError: a value of the wrong kind for its field.
+        """
+        if not self._ready:
+            self.prepare()
+        if value is None:
+            raise InvalidKeyError(
+                f"The primary key field {self.name}.{self.pk_fields[position]} is None; "
+                "give it a value."
+            )
+        return self._pk_converters[position](value)
+
     def _pk_tuple(self, values: tuple[Any, ...]) -> tuple[KeyPart, ...]:
         if not self._ready:
             self.prepare()
@@ -678,6 +705,73 @@ class Model(metaclass=ModelMeta):
         # The metaclass consumes ``prefix``, ``version`` and ``expire_in``; this
         # signature lets type checkers accept the class keywords.
         super().__init_subclass__(**kwargs)
+
+    @overload
+    @classmethod
+    def all(
+        cls: type[M],
+        source: Session | Kv,
+        *pk: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M]: ...
+    @overload
+    @classmethod
+    def all(
+        cls: type[M],
+        source: AsyncSession | AsyncKv,
+        *pk: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Awaitable[Page[M]]: ...
+    @classmethod
+    def all(
+        cls: type[M],
+        source: Session | Kv | AsyncSession | AsyncKv,
+        *pk: Any,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        cursor: str | None = None,
+    ) -> Page[M] | Awaitable[Page[M]]:
+        """This model's documents in primary key order, a page at a time.
+
+        ``pk`` gives values of the first primary key fields: for a key
+        ``(post_id, comment_id)``, ``Comment.all(kv, "p1")`` lists the comments
+        of post ``"p1"``. ``start``/``end`` bound the next key field to
+        ``[start, end)``. From a Session the objects join its identity map; from
+        a Kv they are detached; from an AsyncKv or AsyncSession, await the call.
+
+        >>> import kvmodel as km
+        >>> class Comment(km.Model, prefix="comments"):
+        ...     post_id: str = km.field(primary_key=True)
+        ...     n: int = km.field(primary_key=True)
+        ...     text: str = ""
+        >>> kv = km.open_kv()
+        >>> with km.Session(kv) as s:
+        ...     s.add_all([Comment(post_id=p, n=n) for p in ("p1", "p2") for n in range(3)])
+        >>> [(c.post_id, c.n) for c in Comment.all(kv, "p1", start=1)]
+        [('p1', 1), ('p1', 2)]
+        >>> page = Comment.all(kv, "p2", limit=2)
+        >>> len(page), page.has_more, len(Comment.all(kv, "p2", cursor=page.cursor))
+        (2, True, 1)
+
+        Raises:
+            InvalidArgumentError: as many values as key fields (use Session.get),
+                or a value of the wrong kind.
+        """
+        from kvmodel.orm.query import list_documents
+
+        return list_documents(
+            source, cls, pk, start=start, end=end, limit=limit, reverse=reverse, cursor=cursor
+        )
 
     @overload
     @classmethod

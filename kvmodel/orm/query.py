@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
+from kvmodel._options import positive_int
 from kvmodel._text import brief_repr
 from kvmodel.engines.base import Consistency, ReadRange
 from kvmodel.errors import InvalidArgumentError, KvTypeError
@@ -43,8 +44,11 @@ T = TypeVar("T")
 class Page(Sequence[M], Generic[M]):
     """One page of query results: a sequence of objects and the cursor to resume.
 
-    ``cursor`` is "" when the listing is exhausted; otherwise pass it back as
-    ``cursor=`` to get the next page.
+    ``cursor`` is "" when no further page exists; otherwise pass it back as
+    ``cursor=`` to get the next page, which then holds at least one entry.
+    (A page reads one entry past its ``limit`` to know; unlike
+    ``ListIterator.cursor``, which follows Deno.) ``has_more`` says the same as
+    a bool.
     """
 
     __slots__ = ("cursor", "items")
@@ -62,6 +66,11 @@ class Page(Sequence[M], Generic[M]):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def has_more(self) -> bool:
+        """True when another page exists (its first entry was seen past the limit)."""
+        return bool(self.cursor)
 
     def __iter__(self) -> Iterator[M]:
         return iter(self.items)
@@ -213,7 +222,7 @@ def find(
         selector.get("prefix"),
         selector.get("start"),
         selector.get("end"),
-        limit,
+        _peek_limit(limit),
         reverse,
         cursor,
         None if limit is not None else _FIND_BATCH,
@@ -223,28 +232,108 @@ def find(
     def fetch(read: ReadRange) -> list[tuple[RawEntry, RawEntry | None]]:
         return kv.read_linked(read, Consistency.STRONG)
 
-    return _collect(index.info, state, fetch, session, cursor)
+    return _collect(index.info, state, fetch, session, cursor, limit)
 
 
+def _peek_limit(limit: int | None) -> int | None:
+    """A page reads one entry past its limit, to know whether another page exists.
+
+    Raises:
+        InvalidArgumentError: ``limit`` is not a positive int.
+    """
+    if limit is None:
+        return None
+    return positive_int("limit", limit) + 1
+
+
+@overload
 def list_documents(
-    session: Session,
+    source: Session | Kv,
     model: type[M],
+    pk_values: tuple[Any, ...],
     *,
-    limit: int | None,
-    reverse: bool,
-    cursor: str | None,
-) -> Page[M]:
-    """See :meth:`kvmodel.Session.all`: the model's documents, decoded from raw batches."""
+    start: Any = None,
+    end: Any = None,
+    limit: int | None = None,
+    reverse: bool = False,
+    cursor: str | None = None,
+) -> Page[M]: ...
+@overload
+def list_documents(
+    source: AsyncSession | AsyncKv,
+    model: type[M],
+    pk_values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+    limit: int | None = None,
+    reverse: bool = False,
+    cursor: str | None = None,
+) -> Awaitable[Page[M]]: ...
+def list_documents(
+    source: Session | Kv | AsyncSession | AsyncKv,
+    model: type[M],
+    pk_values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+    limit: int | None = None,
+    reverse: bool = False,
+    cursor: str | None = None,
+) -> Page[M] | Awaitable[Page[M]]:
+    """See :meth:`kvmodel.Model.all`: documents in primary key order, under a key prefix.
+
+    ``pk_values`` are the first primary key fields' values; ``start``/``end``
+    bound the next primary key field to ``[start, end)``.
+    """
+    resolved = _sync_source(source)
+    if resolved is None:
+        return run_async(
+            source,
+            lambda sync: list_documents(
+                sync,
+                model,
+                pk_values,
+                start=start,
+                end=end,
+                limit=limit,
+                reverse=reverse,
+                cursor=cursor,
+            ),
+        )
+    kv, session = resolved
     info = model_info(model)
-    kv = session.kv
     attach(kv, info)
+    ranged = start is not None or end is not None
+    room = 1 if ranged else 0
+    if len(pk_values) + room > len(info.pk_fields) or (
+        len(pk_values) == len(info.pk_fields) and len(pk_values) > 0
+    ):
+        raise InvalidArgumentError(
+            f"{info.name} has the primary key fields {info.pk_fields!r}; list under at most "
+            f"{len(info.pk_fields) - 1} of them{' and a range on the next' if ranged else ''}, "
+            f"not {brief_repr(pk_values)}. Use Session.get for one document."
+        )
+    parts = info.pk_prefix_parts(pk_values)
+    base = (info.prefix, *parts)
+    lo = None if start is None else (*base, info.pk_part_at(len(parts), start))
+    hi = None if end is None else (*base, info.pk_part_at(len(parts), end))
     batch_size = None if limit is not None else _LIST_BATCH
-    state = kv.list_state((info.prefix,), None, None, limit, reverse, cursor, batch_size, "strong")
+    state = kv.list_state(
+        None if lo is not None and hi is not None else base,
+        lo,
+        hi,
+        _peek_limit(limit),
+        reverse,
+        cursor,
+        batch_size,
+        "strong",
+    )
 
     def fetch(read: ReadRange) -> list[tuple[RawEntry, RawEntry | None]]:
         return [(doc, doc) for doc in kv.read_range(read, Consistency.STRONG)]
 
-    return _collect(info, state, fetch, session, cursor)
+    return _collect(info, state, fetch, session, cursor, limit)
 
 
 def _collect(
@@ -253,17 +342,33 @@ def _collect(
     fetch: Callable[[ReadRange], list[tuple[RawEntry, RawEntry | None]]],
     session: Session | None,
     cursor: str | None,
+    limit: int | None,
 ) -> Page[Any]:
-    """Reads a listing batch by batch: ``fetch`` gives each ``(listed entry, document)``."""
+    """Reads a listing batch by batch: ``fetch`` gives each ``(listed entry, document)``.
+
+    The listing asks for one entry past ``limit``; seeing it means another
+    page exists, and the page's cursor then stops at its last entry.
+    """
     items: list[Any] = []
     last: bytes | None = None
+    listed = 0
     while not state.stopped():
         read = state.next_read()
         batch = fetch(read)
+        state.advance(read, len(batch), batch[-1][0].key if batch else b"")
+        if limit is not None and listed + len(batch) > limit:
+            batch = batch[: limit - listed]
+            if batch:
+                last = batch[-1][0].key
+            load_documents(info, [doc for _, doc in batch], items, session)
+            assert last is not None  # limit >= 1, so the page holds an entry
+            return Page(items, state.cursor_for(last))
         if batch:
             last = batch[-1][0].key
-        state.advance(read, len(batch), last or b"")
+        listed += len(batch)
         load_documents(info, [doc for _, doc in batch], items, session)
+    if limit is not None:
+        return Page(items, "")  # the entry past the limit was not there
     return Page(items, state.cursor_after(last, cursor))
 
 
@@ -330,3 +435,58 @@ def unique_get(
     found: list[M] = []
     load_documents(index.info, [doc for _, doc in batch], found, session)
     return found[0] if found else None
+
+
+def first(
+    index: IndexBase[M],
+    source: Session | Kv | AsyncSession | AsyncKv,
+    values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+    reverse: bool = False,
+) -> M | Awaitable[M | None] | None:
+    """See :meth:`kvmodel.Index.first`; awaitable for an async source."""
+    resolved = _sync_source(source)
+    if resolved is None:
+        return run_async(
+            source,
+            lambda sync: _first(index, sync, values, start=start, end=end, reverse=reverse),
+        )
+    return _first(
+        index, cast("Session | Kv", source), values, start=start, end=end, reverse=reverse
+    )
+
+
+def _first(
+    index: IndexBase[M],
+    source: Session | Kv,
+    values: tuple[Any, ...],
+    *,
+    start: Any,
+    end: Any,
+    reverse: bool,
+) -> M | None:
+    page = find(index, source, values, start=start, end=end, limit=1, reverse=reverse)
+    return page[0] if page else None
+
+
+def exists(
+    index: IndexBase[Any],
+    source: Session | Kv | AsyncSession | AsyncKv,
+    values: tuple[Any, ...],
+    *,
+    start: Any = None,
+    end: Any = None,
+) -> bool | Awaitable[bool]:
+    """See :meth:`kvmodel.Index.exists`; awaitable for an async source."""
+    resolved = _sync_source(source)
+    if resolved is None:
+        return run_async(
+            source,
+            lambda sync: (
+                _first(index, sync, values, start=start, end=end, reverse=False) is not None
+            ),
+        )
+    sync = cast("Session | Kv", source)
+    return _first(index, sync, values, start=start, end=end, reverse=False) is not None

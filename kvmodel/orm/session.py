@@ -455,17 +455,25 @@ class Session:
     def all(
         self,
         model: type[M],
-        *,
+        *pk: Any,
+        start: Any = None,
+        end: Any = None,
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
     ) -> Page[M]:
-        """The documents of ``model`` in primary key order, a page at a time."""
+        """The documents of ``model`` in primary key order, a page at a time.
+
+        ``pk`` narrows the listing to the documents whose first primary key
+        fields have these values; see :meth:`kvmodel.Model.all`.
+        """
         if self._closed:
             self._check_open()
         from kvmodel.orm.query import list_documents
 
-        return list_documents(self, model, limit=limit, reverse=reverse, cursor=cursor)
+        return list_documents(
+            self, model, pk, start=start, end=end, limit=limit, reverse=reverse, cursor=cursor
+        )
 
     def find(
         self,
