@@ -338,9 +338,45 @@ def encode_value(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, 
         return value, VALUE_ENCODING_BYTES  # type: ignore[return-value]
     if t is KvU64:
         return _LE64.pack(value._value), VALUE_ENCODING_LE64  # type: ignore[attr-defined]
-    if t is dict or t is list or t is tuple:
-        if not _fits(value, limit):
+    if t is dict:
+        # The first level of _fits, inlined: most values are a dict of scalars,
+        # and a call and a level list cost as much as the loop itself here.
+        size = 1 + 2 * len(value)  # type: ignore[arg-type]
+        below: list[Any] | None = None
+        fits = False
+        # A dict too long to fit is not even scanned (its loop could be long).
+        entries = value.items() if size <= limit else ()  # type: ignore[attr-defined]
+        try:
+            for k, v in entries:
+                if type(k) is not str:
+                    break
+                tv = type(v)
+                if tv is str:
+                    size += len(k) + len(v)
+                    continue
+                size += len(k)
+                if tv is int:
+                    if not _MSGPACK_INT_MIN <= v < _U64_LIMIT:
+                        size += _element_cost(v, False)
+                elif tv in _CONTAINERS:
+                    if below is None:
+                        below = [v]
+                    else:
+                        below.append(v)
+                elif tv not in _PLAIN_SCALARS:
+                    cost = _element_cost(v, False)
+                    if cost < 0:
+                        break  # a subclass of a container
+                    size += cost
+            else:
+                fits = size <= limit and (below is None or _fits(below, size, limit, 2))
+        except _Unsupported:
+            pass
+        if not fits and not _fits([value], 1, limit):
             _measure(value, limit)  # raises, unless _fits only met something unusual
+    elif t is list or t is tuple:
+        if not _fits([value], 1, limit):
+            _measure(value, limit)
     elif t is str:
         if len(value) >= limit:  # type: ignore[arg-type]
             _measure(value, limit)
@@ -414,10 +450,12 @@ class _NotAType:
     """Stands for ``str`` in :func:`_measure`'s fast branch when strs must be checked too."""
 
 
-def _fits(value: Any, limit: int) -> bool:
+def _fits(level: list[Any], size: int, limit: int, depth: int = 1) -> bool:
     """The walk of :func:`_measure` for the common case, without its bookkeeping.
 
-    True when ``value`` certainly cannot be refused: its total stays within
+    Walks on from the containers of ``level``, at ``depth``, with ``size``
+    counted so far (``_fits([value], 1, limit)`` walks a whole value). True
+    when the value certainly cannot be refused: its total stays within
     ``limit``, it nests at most 1024 deep, and it holds only str keys, exact
     containers and elements of supported types. False means "ask
     :func:`_measure`", which says exactly what is wrong (or, for what this
@@ -427,9 +465,7 @@ def _fits(value: Any, limit: int) -> bool:
     stops as early and holds as little: a cycle or shared references grow
     the total until it passes ``limit``, or the depth until it passes 1024.
     """
-    size = 1  # the first byte of value; each element's is counted by its container
-    level = [value]
-    depth = 0
+    depth -= 1
     try:
         while True:
             depth += 1
