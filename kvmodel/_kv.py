@@ -12,9 +12,10 @@ import builtins
 import inspect
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmodel._atomic import (
     AtomicOperation,
@@ -52,10 +53,10 @@ from kvmodel.limits import (
     EngineLimits,
 )
 
-__all__ = ["Kv", "open_kv"]
 if TYPE_CHECKING:
     from kvmodel._queue import QueueDelivery, QueueListener
 
+__all__ = ["Kv", "open_kv"]
 
 _STRONG = Consistency.STRONG
 _PLAIN_PARTS = frozenset((str, int, bytes, float, bool))
@@ -107,6 +108,8 @@ class Kv:
         self._closed = False
         self._close_lock = threading.Lock()
         self._collector: _ExpiryCollector | None = None
+        self._listeners: set[QueueListener] = set()
+        _LIVE_KVS.add(self)
         if engine.capabilities.durable:
             # A durable store may hold expiring keys that other Kvs (or an
             # earlier run) wrote: collect them too, not only our own.
@@ -406,7 +409,14 @@ class Kv:
         self._check_open()
         concurrency = positive_int("concurrency", concurrency)
         listener = QueueListener(self, handler, concurrency=concurrency)
-        listener.run()
+        with self._close_lock:
+            self._check_open()
+            self._listeners.add(listener)  # so close() can join its lease thread
+        try:
+            listener.run()
+        finally:
+            with self._close_lock:
+                self._listeners.discard(listener)
 
     def watch(self, keys: Sequence[Sequence[Any]], *, raw: bool = False) -> WatchIterator:
         """Streams the entries of up to 10 keys: now, then after every change.
@@ -456,15 +466,29 @@ class Kv:
     # -- lifetime ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the Kv: watches and listeners end, later calls raise KvClosedError."""
+        """Closes the Kv: watches and listeners end, later calls raise KvClosedError.
+
+        When it returns, the Kv's background threads (expiry collection, lease
+        renewal, the engine's own) have ended and the engine's connections are
+        closed, so the process may fork. ``listen_queue`` calls return soon
+        after, in their own threads.
+        """
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
             collector = self._collector
+            listeners = list(self._listeners)
         if collector is not None:
             collector.stop()
+        # The engine first: it interrupts a collection or a lease renewal in
+        # flight, so the joins below do not wait for a lock or a busy timeout.
         self._engine.close()
+        current = threading.current_thread()
+        if collector is not None and collector is not current:
+            collector.join()
+        for listener in listeners:
+            listener.stop_leases()
 
     def __enter__(self) -> Kv:
         return self
@@ -482,8 +506,29 @@ class Kv:
         return f"<kvmodel.Kv {type(self._engine).__name__} {state}>"
 
 
+_LIVE_KVS: weakref.WeakSet[Kv] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread survives a fork: locks other threads held stay
+    # held for ever, and the collector and lease threads are gone. A Kv that
+    # crossed the fork gets fresh locks and no threads; the engine decides
+    # whether it still works (SqliteEngine refuses, MemoryEngine is a copy).
+    for kv in list(_LIVE_KVS):
+        kv._close_lock = threading.Lock()
+        kv._collector = None
+        kv._listeners = set()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _ExpiryCollector(threading.Thread):
-    """Deletes expired keys in the background, sleeping until the next deadline."""
+    """Deletes expired keys in the background, sleeping until the next deadline.
+
+    :meth:`Kv.close` stops it and joins it after closing the engine, whose
+    calls then raise at once, so the join is short.
+    """
 
     # Without a known deadline, look again now and then for keys that other
     # processes wrote.

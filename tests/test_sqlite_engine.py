@@ -17,6 +17,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+import kvmodel as km
 from kvmodel.engines.base import (
     VALUE_ENCODING_BYTES,
     VALUE_ENCODING_LE64,
@@ -76,6 +77,11 @@ def get(engine: SqliteEngine, key: bytes) -> RawEntry | None:
 def digest(path: Path) -> str:
     """The sha256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def directory_state(directory: Path) -> dict[str, tuple[str, int]]:
+    """Every file of a directory: name -> (sha256, mtime in ns)."""
+    return {f.name: (digest(f), f.stat().st_mtime_ns) for f in sorted(directory.iterdir())}
 
 
 @pytest.fixture
@@ -144,16 +150,16 @@ def test_reopen_keeps_data(db: Path) -> None:
 
 
 def test_newer_schema_is_refused_and_file_unchanged(db: Path) -> None:
-    """A kvmodel file with a newer schema version raises EngineError and is not touched."""
+    """A kvmodel file with a newer schema version raises EngineError; no file changes or appears."""
     make_kvmodel_file(db, keys=2)
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
-    before = digest(db)
+    before = directory_state(db.parent)
     with pytest.raises(EngineError, match="newer"):
         SqliteEngine(db)
-    assert digest(db) == before
+    assert directory_state(db.parent) == before
 
 
 def _garbage(path: Path) -> None:
@@ -192,6 +198,40 @@ def _other_app_id(path: Path) -> None:
     conn.close()
 
 
+def _other_app_wal(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+
+
+def _drop_table(name: str) -> object:
+    def make(path: Path) -> None:
+        make_kvmodel_file(path, keys=3)
+        conn = sqlite3.connect(path)
+        conn.execute(f"DROP TABLE {name}")
+        conn.commit()
+        conn.close()
+
+    return make
+
+
+def _kvmodel_id_version_0(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("CREATE TABLE kv (k BLOB PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+
+
+def _rollback_mode_without_kv(path: Path) -> None:
+    _drop_table("kv")(path)  # type: ignore[operator]
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -201,17 +241,74 @@ def _other_app_id(path: Path) -> None:
         (_truncated_at_page, "truncated"),
         (_other_app, "another application"),
         (_other_app_id, "another application"),
+        (_other_app_wal, "another application"),
+        (_drop_table("kv"), "damaged kvmodel database .*no table kv"),
+        (_drop_table("queue"), "damaged kvmodel database .*no table queue"),
+        (_drop_table("commit_counter"), "no table commit_counter"),
+        (_kvmodel_id_version_0, "damaged kvmodel database .*schema version 0"),
+        (_rollback_mode_without_kv, "no table kv"),
     ],
-    ids=["garbage", "short-header", "truncated", "truncated-at-page", "other-app", "other-app-id"],
+    ids=[
+        "garbage",
+        "short-header",
+        "truncated",
+        "truncated-at-page",
+        "other-app",
+        "other-app-id",
+        "other-app-wal",
+        "no-kv-table",
+        "no-queue-table",
+        "no-counter-table",
+        "kvmodel-id-version-0",
+        "rollback-mode-no-kv-table",
+    ],
 )
 def test_bad_file_is_refused_and_unchanged(db: Path, make: object, message: str) -> None:
-    """A file kvmodel must not use raises EngineError and keeps its exact bytes."""
+    """A file kvmodel must not use raises EngineError; no file beside it changes or appears."""
     make(db)  # type: ignore[operator]
-    before = digest(db)
+    before = directory_state(db.parent)
     with pytest.raises(EngineError, match=message):
         SqliteEngine(db)
-    assert digest(db) == before
-    assert not (db.parent / (db.name + "-wal")).exists()
+    assert directory_state(db.parent) == before
+    with pytest.raises(EngineError, match=message):
+        km.open_kv(db)
+    assert directory_state(db.parent) == before
+
+
+def test_refused_file_is_read_with_locks_while_a_writer_has_it_open(db: Path) -> None:
+    """Another application's WAL database in use (-wal present) is refused, its data intact."""
+    _other_app_wal(db)
+    owner = sqlite3.connect(db, isolation_level=None)
+    try:
+        owner.execute("INSERT INTO users (name) VALUES ('ada')")  # lives in the -wal file
+        with pytest.raises(EngineError, match="another application"):
+            SqliteEngine(db)
+        assert owner.execute("SELECT name FROM users").fetchall() == [("ada",)]
+    finally:
+        owner.close()
+
+
+def test_second_engine_in_a_process_keeps_the_first_ones_locks(db: Path) -> None:
+    """Opening a file a second time in one process does not drop the first engine's locks.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds
+    on it, so the second open must not read the header through a descriptor
+    of its own. While the first engine holds its shared lock, another process
+    closing its connection cannot take the exclusive lock that lets it
+    checkpoint and delete the -wal and -shm files under the first engine.
+    """
+    first = SqliteEngine(db)
+    try:
+        first.atomic_write(AtomicWrite(mutations=(set_(k("a")),)))
+        SqliteEngine(db).close()
+        code = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('SELECT 1 FROM kv')"
+        subprocess.run([sys.executable, "-c", code, str(db)], check=True)
+        assert (db.parent / (db.name + "-wal")).exists()
+        assert first.atomic_write(AtomicWrite(mutations=(set_(k("b")),))).ok
+    finally:
+        first.close()
+    with SqliteEngine(db) as e:
+        assert get(e, k("a")) is not None and get(e, k("b")) is not None
 
 
 def test_read_only_file_is_refused_and_unchanged(db: Path) -> None:
@@ -848,3 +945,128 @@ def test_queue_payload_columns_round_trip(db: Path) -> None:
     finally:
         conn.close()
     assert msgpack.unpackb(keys) == [k("a")] and msgpack.unpackb(schedule) == [5, 6]
+
+
+# ---------------------------------------------------------------------------
+# Closing and forking
+
+
+def _kvmodel_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("kvmodel")]
+
+
+def test_close_ends_every_kvmodel_thread_and_connection(db: Path) -> None:
+    """Kv.close() returns once the collector, poller and lease threads and all connections ended."""
+    assert _kvmodel_threads() == []
+    kv = km.open_kv(db, lease_timeout=0.3)
+    engine = kv.engine
+    assert isinstance(engine, SqliteEngine)
+    kv.set(("soon",), 1, expire_in=0.01)
+    kv.set(("later",), 1, expire_in=3600)  # the collector then sleeps until this one
+    handling = threading.Event()
+    release = threading.Event()
+
+    def handler(value: object) -> None:
+        handling.set()
+        release.wait(10)
+
+    kv.enqueue("m")
+    listener = threading.Thread(target=kv.listen_queue, args=(handler,))
+    listener.start()
+    stream = kv.watch([("w",)])
+    next(stream)
+    watcher = threading.Thread(target=lambda: list(stream))  # blocks on the poller
+    watcher.start()
+    assert handling.wait(10)
+    names = set(_kvmodel_threads())
+    assert {"kvmodel-expiry", "kvmodel-sqlite-poller", "kvmodel-lease"} <= names, names
+    kv.close()
+    assert _kvmodel_threads() == []
+    assert engine._conns == set() and engine._pool == []
+    release.set()
+    listener.join(10)
+    watcher.join(10)
+    assert not listener.is_alive() and not watcher.is_alive()
+
+
+def test_close_interrupts_a_commit_waiting_for_the_lock(db: Path) -> None:
+    """A commit waiting for a lock raises KvClosedError when the engine closes."""
+    engine = SqliteEngine(db, busy_timeout=60)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    outcome: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            engine.atomic_write(AtomicWrite(mutations=(set_(k("a")),)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=commit)
+    t.start()
+    try:
+        while not engine._conns - set(engine._pool) - {engine._poller_conn}:
+            time.sleep(0.001)  # until the commit holds a connection
+        engine.close()
+        assert engine._conns == set()
+        t.join(10)
+        assert not t.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], KvClosedError)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def _in_child(body: object) -> int:
+    """Runs ``body()`` in a forked child; returns its exit code (0: it returned normally)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()  # type: ignore[operator]
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_kv_open_at_fork_raises_in_the_child_and_keeps_working_in_the_parent(db: Path) -> None:
+    """In a forked child, a Kv open at the fork and its file raise EngineError; close() works."""
+    kv = km.open_kv(db)
+    kv.set(("a",), 1)
+
+    def child() -> None:
+        for call in (lambda: kv.get(("a",)), lambda: kv.set(("a",), 2), lambda: km.open_kv(db)):
+            with pytest.raises(EngineError, match="fork"):
+                call()
+        with pytest.raises(EngineError, match="fork"):
+            kv.listen_queue(lambda value: None)
+        kv.close()
+        assert kv.closed
+
+    try:
+        assert _in_child(child) == 0
+        assert kv.get(("a",)).value == 1
+        assert kv.set(("a",), 3).ok
+    finally:
+        kv.close()
+    with km.open_kv(db) as again:
+        assert again.get(("a",)).value == 3
+
+
+def test_kv_closed_before_fork_lets_the_child_open_the_file(db: Path) -> None:
+    """After close(), forked children open the file afresh and every acknowledged sum counts."""
+    kv = km.open_kv(db)
+    kv.set(("n",), km.KvU64(0), expire_in=0.001)  # keeps the collector busy
+    kv.close()
+
+    def child() -> None:
+        with km.open_kv(db) as mine:
+            for _ in range(20):
+                assert mine.atomic().sum(("n",), km.KvU64(1)).commit().ok
+
+    codes = [_in_child(child) for _ in range(3)]
+    assert codes == [0, 0, 0]
+    with km.open_kv(db) as kv:
+        assert kv.get(("n",)).value == km.KvU64(60)

@@ -68,7 +68,12 @@ class Poller:
             self._waiters -= 1
 
     def close(self) -> None:
-        """Stops the thread and closes the poller's connection."""
+        """Stops the thread, waits until it has ended, and closes the poller's connection.
+
+        The join has no timeout: the thread sleeps at most one short interval
+        (or on the condition, which this notifies) between quick reads, and a
+        thread left running would still own a connection (fork safety).
+        """
         with self._cond:
             if self._closed:
                 return
@@ -78,7 +83,7 @@ class Poller:
         if thread is None:
             self._conn.close()
         elif thread is not threading.current_thread():
-            thread.join(timeout=5.0)  # the thread closes its own connection
+            thread.join()  # the thread closes its own connection
 
     def _run(self) -> None:
         # Per tick, with someone waiting (measured, 100 ticks/s on this VM):

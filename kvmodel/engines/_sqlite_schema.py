@@ -10,6 +10,7 @@ intact. The engine itself is in :mod:`kvmodel.engines.sqlite`.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 
@@ -74,6 +75,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code writes (``PRAGMA user_version``)."""
+
+
+def tables_of_version(version: int) -> frozenset[str]:
+    """The tables a kvmodel file of schema ``version`` must have (created by its migrations)."""
+    return frozenset(
+        match.group(1)
+        for migration in MIGRATIONS[:version]
+        for statement in migration
+        if (match := re.match(r"\s*CREATE TABLE (\w+)", statement))
+    )
+
 
 # ---------------------------------------------------------------------------
 # Statements.
@@ -265,13 +277,34 @@ def inspect_header(path: str) -> None:
         )
 
 
+def read_identity(conn: sqlite3.Connection) -> tuple[int, int, list[str]]:
+    """A file's application id, schema version and table names, read on ``conn``."""
+    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = [
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+    ]
+    return application_id, user_version, tables
+
+
 def check_identity(path: str, application_id: int, user_version: int, tables: list[str]) -> None:
-    """Refuses another application's database or a newer kvmodel schema."""
+    """Refuses another application's database, a damaged or a newer kvmodel schema."""
     if application_id == APPLICATION_ID:
         if user_version > SCHEMA_VERSION:
             raise EngineError(
                 f"The database {path!r} has kvmodel schema version {user_version}, newer than "
                 f"version {SCHEMA_VERSION} which this kvmodel understands; upgrade kvmodel."
+            )
+        # kvmodel sets its application id and version in the transaction that
+        # creates the tables, so a missing table means damage, not a half-made file.
+        missing = sorted(tables_of_version(max(user_version, 0)) - set(tables))
+        if user_version < 1 or missing:
+            lacks = f", no table {', '.join(missing)}" if missing else ""
+            raise EngineError(
+                f"The file {path!r} is a damaged kvmodel database (kvmodel's application "
+                f"id, schema version {user_version}{lacks}); "
+                "restore it from a backup or choose another path."
             )
         return
     if application_id != 0 or tables:
@@ -282,17 +315,40 @@ def check_identity(path: str, application_id: int, user_version: int, tables: li
         )
 
 
+_SIDE_FILES = ("-wal", "-journal")
+
+
 def inspect_database(path: str) -> None:
-    """Opens an existing file read-only and refuses it unless kvmodel may use it."""
-    uri = "file:" + _uri_path(path) + "?mode=ro"
+    """Reads an existing file without changing it and refuses it unless kvmodel may use it.
+
+    With no ``-wal`` or ``-journal`` beside the file, nobody is writing it and
+    the file alone holds every commit, so it is opened with ``immutable=1``:
+    SQLite then takes no lock and creates no ``-shm`` or ``-wal`` file, and a
+    refused file leaves its directory exactly as it was (a plain read-only
+    connection to a WAL database creates both and leaves them behind).
+    A side file means a live (or crashed) writer: then the file is read with
+    locks, ``mode=ro``, so the WAL's commits are seen. If a writer appeared
+    while the lock-free read ran and the read refused the file, it is read
+    again with locks before the refusal stands.
+    """
+    live = any(os.path.exists(path + suffix) for suffix in _SIDE_FILES)
+    try:
+        identity = _read_file_identity(path, immutable=not live)
+        check_identity(path, *identity)
+    except EngineError:
+        if live or not any(os.path.exists(path + suffix) for suffix in _SIDE_FILES):
+            raise
+        check_identity(path, *_read_file_identity(path, immutable=False))
+
+
+def _read_file_identity(path: str, *, immutable: bool) -> tuple[int, int, list[str]]:
+    uri = "file:" + _uri_path(path) + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise EngineError(f"Cannot open the database file {path!r}: {exc}.") from exc
     try:
-        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+        return read_identity(conn)
     except sqlite3.Error as exc:
         raise EngineError(
             f"The file {path!r} is not a readable SQLite database ({exc}); "
@@ -300,7 +356,6 @@ def inspect_database(path: str) -> None:
         ) from exc
     finally:
         conn.close()
-    check_identity(path, application_id, user_version, tables)
 
 
 def _uri_path(path: str) -> str:
