@@ -168,7 +168,10 @@ def _has_keys(kv: Kv, prefix: str) -> bool:
 
 
 def _index_description(index: IndexBase[Any], state: str) -> dict[str, Any]:
-    return {"fields": list(index.fields), "unique": index.unique, "state": state}
+    described = {"fields": list(index.fields), "unique": index.unique, "state": state}
+    if index.each:
+        described["each"] = True
+    return described
 
 
 def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
@@ -184,6 +187,7 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
                 isinstance(known, dict)
                 and known.get("fields") == list(index.fields)
                 and known.get("unique") == index.unique
+                and known.get("each", False) == index.each
                 and known.get("state") in (READY, BUILDING)
             ):
                 continue

@@ -457,8 +457,8 @@ def delete_where(
             packer.skipped += 1
             return None
         form = info.indexed_form(entry.value, t.key)
-        found = index._entry(form, t.pk, b"")
-        if found is None or not matches(found[0]):
+        found = index._entries(form, t.pk, b"")
+        if not any(matches(key) for key, _ in found):
             packer.skipped += 1
             return None
         return _stored(t.obj, info, t.key, entry.value, entry.versionstamp)

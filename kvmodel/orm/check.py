@@ -101,22 +101,10 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
             form = info.indexed_form(entry.value, entry.key)
             target = encode_key(entry.key)
             for index in info.indexes:
-                e = index._entry(form, pk, target)
-                if e is None:
-                    continue
-                key, value = e
-                if key in expected[index.key_prefix]:
-                    problems.append(
-                        IndexProblem(
-                            "duplicate",
-                            index.qualname,
-                            key,
-                            f"documents {owners[key]!r} and {entry.key!r} share this value",
-                        )
+                for key, value in index._entries(form, pk, target):
+                    _expect(
+                        expected[index.key_prefix], owners, problems, index, key, value, entry.key
                     )
-                    continue
-                expected[index.key_prefix][key] = value
-                owners[key] = entry.key
         for index in info.indexes:
             want = expected[index.key_prefix]
             seen: set[Key] = set()
@@ -150,6 +138,30 @@ def check_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
                     )
                 )
     return IndexReport(tuple(problems), n_docs, n_entries)
+
+
+def _expect(
+    want: dict[Key, Any],
+    owners: dict[Key, Key],
+    problems: list[IndexProblem],
+    index: IndexBase[Any],
+    key: Key,
+    value: Any,
+    doc_key: Key,
+) -> None:
+    """Records an entry a document implies; a unique key two documents imply is a duplicate."""
+    if key in want:
+        problems.append(
+            IndexProblem(
+                "duplicate",
+                index.qualname,
+                key,
+                f"documents {owners[key]!r} and {doc_key!r} share this value",
+            )
+        )
+        return
+    want[key] = value
+    owners[key] = doc_key
 
 
 def _orphans(kv: Kv, info: ModelInfo) -> list[IndexProblem]:

@@ -15,12 +15,20 @@ None in any indexed field has no entry in that index.
 
 from __future__ import annotations
 
+import collections.abc
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from kvmodel.errors import DecodeError, InvalidArgumentError, ModelDefinitionError
 from kvmodel.keys import decode_key
-from kvmodel.orm._convert import Key, KeyPart, form_part_converter, query_part_converter
+from kvmodel.orm._convert import (
+    Key,
+    KeyPart,
+    form_part_converter,
+    plain_type,
+    query_part_converter,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -37,6 +45,29 @@ __all__ = ["Index", "IndexBase", "Unique", "pointed_key"]
 
 M = TypeVar("M", bound="Model")
 M2 = TypeVar("M2", bound="Model")
+
+
+_COLLECTIONS = (list, set, frozenset, tuple)
+
+
+def _element_type(tp: Any, what: str, *, strict: bool = True) -> Any:
+    """The element type of a list, set, frozenset or ``tuple[X, ...]`` field type.
+
+    With ``strict`` a type that is no such collection raises; without, None.
+    """
+    tp = plain_type(tp)
+    origin = typing.get_origin(tp) or tp
+    args = typing.get_args(tp)
+    if origin in (list, set, frozenset, collections.abc.Sequence, collections.abc.Set) or (
+        origin is tuple and len(args) == 2 and args[1] is Ellipsis
+    ):
+        return args[0] if args else Any
+    if strict:
+        raise ModelDefinitionError(
+            f"{what} has each=True, so its first field must be a list, set, frozenset or "
+            f"tuple[X, ...] of indexable values, not {tp!r}."
+        )
+    return None
 
 
 def pointed_key(value: object) -> Key | None:
@@ -62,13 +93,16 @@ class IndexBase(Generic[M]):
         "_converters",
         "_info",
         "_query_converters",
+        "each",
         "fields",
         "key_prefix",
         "model",
         "name",
     )
 
-    def __init__(self, *fields: str) -> None:
+    def __init__(self, *fields: str, each: bool = False) -> None:
+        if not isinstance(each, bool):
+            raise ModelDefinitionError(f"each= takes True or False, not {each!r}.")
         if not fields:
             raise ModelDefinitionError(f"{type(self).__name__}() needs at least one field name.")
         for f in fields:
@@ -79,6 +113,9 @@ class IndexBase(Generic[M]):
         if len(set(fields)) != len(fields):
             raise ModelDefinitionError(f"{type(self).__name__}{fields!r} repeats a field.")
         self.fields: tuple[str, ...] = fields
+        # each=True: the first field holds a list, set or tuple, and the
+        # document has one entry per element (a multi-value index).
+        self.each = each
         self.name = ""
         self.model: type[M] | None = None
         self.key_prefix = ""
@@ -93,7 +130,7 @@ class IndexBase(Generic[M]):
 
     def _copy(self) -> IndexBase[M]:
         """An unbound copy, for a subclass that inherits this index."""
-        return type(self)(*self.fields)
+        return type(self)(*self.fields, each=self.each)
 
     def _bind(self, model: type[Any], info: ModelInfo) -> None:
         self.model = model
@@ -104,11 +141,22 @@ class IndexBase(Generic[M]):
         """Picks the form-to-key-part conversion of each field from its declared type."""
         if self._converters is not None:
             return
+        field_types = [types[f] for f in self.fields]
+        if self.each:
+            field_types[0] = _element_type(types[self.fields[0]], f"{self.qualname}")
+        elif _element_type(types[self.fields[0]], "", strict=False) is not None:
+            raise ModelDefinitionError(
+                f"{self.qualname} indexes the collection field {self.fields[0]!r}; declare it "
+                f"with each=True (km.{type(self).__name__}({self.fields[0]!r}, each=True)) "
+                "to index every element."
+            )
         self._converters = tuple(
-            (f, form_part_converter(types[f], f"{self.qualname}.{f}")) for f in self.fields
+            (f, form_part_converter(t, f"{self.qualname}.{f}"))
+            for f, t in zip(self.fields, field_types, strict=True)
         )
         self._query_converters = tuple(
-            query_part_converter(types[f], f"{self.qualname}.{f}") for f in self.fields
+            query_part_converter(t, f"{self.qualname}.{f}")
+            for f, t in zip(self.fields, field_types, strict=True)
         )
 
     @property
@@ -130,35 +178,51 @@ class IndexBase(Generic[M]):
         return info
 
     def __repr__(self) -> str:
-        fields = ", ".join(repr(f) for f in self.fields)
+        fields = ", ".join(repr(f) for f in self.fields) + (", each=True" if self.each else "")
         where = f" {self.qualname}" if self.model is not None else ""
         return f"<{type(self).__name__}({fields}){where}>"
 
     # -- keys --------------------------------------------------------------------
 
     def values_of(self, form: dict[str, Any]) -> tuple[KeyPart, ...] | None:
-        """The key parts of a document's indexed values, or None if one is None."""
-        parts = []
-        for name, convert in self._converters or ():
+        """The key parts of a document's indexed values, or None if one is None
+        (for an ``each=True`` index, of its first element)."""
+        found = self._values(form)
+        return found[0] if found else None
+
+    def _values(self, form: dict[str, Any]) -> list[tuple[KeyPart, ...]]:
+        """Every tuple of key parts a document has in this index (one per element
+        for ``each=True``, without repeats); empty when a value is None."""
+        converters = self._converters or ()
+        rest = []
+        for name, convert in converters[1:]:
             value = form.get(name)
             if value is None:
-                return None
-            parts.append(convert(value))
-        return tuple(parts)
+                return []
+            rest.append(convert(value))
+        if not converters:
+            return []
+        name, convert = converters[0]
+        first = form.get(name)
+        if first is None:
+            return []
+        if not self.each:
+            return [(convert(first), *rest)]
+        if not isinstance(first, list | tuple | set | frozenset):
+            return []  # a stored value of another shape: no entries
+        parts = dict.fromkeys(convert(v) for v in first if v is not None)
+        return [(p, *rest) for p in parts]
 
-    def _entry(
+    def _entries(
         self, form: dict[str, Any], pk: tuple[KeyPart, ...], target: bytes
-    ) -> tuple[Key, bytes] | None:
-        """The ``(key, value)`` of a document's entry in this index, or None.
+    ) -> list[tuple[Key, bytes]]:
+        """The ``(key, value)`` of each of a document's entries in this index.
 
         ``target`` is the document's encoded primary key: every entry's value.
         """
-        parts = self.values_of(form)
-        if parts is None:
-            return None
         if self.unique:
-            return (self.key_prefix, *parts), target
-        return (self.key_prefix, *parts, *pk), target
+            return [((self.key_prefix, *parts), target) for parts in self._values(form)]
+        return [((self.key_prefix, *parts, *pk), target) for parts in self._values(form)]
 
     def key_parts(self, values: tuple[Any, ...], *, room: int = 0) -> tuple[KeyPart, ...]:
         """Key parts for query values given for the first fields of the index.
@@ -404,7 +468,7 @@ class Index(IndexBase[M]):
 
     # Typed as Index[Any] so that a bare ``by_x = km.Index("x")`` in a class body
     # needs no annotation; ``__get__`` then binds the owner model's type.
-    def __new__(cls, *fields: str) -> Index[Any]:
+    def __new__(cls, *fields: str, each: bool = False) -> Index[Any]:
         return super().__new__(cls)
 
     def __get__(self, instance: object, owner: type[M2]) -> Index[M2]:
@@ -421,7 +485,7 @@ class Unique(IndexBase[M]):
     unique: ClassVar[bool] = True
     __slots__ = ()
 
-    def __new__(cls, *fields: str) -> Unique[Any]:
+    def __new__(cls, *fields: str, each: bool = False) -> Unique[Any]:
         return super().__new__(cls)
 
     def __get__(self, instance: object, owner: type[M2]) -> Unique[M2]:

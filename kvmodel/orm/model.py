@@ -466,9 +466,8 @@ class ModelInfo:
             return entries
         target = encode_key((self.prefix, *pk))
         for index in self.indexes:
-            entry = index._entry(form, pk, target)
-            if entry is not None:
-                entries[entry[0]] = entry[1]
+            for key, value in index._entries(form, pk, target):
+                entries[key] = value
         return entries
 
     def current_doc(self, doc: Any, key: Key) -> dict[str, Any]:
