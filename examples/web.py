@@ -11,7 +11,8 @@ Routes:
 - ``GET /orders/{id}``
 - ``PATCH /orders/{id}`` with ``{"status": ...}`` (optimistic retries inside)
 - ``GET /customers/{customer_id}/orders?limit=20&cursor=...`` (newest first;
-  the reply's ``cursor`` fetches the next page)
+  ``has_more`` says whether another page exists, and the reply's ``cursor``
+  fetches it)
 - ``GET /orders/{id}/events?until=shipped``: one ``data:`` line per status change,
   starting with the current one; it ends at ``until`` (if given) or when the server stops.
 """
@@ -106,7 +107,11 @@ def create_app(kv: km.Kv) -> Starlette:
             )
         except (ValueError, km.InvalidArgumentError) as exc:
             return _bad_request(str(exc))
-        return JSONResponse({"orders": [order_json(o) for o in orders], "cursor": cursor})
+        # A page's cursor is "" exactly when no further page exists (Page.has_more),
+        # so a client stops without fetching an empty page.
+        return JSONResponse(
+            {"orders": [order_json(o) for o in orders], "cursor": cursor, "has_more": bool(cursor)}
+        )
 
     async def events(request: Request) -> Response:
         order_id = request.path_params["order_id"]
