@@ -1035,9 +1035,17 @@ def test_kv_open_at_fork_raises_in_the_child_and_keeps_working_in_the_parent(db:
     """In a forked child, a Kv open at the fork and its file raise EngineError; close() works."""
     kv = km.open_kv(db)
     kv.set(("a",), 1)
+    stream = kv.watch([("a",)])
+    next(stream)
 
     def child() -> None:
-        for call in (lambda: kv.get(("a",)), lambda: kv.set(("a",), 2), lambda: km.open_kv(db)):
+        calls = (
+            lambda: kv.get(("a",)),
+            lambda: kv.set(("a",), 2),
+            lambda: next(stream),  # would wait for ever: nothing wakes it in the child
+            lambda: km.open_kv(db),
+        )
+        for call in calls:
             with pytest.raises(EngineError, match="fork"):
                 call()
         with pytest.raises(EngineError, match="fork"):
@@ -1048,6 +1056,7 @@ def test_kv_open_at_fork_raises_in_the_child_and_keeps_working_in_the_parent(db:
     try:
         assert _in_child(child) == 0
         assert kv.get(("a",)).value == 1
+        stream.close()
         assert kv.set(("a",), 3).ok
     finally:
         kv.close()

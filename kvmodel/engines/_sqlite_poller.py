@@ -85,6 +85,17 @@ class Poller:
         elif thread is not threading.current_thread():
             thread.join()  # the thread closes its own connection
 
+    def disown_after_fork(self) -> None:
+        """In a forked child: stops for good without touching the inherited connection.
+
+        The thread did not survive the fork, and a lock it held stays held:
+        the poller gets a fresh condition and never starts a thread again.
+        """
+        self._cond = threading.Condition()
+        self._closed = True
+        self._thread = None
+        self._waiters = 0
+
     def _run(self) -> None:
         # Per tick, with someone waiting (measured, 100 ticks/s on this VM):
         # a thread wake-up by time.sleep costs about 0.26% of a core, a timed

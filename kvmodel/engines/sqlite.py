@@ -274,12 +274,16 @@ class _SqliteWatchStream(PollingWatchStream):
         clock: Clock,
         expiry_deadline: Callable[[], float | None],
         poller: Poller,
+        raise_if_forked: Callable[[], None],
     ) -> None:
         super().__init__(signal, read, clock=clock, expiry_deadline=expiry_deadline)
         self._poller = poller
+        self._raise_if_forked = raise_if_forked
 
     def next(self, timeout: float | None = None) -> list[RawEntry | None] | None:
         """See :meth:`kvmodel.engines.base.WatchStream.next`."""
+        # In a forked child nothing would ever wake this wait: raise instead.
+        self._raise_if_forked()
         self._poller.add_waiter()
         try:
             return super().next(timeout)
@@ -537,6 +541,7 @@ class SqliteEngine:
         self._conns = set()
         self._pool = []
         self._conns_cond = threading.Condition(threading.Lock())
+        self._poller.disown_after_fork()
         self._close_lock = threading.Lock()
         self._forked_from = self._forked_from or os.getppid()
         self._closed = True
@@ -633,6 +638,10 @@ class SqliteEngine:
         if self._closed:
             raise self._closed_error()
 
+    def _raise_if_forked(self) -> None:
+        if self._forked_from is not None:
+            raise self._closed_error()
+
     def _wrap(self, exc: sqlite3.Error, doing: str) -> Exception:
         if self._forked_from is not None:
             return self._closed_error()
@@ -718,7 +727,10 @@ class SqliteEngine:
         if self._closed:
             self._raise_if_closed()
         pool = self._pool
-        conn = pool.pop() if pool else self._acquire()
+        try:
+            conn = pool.pop()
+        except IndexError:  # (not "if pool": another thread may empty it meanwhile)
+            conn = self._acquire()
         try:
             if len(ranges) == 1:
                 r = ranges[0]
@@ -987,8 +999,7 @@ class SqliteEngine:
         (its listener died) is delivered again. Returns None on timeout or once
         the engine is closed.
         """
-        if self._forked_from is not None:
-            raise self._closed_error()  # not None, which would make a listener spin
+        self._raise_if_forked()  # not None, which would make a listener spin
         deadline = time.monotonic() + max(0.0, timeout)
         poller: Poller | None = None
         try:
@@ -1255,6 +1266,7 @@ class SqliteEngine:
             clock=self._clock,
             expiry_deadline=expiry_deadline,
             poller=self._poller,
+            raise_if_forked=self._raise_if_forked,
         )
 
     def collect_expired(self) -> float | None:
