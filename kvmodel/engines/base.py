@@ -18,6 +18,11 @@ read for indexes:
   some keys, woken whenever they may have changed.
 * :meth:`Engine.close` releases everything and wakes every blocked caller.
 
+One optional capability sits beside the protocol: an engine that can read its
+whole keyspace at one point, however long that takes, offers
+``open_snapshot() -> Snapshot`` (see :class:`SnapshotSource`); ``kvmodel dump``
+needs it and refuses engines without it rather than write a torn copy.
+
 To write an engine, implement :class:`Engine` and run
 ``kvmodel.testing.run_conformance`` (or the pytest suite in
 ``kvmodel.testing.conformance``) against it. The helpers at the end of this
@@ -70,6 +75,9 @@ __all__ = [
     "QueueMessage",
     "RawEntry",
     "ReadRange",
+    "Snapshot",
+    "SnapshotEntry",
+    "SnapshotSource",
     "WatchStream",
     "apply_numeric_mutation",
     "check_stored_value",
@@ -363,6 +371,42 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Releases the engine; blocked calls return or raise KvClosedError."""
+        ...
+
+
+@attrs.frozen
+class SnapshotEntry:
+    """An entry read from a :class:`Snapshot`, with its expiry deadline (ms) or None."""
+
+    entry: RawEntry
+    expire_at_ms: int | None
+
+
+@runtime_checkable
+class Snapshot(Protocol):
+    """One fixed point of an engine's data, read in as many pages as needed.
+
+    Every :meth:`read` sees the same commits (none half), however many
+    commits happen meanwhile; keys that had expired when the snapshot was
+    opened are hidden. The reserved keyspace (keys starting with 0xFF, where
+    the object mapper keeps its descriptions) is readable too.
+    """
+
+    def read(self, start: bytes, end: bytes, limit: int) -> list[SnapshotEntry]:
+        """The first ``limit`` entries with ``start <= key < end``, in key order."""
+        ...
+
+    def close(self) -> None:
+        """Releases what the snapshot holds (a read transaction, a copy); idempotent."""
+        ...
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """An engine that can open a :class:`Snapshot` (the optional capability)."""
+
+    def open_snapshot(self) -> Snapshot:
+        """Pins the data as it is now; close the snapshot before closing the engine."""
         ...
 
 

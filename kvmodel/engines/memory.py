@@ -7,6 +7,7 @@ obviously-correct code under one lock over cleverness.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import threading
 import time
@@ -29,6 +30,7 @@ from kvmodel.engines.base import (
     PollingWatchStream,
     RawEntry,
     ReadRange,
+    SnapshotEntry,
     apply_numeric_mutation,
     log_undelivered,
     versionstamp_from_counter,
@@ -366,6 +368,21 @@ class MemoryEngine:
         log_undelivered(str(message.seq), message.attempt, message.dead_letter_keys, why)
         self._signal.bump()
 
+    # -- snapshots -----------------------------------------------------------
+
+    def open_snapshot(self) -> _MemorySnapshot:
+        """A copy of every live entry and its deadline, taken under the lock."""
+        with self._lock:
+            self._check_open()
+            now_ms = self._now_ms() if self._expire_at else 0
+            expire_at = self._expire_at
+            entries = [
+                SnapshotEntry(entry, expire_at.get(key))
+                for key, entry in self._data.items()
+                if not (expire_at and expire_at.get(key, now_ms + 1) <= now_ms)
+            ]
+        return _MemorySnapshot(entries)
+
     # -- watch and close -----------------------------------------------------
 
     def watch(self, keys: Sequence[bytes]) -> PollingWatchStream:
@@ -393,3 +410,20 @@ class MemoryEngine:
         with self._lock:
             self._closed = True
         self._signal.close()
+
+
+class _MemorySnapshot:
+    """A :class:`kvmodel.engines.base.Snapshot` over a sorted copy of the entries."""
+
+    def __init__(self, entries: list[SnapshotEntry]) -> None:
+        self._entries = entries
+        self._keys = [e.entry.key for e in entries]
+
+    def read(self, start: bytes, end: bytes, limit: int) -> list[SnapshotEntry]:
+        lo = bisect.bisect_left(self._keys, start)
+        hi = bisect.bisect_left(self._keys, end)
+        return self._entries[lo : min(hi, lo + max(limit, 0))]
+
+    def close(self) -> None:
+        self._entries = []
+        self._keys = []

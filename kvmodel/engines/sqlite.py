@@ -113,6 +113,7 @@ from kvmodel.engines.base import (
     PollingWatchStream,
     RawEntry,
     ReadRange,
+    SnapshotEntry,
     apply_numeric_mutation,
     check_stored_value,
     describe_stored_key,
@@ -1305,6 +1306,26 @@ class SqliteEngine:
         # A damaged (text) deadline is no deadline; reading its key reports it.
         return next_ms / 1000 if isinstance(next_ms, int | float) else None
 
+    # -- snapshots ----------------------------------------------------------
+
+    def open_snapshot(self) -> _SqliteSnapshot:
+        """A read transaction held on its own connection until the snapshot is closed.
+
+        In WAL mode the transaction's first read fixes what it sees, and
+        writers go on beside it; the WAL cannot be checkpointed past that
+        point while it is open, so close it soon.
+        """
+        self._raise_if_closed()
+        conn = self._acquire()
+        try:
+            conn.execute(BEGIN_READ)
+            conn.execute(SELECT_COUNTER).fetchone()  # the first read pins the snapshot
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            self._release(conn)
+            raise self._wrap(exc, "opening a snapshot") from exc
+        return _SqliteSnapshot(self, conn, self._now_ms())
+
     # -- maintenance --------------------------------------------------------
 
     def vacuum(self) -> None:
@@ -1391,3 +1412,30 @@ class SqliteEngine:
 
         self._raise_if_closed()
         self._run(op, "checking invariants")
+
+
+class _SqliteSnapshot:
+    """A :class:`kvmodel.engines.base.Snapshot`: one open read transaction."""
+
+    def __init__(self, engine: SqliteEngine, conn: sqlite3.Connection, now_ms: int) -> None:
+        self._engine = engine
+        self._conn: sqlite3.Connection | None = conn
+        self._now_ms = now_ms
+
+    def read(self, start: bytes, end: bytes, limit: int) -> list[SnapshotEntry]:
+        conn = self._conn
+        if conn is None:
+            raise KvClosedError("The snapshot is closed.")
+        if limit <= 0 or start >= end:
+            return []
+        try:
+            rows = conn.execute(SELECT_RANGE, (start, end, self._now_ms, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._engine._wrap(exc, "reading a snapshot") from exc
+        return [SnapshotEntry(_checked_entry(*row), row[4]) for row in rows]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._engine._rollback(conn)
+            self._engine._release(conn)
