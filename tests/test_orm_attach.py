@@ -142,3 +142,30 @@ def test_a_closed_session_refuses_every_call(kv: Kv) -> None:
         with pytest.raises(km.KvClosedError):
             call()
     assert kv.get(("posts", "p5")).versionstamp is None  # closing dropped the pending add
+
+
+def test_an_object_from_a_typed_watch_can_be_merged(kv: Kv) -> None:
+    """Objects a watch yields remember what they were read as, like query results."""
+    _seed(kv)
+    watch = Post.watch(kv, "p1")
+    post = next(iter(watch))
+    watch.close()
+    assert post is not None
+    post.title = "Watched"
+    with km.Session(kv) as s:
+        s.merge(post)
+    assert kv.get(("posts", "p1")).value["title"] == "Watched"
+
+
+class Tagged(km.Model, prefix="tagged"):
+    id: str = km.field(primary_key=True)
+    tags: list[str] = km.field(factory=list)
+    by_tag = km.Index("tags", each=True)
+
+
+def test_one_object_too_large_for_a_commit_gets_advice_that_applies(kv: Kv) -> None:
+    """No batching helps one object with too many index entries; the message says so."""
+    s = km.Session(kv)
+    s.add(Tagged(id="t", tags=[f"tag{i}" for i in range(1200)]))
+    with pytest.raises(km.LimitExceededError, match=r"alone needs .*each=True"):
+        s.commit()

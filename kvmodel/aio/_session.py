@@ -55,9 +55,9 @@ class AsyncSession:
         """The sync Session underneath (same identity map)."""
         return self._session
 
-    def add(self, obj: Model) -> None:
+    def add(self, obj: Model, *, expire_in: object = None) -> None:
         """See :meth:`kvmodel.Session.add`."""
-        self._session.add(obj)
+        self._session.add(obj, expire_in=expire_in)
 
     def add_all(self, objs: Iterable[Model]) -> None:
         """See :meth:`kvmodel.Session.add_all`."""
@@ -71,9 +71,9 @@ class AsyncSession:
         """See :meth:`kvmodel.Session.merge`."""
         return self._session.merge(obj)
 
-    async def put(self, obj: Model) -> None:
+    async def put(self, obj: Model, *, expire_in: object = None) -> None:
         """See :meth:`kvmodel.Session.put` (it reads the current document)."""
-        await self._kv.run(self._session.put, obj)
+        await self._kv.run(self._session.put, obj, expire_in=expire_in)
 
     def close(self) -> None:
         """See :meth:`kvmodel.Session.close`."""

@@ -204,8 +204,10 @@ def query_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
     form_part = form_part_converter(tp, what)  # rejects types with no key form
 
     def wrong(value: Any, expected: str) -> InvalidArgumentError:
+        article = "an" if expected[:1].lower() in "aeiou" else "a"
         return InvalidArgumentError(
-            f"{what} is a {expected} field; {value!r} ({type(value).__name__}) is not a {expected}."
+            f"{what} is {article} {expected} field; {value!r} ({type(value).__name__}) "
+            f"is not {article} {expected}."
         )
 
     if tp is float:

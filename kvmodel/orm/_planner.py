@@ -355,12 +355,13 @@ def plan_commit(
     mutations: list[PlannedMutation] = []
     max_writes = limits.max_mutations - len(enqueues)
     for t, check, mutation in primary:
+        alone = not checks and not enqueues
         checks.append(check)
         checks.extend(unique_checks.get(id(t), ()))
         mutations.append(mutation)
         mutations.extend(ops_by_owner.get(id(t), ()))
         if len(checks) > limits.max_checks:
-            _too_large(t, "checks", len(checks), limits.max_checks, limits)
+            _too_large(t, "checks", len(checks), limits.max_checks, limits, alone)
         if len(mutations) > max_writes:
             _too_large(
                 t,
@@ -368,6 +369,7 @@ def plan_commit(
                 len(mutations) + len(enqueues),
                 limits.max_mutations,
                 limits,
+                alone,
             )
     if len(enqueues) > limits.max_mutations:
         raise LimitExceededError(
@@ -389,7 +391,18 @@ def _unstructure(t: Tracked) -> dict[str, Any]:
         ) from exc
 
 
-def _too_large(t: Tracked, what: str, actual: int, limit: int, limits: EngineLimits) -> None:
+def _too_large(
+    t: Tracked, what: str, actual: int, limit: int, limits: EngineLimits, alone: bool = False
+) -> None:
+    if alone:
+        # No batching helps one object: its own index entries are too many.
+        raise LimitExceededError(
+            f"{t.describe()} alone needs {actual} {what} (its document and the index entries "
+            f"that change); {limits.name} allows at most {limit} in one commit. Give it fewer "
+            "elements in its each=True index fields, or change them over several commits.",
+            limit=limit,
+            actual=actual,
+        )
     raise LimitExceededError(
         f"Committing {t.describe()} brings the commit to {actual} {what}; {limits.name} "
         f"allows at most {limit} in one commit. Commit the session in smaller batches, "

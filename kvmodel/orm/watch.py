@@ -56,7 +56,14 @@ def decode_entries(info: ModelInfo, entries: list[Entry[Any]]) -> list[Any]:
     Raises:
         DecodeError: a document does not fit the model (names key and field).
     """
-    return [None if e.versionstamp is None else info.load(e.value, e.key)[0] for e in entries]
+    return [None if e.versionstamp is None else _detached(info, e) for e in entries]
+
+
+def _detached(info: ModelInfo, entry: Entry[Any]) -> Any:
+    """A detached object that remembers what it was read as, so a session can merge it."""
+    obj = info.load(entry.value, entry.key)[0]
+    object.__setattr__(obj, "_km_state", (entry.key, entry.value, entry.versionstamp))
+    return obj
 
 
 def _sync_kv(kv: object) -> Kv | None:
