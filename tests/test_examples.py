@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import kvmodel as km
-from kvmodel_examples import orders
-from kvmodel_examples.orders import Order, OrderItem
+from kvmodel.examples import orders
+from kvmodel.examples.orders import Order, OrderItem
 
 
 def test_demo_runs_the_whole_story_on_a_sqlite_file(tmp_path: Path) -> None:
@@ -73,7 +76,7 @@ def test_status_transitions_are_checked() -> None:
 @pytest.fixture
 def client(tmp_path: Path) -> Any:
     starlette_testclient = pytest.importorskip("starlette.testclient")
-    from kvmodel_examples.web import create_app
+    from kvmodel.examples.web import create_app
 
     with (
         km.open_kv(tmp_path / "web.db") as kv,
@@ -96,8 +99,6 @@ def test_web_api_creates_reads_updates_and_lists_orders(client: Any) -> None:
     assert patched.json()["status"] == "shipped"
     listing = client.get("/customers/c9/orders", params={"limit": 10}).json()
     assert [o["id"] for o in listing["orders"]] == [order["id"]]
-    assert client.post("/orders", json={"items": []}).status_code == 400
-    assert client.get("/customers/c9/orders", params={"cursor": "!!"}).status_code == 400
 
 
 def test_web_events_stream_status_changes(client: Any) -> None:
@@ -123,3 +124,132 @@ def test_web_events_stream_status_changes(client: Any) -> None:
     statuses = [e["status"] for e in events]
     assert statuses[0] == "pending" and statuses[-1] == "shipped"
     assert statuses == sorted(set(statuses), key=statuses.index)  # no repeats
+
+
+def _post_order(client: Any, customer_id: str = "c1") -> dict[str, Any]:
+    body = {
+        "customer_id": customer_id,
+        "items": [{"product_id": "p", "quantity": 1, "price_cents": 1}],
+    }
+    response = client.post("/orders", json=body)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+_ITEM = {"product_id": "p", "quantity": 2, "price_cents": 150}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"items": [_ITEM]}).encode(), "customer_id"),
+        (json.dumps({"customer_id": 7, "items": [_ITEM]}).encode(), "customer_id"),
+        (json.dumps({"customer_id": "c", "items": []}).encode(), "items"),
+        (json.dumps({"customer_id": "c", "items": "x"}).encode(), "items"),
+        (json.dumps({"customer_id": "c", "items": [3]}).encode(), "Item 0"),
+        (
+            json.dumps({"customer_id": "c", "items": [{**_ITEM, "quantity": "two"}]}).encode(),
+            "quantity",
+        ),
+        (
+            json.dumps({"customer_id": "c", "items": [{**_ITEM, "quantity": True}]}).encode(),
+            "quantity",
+        ),
+        (
+            json.dumps({"customer_id": "c", "items": [{**_ITEM, "quantity": 0}]}).encode(),
+            "quantity",
+        ),
+        (
+            json.dumps({"customer_id": "c", "items": [{**_ITEM, "quantity": 1.5}]}).encode(),
+            "quantity",
+        ),
+        (
+            json.dumps({"customer_id": "c", "items": [{**_ITEM, "price_cents": -1}]}).encode(),
+            "price_cents",
+        ),
+        (json.dumps({"customer_id": "c", "items": [_ITEM, {"quantity": 1}]}).encode(), "Item 1"),
+    ],
+)
+def test_web_bad_orders_answer_422_with_a_json_error_and_write_nothing(
+    client: Any, body: bytes, named: str
+) -> None:
+    """A POST /orders body that is not an order answers 422, names the fault, stores nothing."""
+    response = client.post("/orders", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert named in response.json()["error"]
+    assert list(client.kv.list(prefix=("orders",))) == []
+
+
+def test_web_patch_refuses_unknown_statuses_and_bad_bodies(client: Any) -> None:
+    """PATCH answers 422 for an unknown status or a non-JSON body and leaves the order as it was."""
+    order = _post_order(client)
+    url = f"/orders/{order['id']}"
+    for body in (b'{"status": "teleported"}', b'{"status": 3}', b"{}", b"status=shipped"):
+        response = client.patch(url, content=body)
+        assert response.status_code == 422, body
+        assert "error" in response.json()
+    assert client.get(url).json()["status"] == "pending"
+    assert client.patch("/orders/nope", json={"status": "shipped"}).status_code == 404
+    assert client.patch(url, json={"status": "delivered"}).json()["status"] == "delivered"
+
+
+@pytest.mark.parametrize("params", [{"cursor": "!!"}, {"limit": "ten"}, {"limit": "0"}])
+def test_web_bad_listing_parameters_answer_422(client: Any, params: dict[str, str]) -> None:
+    """A listing with a cursor or limit it cannot use answers 422 with a JSON error."""
+    response = client.get("/customers/c9/orders", params=params)
+    assert response.status_code == 422
+    assert response.json()["error"]
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_web_server_streams_over_http_and_stops_on_ctrl_c_with_a_stream_open(
+    tmp_path: Path,
+) -> None:
+    """Under uvicorn as a real process, the event stream follows a PATCH, and SIGINT with the
+    stream still open stops the server within 2 s."""
+    httpx = pytest.importorskip("httpx")
+    port = _free_loopback_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kvmodel.examples.web", "--port", str(port)],
+        cwd=tmp_path,  # the database is orders.db in the working directory
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # wait for the server to listen
+            try:
+                httpx.get(f"{base}/orders/none", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "the server exited at start"
+                assert time.monotonic() < deadline, "the server did not listen within 30 s"
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            order = _post_order(http)
+            with http.stream("GET", f"/orders/{order['id']}/events") as stream:
+                lines = (line for line in stream.iter_lines() if line.startswith("data: "))
+                assert json.loads(next(lines)[6:])["status"] == "pending"
+                assert http.patch(f"/orders/{order['id']}", json={"status": "shipped"}).is_success
+                assert json.loads(next(lines)[6:])["status"] == "shipped"
+                server.send_signal(signal.SIGINT)
+                server.wait(timeout=2)  # TimeoutExpired fails the test
+                assert list(lines) == []  # the stream ended with the server
+        assert server.returncode == 130
+    finally:
+        if server.poll() is None:
+            server.kill()
+        output = server.communicate()[0]
+    assert "Traceback" not in output, output

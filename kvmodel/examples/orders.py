@@ -7,7 +7,7 @@ the order from pending to processing to shipped and, in the commit that ships
 it, enqueues an email job. A watch prints every status change as it happens.
 
 Run it with ``kvmodel demo`` (or ``python -m kvmodel demo``, or
-``python examples/orders.py``); ``--db PATH`` picks the SQLite file.
+``python -m kvmodel.examples.orders``); ``--db PATH`` picks the SQLite file.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import attrs
 
 import kvmodel as km
 
-STATUSES = ("pending", "processing", "shipped")
+# Every status an order can have: the worker moves it along the first three, a
+# clerk may later mark it delivered or returned. The web API accepts only these.
+STATUSES = ("pending", "processing", "shipped", "delivered", "returned")
 
 
 @attrs.define
