@@ -1,34 +1,91 @@
-"""The ``kvmodel`` command line: ``kvmodel demo`` runs the orders demo.
+"""The ``kvmodel`` command line (also ``python -m kvmodel``).
 
-Also reachable as ``python -m kvmodel``.
+``kvmodel demo`` runs the orders demo and ``kvmodel --version`` answers with
+the core package alone. Every other command (``ls``, ``get``, ``set``,
+``dump``, ``load``, ``stats``, ...; see :mod:`kvmodel._cli_app`) needs the
+``cli`` extra, ``pip install 'kvmodel[cli]'``, which brings click and rich;
+without it the script says so. ``import kvmodel`` never imports either.
+
+This module owns what every command shares: an error is one line on stderr
+and a non-zero status (a traceback only with ``--debug``), Ctrl-C ends a
+command with status 130 and no traceback, and a closed pipe (``kvmodel ls
+... | head``) ends it quietly.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import os
 import sys
+from importlib import metadata
 
 __all__ = ["main"]
 
+INSTALL_HINT = (
+    "kvmodel: this command needs the command line extra; install it with "
+    "pip install 'kvmodel[cli]' (it adds click and rich)."
+)
+
+
+def version() -> str:
+    """The installed kvmodel's version."""
+    try:
+        return metadata.version("kvmodel")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs a ``kvmodel`` subcommand and returns its exit status."""
-    args = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        prog="kvmodel", description="kvmodel: Deno KV's data model for Python."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("demo", help="run the orders demo on an embedded SQLite file", add_help=False)
-    if not args:
-        parser.print_help()
-        return 2
-    known, _ = parser.parse_known_args(args[:1])
-    if known.command == "demo":
-        # The demo is examples/orders.py, installed as kvmodel_examples; it is
-        # imported by name because it sits outside the typed package.
-        demo = importlib.import_module("kvmodel_examples.orders")
+    """Runs a ``kvmodel`` command and returns its exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["demo"]:
+        # The demo is kvmodel/examples/orders.py, imported only when asked for
+        # so the command line starts without loading the example models.
+        demo = importlib.import_module("kvmodel.examples.orders")
         status: int = demo.main(args[1:])
         return status
-    parser.print_help()  # pragma: no cover - argparse exits on unknown commands
-    return 2
+    if args[:1] in (["--version"], ["version"]):
+        print(f"kvmodel {version()}")
+        return 0
+    try:
+        from kvmodel import _cli_app
+    except ImportError as exc:
+        if exc.name in ("click", "rich") or (exc.name or "").startswith(("click.", "rich.")):
+            print(INSTALL_HINT, file=sys.stderr)
+            return 1
+        raise
+    debug = "--debug" in args
+    try:
+        return _cli_app.run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141 if debug else 0
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"kvmodel: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not text.endswith((".", "!", "?")):
+        text += "."
+    from kvmodel.errors import KvError
+
+    if not isinstance(exc, KvError | OSError):
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
