@@ -53,7 +53,7 @@ from kvmodel._cli_text import (
 )
 from kvmodel.errors import InvalidArgumentError
 
-__all__ = ["cli", "run"]
+__all__ = ["PipeClosed", "cli", "run"]
 
 TEXT_FORM_HELP = """\
 Keys are parts separated by commas: users,ada,42. A part is a bare word or a
@@ -90,8 +90,26 @@ def _err_console() -> Console:
     return Console(stderr=True)
 
 
+class PipeClosed(Exception):
+    """Stdout's reader went away (``| head``).
+
+    Raised instead of BrokenPipeError because click turns an EPIPE into
+    ``sys.exit(1)``; :func:`kvmodel.cli.main` ends quietly with status 0.
+    """
+
+
 def _out(text: str) -> None:
-    click.echo(text)
+    try:
+        click.echo(text)
+    except BrokenPipeError as exc:
+        raise PipeClosed from exc
+
+
+def _print(console: Console, thing: Any) -> None:
+    try:
+        console.print(thing)
+    except BrokenPipeError as exc:
+        raise PipeClosed from exc
 
 
 def _is_terminal(stream: IO[str]) -> bool:
@@ -371,7 +389,7 @@ def ls(
             else:
                 _out(f"{format_key(entry.key)}\t{format_value(entry.value)}")
         if table is not None:
-            Console().print(table)
+            _print(Console(), table)
         if limit is not None and count == limit and it.cursor:
             click.echo(f"next page: --cursor {it.cursor}", err=True)
     return 0
@@ -476,7 +494,10 @@ def watch(ctx: click.Context, store: str, keys: tuple[str, ...], as_json: bool) 
                     else:
                         shown = "(absent)" if e.versionstamp is None else format_value(e.value)
                         _out(f"{stamp}\t{format_key(e.key)}\t{shown}")
-                sys.stdout.flush()
+                try:
+                    sys.stdout.flush()
+                except BrokenPipeError as exc:
+                    raise PipeClosed from exc
     return 0
 
 
@@ -578,8 +599,8 @@ def check(ctx: click.Context, store: str, modules: tuple[str, ...]) -> int:
             indexes = km.check_indexes(kv, model)
             bar.update(i + 1)
             name = model.__qualname__
-            click.echo(f"{name}: {documents}")
-            click.echo(f"{name}: {indexes}")
+            _out(f"{name}: {documents}")
+            _out(f"{name}: {indexes}")
             ok = ok and documents.ok and indexes.ok
     return 0 if ok else 1
 
@@ -596,7 +617,7 @@ def rebuild_indexes(ctx: click.Context, store: str, modules: tuple[str, ...]) ->
         for i, model in enumerate(models):
             report = km.rebuild_indexes(kv, model)
             bar.update(i + 1)
-            click.echo(f"{model.__qualname__}: {report}")
+            _out(f"{model.__qualname__}: {report}")
             ok = ok and report.ok
     return 0 if ok else 1
 
@@ -618,7 +639,7 @@ def migrate(ctx: click.Context, store: str, modules: tuple[str, ...], batch_size
                 report = km.migrate(
                     kv, model, batch_size=batch_size, progress=lambda r: bar.update(r.scanned)
                 )
-            click.echo(f"{model.__qualname__}: {report}")
+            _out(f"{model.__qualname__}: {report}")
             ok = ok and report.ok
     return 0 if ok else 1
 
@@ -692,7 +713,7 @@ def stats(ctx: click.Context, store: str, as_json: bool) -> int:
     for row in figures["prefixes"]:
         table.add_row(Text(row["prefix"]), f"{row['keys']:,}", f"{row['bytes']:,}")
     table.add_row("[bold]total", f"[bold]{figures['keys']:,}", f"[bold]{figures['bytes']:,}")
-    console.print(table)
+    _print(console, table)
     lines = [f"expiring keys: {figures['expiring_keys']:,}"]
     queue = figures["queue"]
     if queue is None:
@@ -706,7 +727,7 @@ def stats(ctx: click.Context, store: str, as_json: bool) -> int:
     for path, size in (figures["files"] or {}).items():
         lines.append(f"file {path}: {size:,} bytes")
     for line in lines:
-        console.print(Text(line))
+        _print(console, Text(line))
     return 0
 
 

@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return 130
-    except BrokenPipeError:
+    except (BrokenPipeError, _cli_app.PipeClosed):
         _quiet_stdout()
-        return 141 if debug else 0
+        return 0
     except Exception as exc:
         if debug:
             raise
