@@ -471,12 +471,28 @@ class SqliteEngine:
             inspect_database(path)
         conn = self._connect_and_migrate()
         self._pool.append(conn)
+        poller_conn: sqlite3.Connection | None = None
         try:
-            self._poller_conn = self._connect()
-            self._poller = Poller(self._poller_conn, self._signal, float(poll_interval))
-        except sqlite3.Error as exc:
-            self._discard(conn)
-            raise EngineError(f"Cannot open the database {path!r}: {exc}.") from exc
+            poller_conn = self._connect()
+
+            def make_poller(c: sqlite3.Connection) -> Poller:
+                return Poller(c, self._signal, float(poll_interval))
+
+            try:
+                # Reads the data version: busy while another process recovers the WAL.
+                self._poller = make_poller(poller_conn)
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise
+                self._poller = self._retry_busy(poller_conn, make_poller, "opening", exc)
+            self._poller_conn = poller_conn
+        except BaseException as exc:
+            for c in (conn, poller_conn):
+                if c is not None:
+                    self._discard(c)
+            if isinstance(exc, sqlite3.Error):
+                raise EngineError(f"Cannot open the database {path!r}: {exc}.") from exc
+            raise
         self._file_id = _file_id(path)
         _LIVE_ENGINES.add(self)
 
@@ -518,8 +534,16 @@ class SqliteEngine:
                 conn.close()
                 raise self._closed_error()
             self._conns.add(conn)
+        pragma = f"PRAGMA synchronous={self._synchronous}"
         try:
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            try:
+                conn.execute(pragma)
+            except sqlite3.Error as exc:
+                # Even a pragma loads the schema first, which is busy while
+                # another process recovers the WAL of a killed writer.
+                if not is_busy(exc):
+                    raise
+                self._retry_busy(conn, lambda c: c.execute(pragma), "opening a connection", exc)
         except BaseException:
             self._discard(conn)
             raise
