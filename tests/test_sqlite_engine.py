@@ -1071,6 +1071,8 @@ def test_kv_closed_before_fork_lets_the_child_open_the_file(db: Path) -> None:
     kv.close()
 
     def child() -> None:
+        with pytest.raises(KvClosedError):  # closed, not "crossed a fork"
+            kv.engine.collect_expired()
         with km.open_kv(db) as mine:
             for _ in range(20):
                 assert mine.atomic().sum(("n",), km.KvU64(1)).commit().ok

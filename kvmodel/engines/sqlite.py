@@ -559,9 +559,10 @@ class SqliteEngine:
     def _disown_after_fork(self) -> bool:
         """In a forked child: gives up the parent's connections without closing them.
 
-        Returns True when the engine was open at the fork.
+        Returns True when the engine was open (or still closing) at the fork;
+        an engine closed before it stays merely closed (KvClosedError).
         """
-        was_open = not self._closed
+        was_open = not self._closed or bool(self._conns)
         for conn in self._conns:
             _keep_forever(conn)
         self._conns = set()
@@ -569,7 +570,8 @@ class SqliteEngine:
         self._conns_cond = threading.Condition(threading.Lock())
         self._poller.disown_after_fork()
         self._close_lock = threading.Lock()
-        self._forked_from = self._forked_from or os.getppid()
+        if was_open:
+            self._forked_from = self._forked_from or os.getppid()
         self._closed = True
         return was_open
 
