@@ -706,7 +706,13 @@ def stats(ctx: click.Context, store: str, as_json: bool) -> int:
     terminal = _is_terminal(sys.stdout)
     # Off a terminal rich would wrap at 80 columns; a pipe gets whole lines.
     console = Console(no_color=not terminal, width=None if terminal else 1000)
-    table = Table(title=f"{store} ({figures['engine']})", box=None, header_style="bold")
+    shown = store
+    if store.startswith(("etcd://", "etcds://")):
+        from kvmodel.engines.etcd import redact_url
+
+        shown = redact_url(store)
+    _print(console, Text(f"{shown} ({figures['engine']} engine)", style="bold"))
+    table = Table(box=None, header_style="bold")
     table.add_column("prefix")
     table.add_column("keys", justify="right")
     table.add_column("bytes", justify="right")

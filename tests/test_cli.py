@@ -352,7 +352,7 @@ def test_load_refuses_what_is_not_a_dump(db: str) -> None:
     assert "is not a kvmodel dump" in result.stderr
 
 
-def test_dump_refuses_an_engine_without_snapshots(kv_store: KvStore) -> None:
+def test_dump_refuses_an_engine_without_snapshots() -> None:
     """An engine without open_snapshot gets a clear error instead of a torn dump."""
 
     class NoSnapshots:
