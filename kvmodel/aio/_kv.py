@@ -348,7 +348,7 @@ class OpeningKv(Awaitable[AsyncKv]):
     """What :func:`open_kv` returns: await it, or use it in ``async with``.
 
     ``kv = await aio.open_kv(path)`` and ``async with aio.open_kv(path) as kv:``
-    both work (the second closes the Kv on exit), as does DESIGN's
+    both work (the second closes the Kv on exit), as does
     ``async with await aio.open_kv(path) as kv:``.
     """
 

@@ -3,7 +3,7 @@
 Three things live here:
 
 * :mod:`kvmodel.testing.conformance` is one suite of plain pytest tests of the
-  whole :class:`kvmodel.Kv` API (DESIGN.md section 2). It runs unchanged against
+  whole :class:`kvmodel.Kv` API, as docs/reference/api.md states it. It runs unchanged against
   every engine; it needs only two fixtures, ``kv_store`` (a :class:`KvStore`)
   and ``kv`` (a fresh, empty Kv on it). Engine differences are capability
   flags (``kv_store.capabilities.durable``), never engine names.

@@ -1,6 +1,6 @@
 """Hypothesis strategies for Kv keys and values, and Deno KV's key order as a sort key.
 
-``key_order`` is written from the spec (DESIGN.md section 2, "Key encoding"),
+``key_order`` is written from the rules of docs/reference/key-encoding.md,
 not from the codec, so tests can check the codec's order against it::
 
     sorted(keys, key=key_order) == [e.key for e in kv.list(prefix=())]
