@@ -394,12 +394,12 @@ class Kv:
     ) -> None:
         """Delivers queued values to ``handler`` until the Kv is closed.
 
-        A handler that raises is retried after each interval of the message's
-        backoff schedule; when the schedule is exhausted the value is written to
-        the message's ``keys_if_undelivered``. Delivery is at least once: a
         A handler with a second positional parameter also gets a
         :class:`kvmodel.QueueDelivery`: the message's id and attempt number.
 
+        A handler that raises is retried after each interval of the message's
+        backoff schedule; when the schedule is exhausted the value is written to
+        the message's ``keys_if_undelivered``. Delivery is at least once: a
         message whose listener died is delivered again after the engine's lease
         timeout. With ``concurrency`` > 1, up to that many handlers run at once in
         worker threads.
