@@ -488,6 +488,10 @@ def _fits(level: list[Any], size: int, limit: int, depth: int = 1) -> bool:
                                 size += _element_cost(v, False)
                         elif t in _CONTAINERS:
                             below.append(v)
+                        elif t is datetime and v.tzinfo is UTC:
+                            # Documents carry UTC timestamps: a timestamp is at least
+                            # 6 bytes, and this spares _element_cost's type chain.
+                            size += 5
                         elif t not in _PLAIN_SCALARS:
                             cost = _element_cost(v, False)
                             if cost < 0:
@@ -506,6 +510,8 @@ def _fits(level: list[Any], size: int, limit: int, depth: int = 1) -> bool:
                                 size += _element_cost(v, False)
                         elif t in _CONTAINERS:
                             below.append(v)
+                        elif t is datetime and v.tzinfo is UTC:
+                            size += 5
                         elif t not in _PLAIN_SCALARS:
                             cost = _element_cost(v, False)
                             if cost < 0:

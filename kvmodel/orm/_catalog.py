@@ -23,7 +23,6 @@ reads it again before refusing, since another process may have built it.
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from kvmodel._values import decode_value, encode_value
@@ -82,16 +81,20 @@ class _KvModels:
         self.lock = threading.Lock()
 
 
-_registry: weakref.WeakKeyDictionary[Kv, _KvModels] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
+
+# The record lives on the Kv object itself, under a name only this module
+# uses: every session operation looks it up, and an attribute read is several
+# times cheaper than a WeakKeyDictionary lookup. It goes away with the Kv.
+_ATTRIBUTE = "_kvmodel_orm_models"
 
 
 def models_of(kv: Kv) -> _KvModels:
     """The per-Kv record of attached models (created on first use)."""
-    found = _registry.get(kv)
+    found: _KvModels | None = kv.__dict__.get(_ATTRIBUTE)
     if found is None:
         with _registry_lock:
-            found = _registry.setdefault(kv, _KvModels())
+            found = kv.__dict__.setdefault(_ATTRIBUTE, _KvModels())
     return found
 
 

@@ -194,6 +194,9 @@ class IndexBase(Generic[M]):
         """Every tuple of key parts a document has in this index (one per element
         for ``each=True``, without repeats); empty when a value is None."""
         converters = self._converters or ()
+        if not self.each:
+            single = self._single(form)
+            return [] if single is None else [single]
         rest = []
         for name, convert in converters[1:]:
             value = form.get(name)
@@ -213,6 +216,16 @@ class IndexBase(Generic[M]):
         parts = dict.fromkeys(convert(v) for v in first if v is not None)
         return [(p, *rest) for p in parts]
 
+    def _single(self, form: dict[str, Any]) -> tuple[KeyPart, ...] | None:
+        """The key parts of a document's one entry in an index without ``each``."""
+        parts = []
+        for name, convert in self._converters or ():
+            value = form.get(name)
+            if value is None:
+                return None
+            parts.append(convert(value))
+        return tuple(parts)
+
     def _entries(
         self, form: dict[str, Any], pk: tuple[KeyPart, ...], target: bytes
     ) -> list[tuple[Key, bytes]]:
@@ -220,6 +233,14 @@ class IndexBase(Generic[M]):
 
         ``target`` is the document's encoded primary key: every entry's value.
         """
+        if not self.each:
+            # The common case, on every commit: one entry, no list of candidates.
+            parts = self._single(form)
+            if parts is None:
+                return []
+            if self.unique:
+                return [((self.key_prefix, *parts), target)]
+            return [((self.key_prefix, *parts, *pk), target)]
         if self.unique:
             return [((self.key_prefix, *parts), target) for parts in self._values(form)]
         return [((self.key_prefix, *parts, *pk), target) for parts in self._values(form)]
