@@ -363,6 +363,8 @@ def encode_value(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, 
                         below = [v]
                     else:
                         below.append(v)
+                elif tv is datetime and v.tzinfo is UTC:
+                    size += 5  # as in _fits: a timestamp is at least 6 bytes
                 elif tv not in _PLAIN_SCALARS:
                     cost = _element_cost(v, False)
                     if cost < 0:
