@@ -137,6 +137,8 @@ async def until_set(stopping: asyncio.Event, items: AsyncIterator[T]) -> AsyncIt
             await asyncio.wait((item, stop), return_when=asyncio.FIRST_COMPLETED)
             if not item.done():
                 item.cancel()
+                # Let the cancelled read finish before the watch is closed.
+                await asyncio.gather(item, return_exceptions=True)
                 return
             try:
                 yield item.result()
