@@ -1,0 +1,107 @@
+"""Checks of the rows SqliteEngine reads back: SQLite stores any type in any column.
+
+A file written by something other than kvmodel can hold text where a value
+belongs, or an integer that ``bytes()`` would turn into hundreds of megabytes;
+every reader of a ``kv`` or ``queue`` row goes through these checks, which
+raise :class:`DecodeError` naming the key or message at fault.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from kvmodel.engines.base import (
+    VALUE_ENCODINGS,
+    RawEntry,
+    check_stored_value,
+    describe_stored_key,
+    versionstamp_from_counter,
+)
+from kvmodel.errors import DecodeError
+from kvmodel.limits import (
+    MAX_KEY_SIZE,
+    MAX_READ_KEY_SIZE,
+    MAX_TOTAL_KEY_SIZE,
+    MAX_VALUE_SIZE,
+)
+
+# Bounds on the msgpack columns of a queue row, far above what kvmodel writes
+# (keys_if_undelivered is bounded by the total key size of one commit, the
+# schedule by 5 intervals), so a damaged row cannot make the decoder allocate
+# more than that.
+MAX_COLUMN_BYTES = 2 * MAX_TOTAL_KEY_SIZE
+MAX_ATTEMPT = 1 << 62
+
+
+def unpack_column(where: str, column: str, blob: object) -> object:
+    """Unpacks a msgpack column of a queue row; DecodeError when it is not one."""
+    if type(blob) is not bytes or len(blob) > MAX_COLUMN_BYTES:
+        size = f" of {len(blob)}" if isinstance(blob, bytes | str) else ""
+        raise DecodeError(
+            f"The {column} column of {where} is a {type(blob).__name__}{size}, "
+            f"not msgpack bytes of at most {MAX_COLUMN_BYTES}."
+        )
+    try:
+        return msgpack.unpackb(
+            blob,
+            raw=False,
+            max_bin_len=MAX_KEY_SIZE,
+            max_str_len=0,
+            max_array_len=MAX_COLUMN_BYTES,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        detail = str(exc).rstrip(".") or type(exc).__name__
+        raise DecodeError(
+            f"The {column} column of {where} is not valid msgpack ({detail})."
+        ) from exc
+
+
+def checked_entry(
+    key: bytes, value: object, encoding: object, version: object, expiration_ms: object
+) -> RawEntry:
+    """The entry a ``kv`` row holds, once every column has the type kvmodel writes.
+
+    SQLite stores any type in any column, so a file written by something else
+    can hold text where a value belongs, or an integer that ``bytes()`` would
+    turn into hundreds of megabytes; those raise DecodeError naming the key.
+    """
+    if not (
+        type(value) is bytes
+        and len(value) <= MAX_VALUE_SIZE
+        and type(encoding) is int
+        and encoding in VALUE_ENCODINGS
+        and type(version) is int
+        and version >= 0
+        and (expiration_ms is None or type(expiration_ms) is int)
+        and len(key) <= MAX_READ_KEY_SIZE
+    ):
+        raise damaged_row(key, value, encoding, version, expiration_ms)
+    return RawEntry(key, value, encoding, versionstamp_from_counter(version))
+
+
+def damaged_row(
+    key: bytes, value: object, encoding: object, version: object, expiration_ms: object
+) -> DecodeError:
+    """The DecodeError for a ``kv`` row with a column kvmodel cannot have written."""
+    where = f"the key {describe_stored_key(key)}"
+    advice = "the database was written by something other than kvmodel: delete or rewrite that key."
+    if len(key) > MAX_READ_KEY_SIZE:
+        return DecodeError(
+            f"The stored key {describe_stored_key(key)} is {len(key)} bytes, longer than "
+            f"any key can be ({MAX_READ_KEY_SIZE}); {advice}"
+        )
+    try:
+        check_stored_value(where, value, encoding)
+    except DecodeError as exc:
+        return exc
+    if type(version) is not int or version < 0:
+        return DecodeError(
+            f"The stored version of {where} is {describe_stored_key(version)}, "
+            f"not a commit counter; {advice}"
+        )
+    return DecodeError(
+        f"The stored expiry of {where} is {describe_stored_key(expiration_ms)}, "
+        f"not a time in milliseconds; {advice}"
+    )
