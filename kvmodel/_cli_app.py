@@ -844,3 +844,42 @@ def demo(ctx: click.Context) -> int:
     orders = importlib.import_module("kvmodel.examples.orders")
     status: int = orders.main(list(ctx.args))
     return status
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=4512, show_default=True)
+@click.option(
+    "--token",
+    envvar="KVMODEL_ACCESS_TOKEN",
+    required=True,
+    help="Access token clients present (DENO_KV_ACCESS_TOKEN); or $KVMODEL_ACCESS_TOKEN.",
+)
+@click.option(
+    "--values",
+    type=click.Choice(["any", "v8", "msgpack"]),
+    default="any",
+    show_default=True,
+    help="Object values taken: v8 (Deno's; readable by Deno), msgpack (kvmodel's) or any.",
+)
+@click.pass_context
+def serve(ctx: click.Context, store: str, host: str, port: int, token: str, values: str) -> int:
+    """Serve STORE over Deno's KV Connect protocol (Deno.openKv("http://HOST:PORT")).
+
+    Until Ctrl-C or SIGTERM; the connect extra (protobuf, starlette, hypercorn) is needed.
+    """
+    from kvmodel.connect import serve as serve_store
+
+    with open_store(ctx, store) as kv:
+        serve_store(
+            kv,
+            host=host,
+            port=port,
+            token=token,
+            values="v8" if values == "v8" else "msgpack" if values == "msgpack" else "any",
+            announce=lambda url: click.echo(
+                f"kvmodel: serving {store} over KV Connect on {url}", err=True
+            ),
+        )
+    return 0
