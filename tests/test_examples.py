@@ -78,12 +78,16 @@ def client(tmp_path: Path) -> Any:
     starlette_testclient = pytest.importorskip("starlette.testclient")
     from kvmodel.examples.web import create_app
 
+    before = set(threading.enumerate())
     with (
         km.open_kv(tmp_path / "web.db") as kv,
         starlette_testclient.TestClient(create_app(kv)) as test_client,
     ):
         test_client.kv = kv
         yield test_client
+    # The app closes its AsyncKv when it shuts down, which joins its worker thread.
+    leaked = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("kvmodel")]
+    assert leaked == []
 
 
 def test_web_api_creates_reads_updates_and_lists_orders(client: Any) -> None:

@@ -217,7 +217,9 @@ class AsyncKv:
         """Closes the Kv; watches and listeners end."""
         self._kv.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=False)
+            # Joined, as Kv.close joins its threads: no kvmodel thread outlives
+            # close(), so a test may check for leaks and a process may fork.
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def __aenter__(self) -> AsyncKv:
         return self

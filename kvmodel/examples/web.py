@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from types import FrameType
@@ -149,7 +150,7 @@ async def until_set(stopping: asyncio.Event, items: AsyncIterator[T]) -> AsyncIt
 
 
 def create_app(kv: km.Kv) -> Starlette:
-    """The ASGI app serving the orders of ``kv`` (the caller opens and closes ``kv``).
+    """The ASGI app serving the orders of ``kv``; the caller opens ``kv``, the app closes it.
 
     Setting ``app.state.stopping`` (an :class:`asyncio.Event`) ends every open
     event stream; :func:`main` sets it when the server is told to stop.
@@ -209,6 +210,13 @@ def create_app(kv: km.Kv) -> Starlette:
     async def bad_input(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=422)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Closing the AsyncKv ends its worker thread too (and closes kv, which
+        # the caller may close again: closing twice is harmless).
+        await akv.close()
+
     app = Starlette(
         routes=[
             Route("/orders", post_order, methods=["POST"]),
@@ -218,6 +226,7 @@ def create_app(kv: km.Kv) -> Starlette:
             Route("/customers/{customer_id}/orders", customer_orders, methods=["GET"]),
         ],
         exception_handlers={BadInputError: bad_input},
+        lifespan=lifespan,
     )
     app.state.stopping = stopping
     return app
