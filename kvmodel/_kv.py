@@ -27,7 +27,7 @@ from kvmodel._list import ListIterator, ListState
 from kvmodel._options import parse_consistency, positive_int
 from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
 from kvmodel._text import brief_repr
-from kvmodel._values import decode_value, encode_value
+from kvmodel._values import decode_value, encode_message_v8, encode_value, encode_value_v8
 from kvmodel._watch import WatchIterator
 from kvmodel.engines.base import (
     AtomicWrite,
@@ -59,6 +59,12 @@ if TYPE_CHECKING:
 __all__ = ["Kv", "open_kv"]
 
 _STRONG = Consistency.STRONG
+# The value formats a Kv can write: (value encoder, queue message encoder).
+# Reads decode any of them by the stored encoding number.
+_VALUE_FORMATS: dict[str, tuple[Callable[[object], tuple[bytes, int]], ...]] = {
+    "msgpack": (encode_value, encode_value),
+    "v8": (encode_value_v8, encode_message_v8),
+}
 _PLAIN_PARTS = frozenset((str, int, bytes, float, bool))
 
 
@@ -101,7 +107,23 @@ class Kv:
         {'name': 'Ada'}
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] | None = None,
+        values: str | None = None,
+    ) -> None:
+        # values: "msgpack" (kvmodel's format) or "v8" (Deno's); by default
+        # the engine's preference (``default_values``, "v8" on a Deno file).
+        if values is None:
+            values = getattr(engine, "default_values", "msgpack")
+        if values not in _VALUE_FORMATS:
+            raise InvalidArgumentError(
+                f"values={values!r} is not a value format; use 'msgpack' or 'v8'."
+            )
+        self.values: str = values
+        self._encode, self._encode_message = _VALUE_FORMATS[values]
         self._engine = engine
         self._clock = clock or engine.clock
         self.limits = _tighter(engine.limits)
@@ -163,8 +185,11 @@ class Kv:
         return encoded
 
     def encode_value(self, value: object) -> tuple[bytes, int]:
-        """Encodes a value and checks the value size limit."""
-        data, encoding = encode_value(value)
+        """Encodes a value in this Kv's value format and checks the value size limit."""
+        return self._limit_size(self._encode(value))
+
+    def _limit_size(self, encoded: tuple[bytes, int]) -> tuple[bytes, int]:
+        data, encoding = encoded
         limit = self.limits.max_value_size
         if len(data) > limit:
             raise LimitExceededError(
@@ -184,7 +209,7 @@ class Kv:
         backoff_schedule: Sequence[object] | None,
     ) -> Enqueue:
         """Validates the options of an enqueue and builds its engine record."""
-        data, encoding = self.encode_value(value)
+        data, encoding = self._limit_size(self._encode_message(value))
         delay_ms = validate_delay(delay)
         schedule = validate_backoff_schedule(backoff_schedule)
         if isinstance(keys_if_undelivered, str | bytes) or not isinstance(
@@ -572,13 +597,30 @@ class _ExpiryCollector(threading.Thread):
                     return
 
 
+def _is_deno_kv_file(target: str) -> bool:
+    # Only an existing file is looked into; a new path stays a kvmodel file.
+    if not os.path.isfile(target):
+        return False
+    from kvmodel.engines.denofile import is_deno_kv_file
+
+    return is_deno_kv_file(target)
+
+
 def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
     """Opens a Kv: in memory (``None`` or ``":memory:"``), a SQLite file, or ``etcd[s]://...``.
+
+    ``"deno:PATH"`` opens (or creates) a file in the layout of Deno's
+    ``Deno.openKv(PATH)``, beside a running Deno (see
+    :class:`kvmodel.engines.denofile.DenoFileEngine`); an existing file in
+    that layout is recognised without the prefix.
 
     Args:
         path: where the data lives.
         options: engine options, e.g. ``synchronous="NORMAL"`` for SQLite,
-            ``clock=`` or ``lease_timeout=`` for any engine.
+            ``clock=`` or ``lease_timeout=`` for any engine; and
+            ``values="msgpack"`` (kvmodel's value format, the default) or
+            ``values="v8"`` (V8's, as Deno stores values; the default on a
+            ``deno:`` file; needs the ``deno`` extra).
 
     Raises:
         InvalidArgumentError: an option the engine does not take.
@@ -586,6 +628,7 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
     """
     target = None if path is None else os.fspath(path)
     shown = target
+    values = options.pop("values", None)
     factory: Callable[..., Engine]
     if target is None or target == ":memory:":
         from kvmodel.engines.memory import MemoryEngine
@@ -598,6 +641,11 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
         factory = EtcdEngine.from_url
         args = (target,)
         shown = redact_url(target)  # the URL may hold a password
+    elif target.startswith("deno:") or _is_deno_kv_file(target):
+        from kvmodel.engines.denofile import DenoFileEngine
+
+        factory = DenoFileEngine
+        args = (target.removeprefix("deno:"),)
     else:
         from kvmodel.engines.sqlite import SqliteEngine
 
@@ -612,6 +660,10 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
         if name not in accepted:
             raise InvalidArgumentError(
                 f"open_kv({shown!r}) does not take the option {name!r}; "
-                f"it takes {', '.join(sorted(accepted))}."
+                f"it takes {', '.join(sorted(accepted | {'values'}))}."
             )
-    return Kv(factory(*args, **options))
+    if values is not None and values not in _VALUE_FORMATS:
+        raise InvalidArgumentError(
+            f"open_kv({shown!r}) takes values='msgpack' or values='v8', not {values!r}."
+        )
+    return Kv(factory(*args, **options), values=values)

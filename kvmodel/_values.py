@@ -1,6 +1,6 @@
 """The value codec: Python values to ``(bytes, encoding)`` records and back.
 
-Three encodings, numbered as Deno's (see ``kvmodel.engines.base``):
+Four encodings, numbered as Deno's (see ``kvmodel.engines.base``):
 
 * ``VALUE_ENCODING_BYTES`` (3): a top-level ``bytes``, ``bytearray`` or
   ``memoryview``, stored raw.
@@ -8,6 +8,9 @@ Three encodings, numbered as Deno's (see ``kvmodel.engines.base``):
   little-endian (what ``sum``/``min``/``max`` operate on).
 * ``VALUE_ENCODING_MSGPACK`` (1): everything else, as msgpack where Deno stores
   V8 serialisation.
+* ``VALUE_ENCODING_V8`` (4): everything else on a Kv opened with
+  ``values="v8"`` (:func:`encode_value_v8`), in V8's format as Deno stores it
+  (see ``kvmodel._v8``); :func:`decode_value` reads it on any Kv.
 
 Inside msgpack, the types msgpack lacks are extension types:
 
@@ -51,6 +54,7 @@ from kvmodel.engines.base import (
     VALUE_ENCODING_BYTES,
     VALUE_ENCODING_LE64,
     VALUE_ENCODING_MSGPACK,
+    VALUE_ENCODING_V8,
 )
 from kvmodel.errors import DecodeError, EncodeError, LimitExceededError
 from kvmodel.limits import MAX_VALUE_SIZE
@@ -61,6 +65,8 @@ __all__ = [
     "EXT_DATETIME",
     "KvU64",
     "encode_value",
+    "encode_value_v8",
+    "encode_message_v8",
     "decode_value",
 ]
 
@@ -432,7 +438,57 @@ def decode_value(data: bytes, encoding: int) -> object:
         if len(data) != 8:
             raise DecodeError(f"A KvU64 value has {len(data)} bytes instead of 8.")
         return KvU64(_LE64.unpack(data)[0])
+    if encoding == VALUE_ENCODING_V8:
+        from kvmodel._v8 import decode_v8
+
+        return decode_v8(data)
     raise DecodeError(f"Unknown value encoding {encoding!r}.")
+
+
+def encode_value_v8(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, int]:
+    """Encodes a value as Deno does: raw bytes, a KvU64 as LE64, the rest in V8's format.
+
+    The codec of a Kv opened with ``values="v8"`` (see ``kvmodel._v8`` for the
+    types it takes).
+
+    Raises:
+        EncodeError: the value would not read back as written in V8's format.
+        LimitExceededError: the value certainly encodes to more than ``limit`` bytes.
+    """
+    t = type(value)
+    if t is bytes:
+        return value, VALUE_ENCODING_BYTES  # type: ignore[return-value]
+    if t is KvU64:
+        return _LE64.pack(value._value), VALUE_ENCODING_LE64  # type: ignore[attr-defined]
+    if isinstance(value, _BYTES_LIKE):
+        size = value.nbytes if isinstance(value, memoryview) else len(value)
+        if size > limit:
+            raise _over_limit(size, limit)
+        return bytes(value), VALUE_ENCODING_BYTES
+    from kvmodel._v8 import encode_v8
+
+    return encode_v8(value, limit=limit), VALUE_ENCODING_V8
+
+
+def encode_message_v8(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, int]:
+    """Encodes a queue message as Deno does: always in V8's format.
+
+    Deno's queue table has no encoding column, so a top-level bytes value is
+    a Uint8Array inside V8's format there (and reads back as bytes); a
+    top-level KvU64 has no V8 form that reads back as one and is refused.
+
+    Raises:
+        EncodeError: as :func:`encode_value_v8`, or the value is a KvU64.
+    """
+    from kvmodel._v8 import encode_v8
+
+    if type(value) is KvU64:
+        raise EncodeError(
+            f"The queue message {value!r} cannot be stored in V8's format: Deno's queue "
+            "keeps only V8 values, where a KvU64 becomes the plain object {value: n}; "
+            "enqueue the int instead."
+        )
+    return encode_v8(value, limit=limit), VALUE_ENCODING_V8
 
 
 # ---------------------------------------------------------------------------

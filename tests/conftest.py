@@ -15,6 +15,7 @@ from etcd_cluster import etcd_store_factory
 from hypothesis import settings
 
 from kvmodel import Kv
+from kvmodel.engines.denofile import DenoFileEngine
 from kvmodel.engines.memory import MemoryEngine
 from kvmodel.engines.sqlite import SqliteEngine
 from kvmodel.testing import KvStore, StoreFactory
@@ -33,7 +34,15 @@ def _sqlite_store(tmp_path: Path) -> KvStore:
     return KvStore(lambda **options: SqliteEngine(path, **options), path=str(path))
 
 
+def _deno_file_store(tmp_path: Path) -> KvStore:
+    # A file in Deno's own layout, created here (Deno opens it as it is);
+    # Kvs on it write values in V8's format.
+    path = tmp_path / "kv.sqlite3"
+    return KvStore(lambda **options: DenoFileEngine(path, **options), path=str(path))
+
+
 STORE_FACTORIES: dict[str, StoreFactory] = {
+    "denofile": _deno_file_store,
     "memory": _memory_store,
     "sqlite": _sqlite_store,
     # Shared etcd clusters of 1 and 3 members, started on first use; each test

@@ -57,6 +57,7 @@ __all__ = [
     "VALUE_ENCODING_BYTES",
     "VALUE_ENCODING_LE64",
     "VALUE_ENCODING_MSGPACK",
+    "VALUE_ENCODING_V8",
     "VALUE_ENCODINGS",
     "AtomicWrite",
     "ChangeSignal",
@@ -92,11 +93,16 @@ __all__ = [
 ]
 
 # Value encodings, numbered as Deno's (denokv proto: V8 = 1, LE64 = 2, BYTES = 3);
-# kvmodel stores msgpack where Deno stores V8.
+# kvmodel stores msgpack where Deno stores V8. A Kv opened with values="v8"
+# stores V8's format under its own number, 4, so no reader mistakes it for
+# msgpack; the Deno file engine maps it to Deno's 1 on disk.
 VALUE_ENCODING_MSGPACK = 1
 VALUE_ENCODING_LE64 = 2
 VALUE_ENCODING_BYTES = 3
-VALUE_ENCODINGS = frozenset((VALUE_ENCODING_MSGPACK, VALUE_ENCODING_LE64, VALUE_ENCODING_BYTES))
+VALUE_ENCODING_V8 = 4
+VALUE_ENCODINGS = frozenset(
+    (VALUE_ENCODING_MSGPACK, VALUE_ENCODING_LE64, VALUE_ENCODING_BYTES, VALUE_ENCODING_V8)
+)
 
 VERSIONSTAMP_SIZE = 10
 _U64 = struct.Struct("<Q")
@@ -239,6 +245,13 @@ class EngineCapabilities:
     """Several processes can share the data, including queue and watch."""
     eventual_reads: bool = False
     """``Consistency.EVENTUAL`` may read a replica instead of the leader."""
+    msgpack_values: bool = True
+    """The engine stores kvmodel's msgpack values (all of Python's value types).
+
+    False on a Deno KV file, which holds Deno's encodings only (V8, LE64,
+    bytes): its Kvs write V8's format, where a datetime is a UTC instant in
+    whole milliseconds and a KvU64 keeps its type only as a whole value.
+    """
 
 
 # ---------------------------------------------------------------------------

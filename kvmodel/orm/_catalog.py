@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from kvmodel._values import decode_value, encode_value
+from kvmodel._values import decode_value
 from kvmodel.engines.base import AtomicWrite, Check, Consistency, Mutation, MutationKind, ReadRange
 from kvmodel.errors import IndexNotReadyError, ModelDefinitionError
 from kvmodel.keys import encode_key
@@ -158,7 +158,7 @@ def _write_description(
     kv: Kv, prefix: str, description: dict[str, Any], versionstamp: bytes | None
 ) -> bool:
     key = description_key(prefix)
-    data, encoding = encode_value(description)
+    data, encoding = kv.encode_value(description)
     write = AtomicWrite(
         (Check(key, versionstamp),), (Mutation(key, MutationKind.SET, data, encoding),), ()
     )

@@ -373,10 +373,26 @@ _ROUND_TRIP_VALUES: list[Any] = [
 @pytest.mark.parametrize("value", _ROUND_TRIP_VALUES, ids=repr)
 def test_values_round_trip_with_their_types(kv: Kv, value: Any) -> None:
     """Each supported value reads back equal, with the same type at every level."""
+    if not kv.engine.capabilities.msgpack_values and _msgpack_only(value):
+        pytest.skip("the engine stores V8 values, without this datetime or nested KvU64")
     kv.set(("v",), value)
     read = kv.get(("v",)).value
     assert read == value
     assert _type_tree(read) == _type_tree(value)
+
+
+def _msgpack_only(value: Any) -> bool:
+    """True when the value holds what only msgpack keeps.
+
+    That is a non-UTC or sub-millisecond datetime, or a KvU64 inside a value.
+    """
+    if isinstance(value, list | tuple):
+        return any(isinstance(v, KvU64) or _msgpack_only(v) for v in value)
+    if isinstance(value, dict):
+        return _msgpack_only(list(value.values()))
+    if isinstance(value, datetime):
+        return value.tzinfo is not UTC or value.microsecond % 1000 != 0
+    return False
 
 
 def _type_tree(value: Any) -> Any:
@@ -406,6 +422,8 @@ def test_tuple_values_read_back_as_lists(kv: Kv) -> None:
 
 def test_datetime_values_keep_their_timezone(kv: Kv) -> None:
     """An aware datetime keeps its UTC offset; a naive one stays naive."""
+    if not kv.engine.capabilities.msgpack_values:
+        pytest.skip("the engine stores V8 values, whose Date is a UTC instant")
     aware = datetime(2024, 2, 29, 12, 0, tzinfo=timezone(timedelta(hours=-3, minutes=-30)))
     naive = datetime(2024, 2, 29, 12, 0)
     kv.set(("aware",), aware)
@@ -431,6 +449,8 @@ def test_none_value_is_stored_and_distinct_from_missing(kv: Kv) -> None:
 @given(values())
 def test_random_values_round_trip(kv: Kv, value: Any) -> None:
     """Random nested values read back equal with the same types."""
+    if not kv.engine.capabilities.msgpack_values:
+        pytest.skip("the engine stores V8 values; kvmodel's V8 tests cover them")
     key = ("random-value", next(_example_ids))
     kv.set(key, value)
     read = kv.get(key).value
@@ -535,6 +555,8 @@ def test_value_size_limit_is_exact_for_bytes(kv: Kv) -> None:
 
 def test_value_size_limit_counts_the_msgpack_encoding(kv: Kv) -> None:
     """A str value is limited by its msgpack size (3-byte str16 header + text)."""
+    if not kv.engine.capabilities.msgpack_values:
+        pytest.skip("the engine stores V8 values, with other header sizes")
     # msgpack str16 holds up to 65535 bytes behind a 3-byte header.
     fits = "y" * (MAX_VALUE_SIZE - 3)
     assert kv.set(("fits",), fits).ok

@@ -178,14 +178,18 @@ QUEUE_VALUES: list[Any] = [
 
 def test_enqueued_values_reach_the_handler_unchanged(kv: Kv) -> None:
     """Each enqueued value, of every storable type, reaches the handler as it was enqueued."""
-    for value in QUEUE_VALUES:
+    expected = QUEUE_VALUES
+    if not kv.engine.capabilities.msgpack_values:
+        # Deno's queue holds V8 values only, where a KvU64 is a plain object.
+        expected = [v for v in QUEUE_VALUES if not isinstance(v, KvU64)]
+    for value in expected:
         result = kv.enqueue(value)
         assert result.ok
         assert result.versionstamp is not None
     got = Recorder()
     with listening(kv, got.add):
-        values = got.wait_for(len(QUEUE_VALUES))
-    assert values == QUEUE_VALUES
+        values = got.wait_for(len(expected))
+    assert values == expected
 
 
 def test_enqueue_is_a_commit_with_a_versionstamp(kv: Kv) -> None:
