@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,web,cli,docs,deno]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[test,web,cli,docs,deno,connect]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
