@@ -64,6 +64,7 @@ DOC_PAGES = [
     "docs/how-to/retries.md",
     "docs/how-to/bulk-writes.md",
     "docs/how-to/choose-an-engine.md",
+    "docs/how-to/share-data-with-deno.md",
     "docs/how-to/test-your-application.md",
     "docs/explanation/models-and-keys.md",
     "docs/explanation/unit-of-work.md",
