@@ -607,7 +607,8 @@ def _is_deno_kv_file(target: str) -> bool:
 
 
 def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
-    """Opens a Kv: in memory (``None`` or ``":memory:"``), a SQLite file, or ``etcd[s]://...``.
+    """Opens a Kv: in memory (``None`` or ``":memory:"``), a SQLite file, ``etcd[s]://...``,
+    or a KV Connect server at ``http[s]://...`` (``token=`` or ``$DENO_KV_ACCESS_TOKEN``).
 
     ``"deno:PATH"`` opens (or creates) a file in the layout of Deno's
     ``Deno.openKv(PATH)``, beside a running Deno (see
@@ -646,6 +647,12 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
 
         factory = DenoFileEngine
         args = (target.removeprefix("deno:"),)
+    elif target.startswith(("http://", "https://")):
+        # A KV Connect server (Deno Deploy, denokv, kvmodel serve): the connect extra.
+        from kvmodel.engines.connect import ConnectEngine
+
+        factory = ConnectEngine
+        args = (target,)
     else:
         from kvmodel.engines.sqlite import SqliteEngine
 

@@ -20,6 +20,13 @@ from kvmodel.engines.memory import MemoryEngine
 from kvmodel.engines.sqlite import SqliteEngine
 from kvmodel.testing import KvStore, StoreFactory
 
+try:  # the KV Connect client and server need the connect extra
+    from connect_server import connect_store_factory
+except ImportError as exc:  # pragma: no cover - without the extra
+    _CONNECT_MISSING: ImportError | None = exc
+else:
+    _CONNECT_MISSING = None
+
 # ``pytest --hypothesis-profile=slow`` makes the property and stateful tests dig deeper.
 settings.register_profile("slow", max_examples=500, stateful_step_count=80, deadline=None)
 
@@ -41,6 +48,14 @@ def _deno_file_store(tmp_path: Path) -> KvStore:
     return KvStore(lambda **options: DenoFileEngine(path, **options), path=str(path))
 
 
+def _connect_store(tmp_path: Path) -> KvStore:
+    # A KV Connect server (kvmodel serve's app, in a thread) on an in-memory
+    # store, and every Kv a ConnectEngine talking to it over loopback HTTP.
+    if _CONNECT_MISSING is not None:
+        pytest.skip(f"the connect extra is not installed ({_CONNECT_MISSING})")
+    return connect_store_factory(lambda _: Kv(MemoryEngine()))(tmp_path)
+
+
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "denofile": _deno_file_store,
     "memory": _memory_store,
@@ -49,6 +64,7 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
     # gets its own key prefix. Skipped (with the install hint) without etcd.
     "etcd": etcd_store_factory(1),
     "etcd3": etcd_store_factory(3),
+    "connect": _connect_store,
 }
 
 

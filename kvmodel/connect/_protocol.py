@@ -34,6 +34,13 @@ DATA_PATH = "/v2"
 PROTOBUF = "application/x-protobuf"
 VERSION_HEADER = "x-denokv-version"
 DATABASE_ID_HEADER = "x-denokv-database-id"
+SERVER_HEADER = "x-kvmodel-server"
+"""kvmodel's addition: set on the metadata exchange's answer by ``kvmodel serve``, which
+also offers ``<endpoint>/kvmodel_read_linked`` (a linked read at one point)."""
+LINKED_READ = "kvmodel_read_linked"
+ERROR_HEADER = "x-kvmodel-error"
+"""kvmodel's addition: names the kvmodel error behind a 4xx (``KvTypeError``) so a
+kvmodel client raises the same class a local engine would."""
 
 MAX_READ_RANGES = 10
 """Ranges in one snapshot read (denokv ``proto/limits.rs``)."""

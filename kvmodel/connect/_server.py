@@ -49,10 +49,13 @@ from kvmodel._kv import Kv
 from kvmodel.connect._protocol import (
     DATA_PATH,
     DATABASE_ID_HEADER,
+    ERROR_HEADER,
+    LINKED_READ,
     MAX_READ_ENTRIES,
     MAX_READ_RANGES,
     MAX_REQUEST_SIZE,
     PROTOBUF,
+    SERVER_HEADER,
     SUPPORTED_VERSIONS,
     VERSION_HEADER,
     ProtobufDecodeError,
@@ -108,10 +111,11 @@ _T = TypeVar("_T")
 class _Refused(Exception):
     """A request the server answers with ``status`` and the sentence ``message``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, error: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.error = error  # a kvmodel error class name, for kvmodel clients
 
 
 def create_app(
@@ -148,6 +152,7 @@ def create_app(
             Route(f"{DATA_PATH}/snapshot_read", server.snapshot_read, methods=["POST"]),
             Route(f"{DATA_PATH}/atomic_write", server.atomic_write, methods=["POST"]),
             Route(f"{DATA_PATH}/watch", server.watch, methods=["POST"]),
+            Route(f"{DATA_PATH}/{LINKED_READ}", server.read_linked, methods=["POST"]),
         ]
     )
 
@@ -195,7 +200,8 @@ class _Server:
                 "expiresAt": datetime.fromtimestamp(expires, UTC)
                 .isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z"),
-            }
+            },
+            headers={SERVER_HEADER: "1"},
         )
 
     def _authorize(self, request: Request) -> int:
@@ -234,6 +240,34 @@ class _Server:
             out = pb.SnapshotReadOutput(
                 ranges=[pb.ReadRangeOutput(values=[_entry(e) for e in r]) for r in results],
                 read_disabled=False,
+                read_is_strongly_consistent=True,
+                status=pb.SR_SUCCESS,
+            )
+            return Response(out.SerializeToString(), media_type=PROTOBUF)
+
+        return await _answer(handle)
+
+    async def read_linked(self, request: Request) -> Response:
+        """kvmodel's extension: one range and the entries it links to, at one point.
+
+        The body is a SnapshotRead of one range; the answer's first range holds
+        the entries, the second one entry per entry (an empty one for none).
+        """
+
+        async def handle() -> Response:
+            self._authorize(request)
+            message = _parse(pb.SnapshotRead, await _read_body(request))
+            ranges = _read_ranges(message)
+            if len(ranges) != 1:
+                raise _Refused(400, "A linked read reads exactly one range.")
+            pairs = await self._call(lambda: self.engine.snapshot_read_linked(ranges[0]))
+            out = pb.SnapshotReadOutput(
+                ranges=[
+                    pb.ReadRangeOutput(values=[_entry(e) for e, _ in pairs]),
+                    pb.ReadRangeOutput(
+                        values=[pb.KvEntry() if t is None else _entry(t) for _, t in pairs]
+                    ),
+                ],
                 read_is_strongly_consistent=True,
                 status=pb.SR_SUCCESS,
             )
@@ -318,7 +352,7 @@ class _Server:
         try:
             return await anyio.to_thread.run_sync(fn)
         except KvTypeError as exc:
-            raise _Refused(400, str(exc)) from exc
+            raise _Refused(400, str(exc), error="KvTypeError") from exc
         except KvClosedError as exc:
             raise _Refused(503, "The server is shutting down; retry on another.") from exc
         except KvError as exc:
@@ -437,7 +471,8 @@ async def _answer(handle: Callable[[], Any]) -> Response:
     try:
         response: Response = await handle()
     except _Refused as exc:
-        return PlainTextResponse(exc.message, status_code=exc.status)
+        headers = {ERROR_HEADER: exc.error} if exc.error else None
+        return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
     return response
 
 
@@ -511,7 +546,9 @@ def _read_ranges(message: Any) -> list[ReadRange]:
     for r in message.ranges:
         if r.limit <= 0:
             raise _Refused(400, f"A read range's limit is {r.limit}; it must be positive.")
-        if len(r.start) > MAX_READ_KEY_SIZE or len(r.end) > MAX_READ_KEY_SIZE:
+        # A read key may be 2049 bytes; the end of the range that reads just
+        # that key is one byte longer.
+        if len(r.start) > MAX_READ_KEY_SIZE + 1 or len(r.end) > MAX_READ_KEY_SIZE + 1:
             raise _Refused(
                 400, f"A read range bound is over the key limit of {MAX_READ_KEY_SIZE} bytes."
             )

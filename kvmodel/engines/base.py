@@ -245,6 +245,9 @@ class EngineCapabilities:
     """Several processes can share the data, including queue and watch."""
     eventual_reads: bool = False
     """``Consistency.EVENTUAL`` may read a replica instead of the leader."""
+    queue_delivery: bool = True
+    """``dequeue_next_message`` delivers messages; False for a protocol that can only
+    enqueue (KV Connect), where a process on the server's store delivers them."""
     msgpack_values: bool = True
     """The engine stores kvmodel's msgpack values (all of Python's value types).
 

@@ -26,7 +26,11 @@ from kvmodel import (
     aio,
 )
 from kvmodel.testing import KvStore
-from kvmodel.testing.conformance_queue import JOIN_TIMEOUT, WAIT_TIMEOUT
+from kvmodel.testing.conformance_queue import (
+    JOIN_TIMEOUT,
+    WAIT_TIMEOUT,
+    require_queue_delivery,
+)
 
 __all__: list[str] = []
 
@@ -49,6 +53,7 @@ async def _listen(
     kv: aio.AsyncKv, handler: Callable[[Any], Awaitable[object]], *, concurrency: int = 1
 ) -> asyncio.Task[None]:
     """Starts ``kv.listen_queue(handler)`` as a task and lets it begin waiting."""
+    require_queue_delivery(kv.sync)
     task = asyncio.create_task(kv.listen_queue(handler, concurrency=concurrency))
     await asyncio.sleep(0)
     return task

@@ -117,6 +117,13 @@ class ShiftableClock:
             self._local.offset = 0.0
 
 
+def require_queue_delivery(target: Kv | KvStore) -> None:
+    """Skips the test on an engine whose protocol only enqueues (``queue_delivery``)."""
+    caps = target.capabilities if isinstance(target, KvStore) else target.engine.capabilities
+    if not caps.queue_delivery:
+        pytest.skip("the engine cannot deliver queue messages (capabilities.queue_delivery)")
+
+
 @contextmanager
 def listening(
     kv: Kv, handler: Callable[[Any], object], *, concurrency: int = 1
@@ -124,8 +131,9 @@ def listening(
     """Runs ``kv.listen_queue(handler)`` in a thread; on exit closes the Kv and joins it.
 
     Fails the test if listen_queue does not return within :data:`JOIN_TIMEOUT`
-    of the close, or if it raised.
+    of the close, or if it raised. Skips on an engine that cannot deliver.
     """
+    require_queue_delivery(kv)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -339,6 +347,7 @@ def test_delay_accepts_a_timedelta(kv: Kv) -> None:
 
 def test_delay_follows_an_injected_clock(kv_store: KvStore) -> None:
     """With an injected clock, a delayed message becomes ready exactly when that clock says so."""
+    require_queue_delivery(kv_store)
     # A frozen clock far from real time: any mix-up with time.time() shows.
     clock = ShiftableClock(start=1_000_000_000.0)
     kv = kv_store.open(clock=clock)
@@ -377,6 +386,7 @@ def test_messages_enqueued_in_sequence_are_delivered_in_order(kv: Kv) -> None:
 
 def test_equal_ready_times_from_different_delays_keep_enqueue_order(kv_store: KvStore) -> None:
     """Messages whose delays make their ready times equal are delivered in enqueue order."""
+    require_queue_delivery(kv_store)
     clock = ShiftableClock(start=1_000_000_000.0)
     kv = kv_store.open(clock=clock)
     kv.enqueue("b", delay=5)
@@ -713,6 +723,7 @@ def test_messages_survive_reopen(kv_store: KvStore) -> None:
 
 def test_retry_state_survives_reopen(kv_store: KvStore) -> None:
     """A message that failed before a reopen keeps its attempt count and remaining schedule."""
+    require_queue_delivery(kv_store)
     if not kv_store.capabilities.durable:
         pytest.skip("engine is not durable")
     kv = kv_store.open()
@@ -735,6 +746,7 @@ def _lease_bound(kv: Kv, asked: float) -> float:
 
 def test_a_message_whose_lease_expired_is_delivered_again(kv_store: KvStore) -> None:
     """A message taken and never finished is delivered again after the lease timeout."""
+    require_queue_delivery(kv_store)
     kv = kv_store.open(lease_timeout=0.2)
     lease = _lease_bound(kv, 0.2)
     kv.enqueue("orphan", keys_if_undelivered=[("dead",)])
@@ -757,6 +769,7 @@ def test_a_message_whose_lease_expired_is_delivered_again(kv_store: KvStore) -> 
 
 def test_a_listener_gets_a_message_whose_lease_expired(kv_store: KvStore) -> None:
     """A listener receives a message another consumer leased and abandoned."""
+    require_queue_delivery(kv_store)
     kv = kv_store.open(lease_timeout=0.2)
     kv.enqueue("orphan")
     abandoned = kv.engine.dequeue_next_message(WAIT_TIMEOUT)
@@ -769,6 +782,7 @@ def test_a_listener_gets_a_message_whose_lease_expired(kv_store: KvStore) -> Non
 
 def test_a_long_handler_keeps_its_lease(kv_store: KvStore) -> None:
     """A handler running longer than the lease timeout is not delivered to a second listener."""
+    require_queue_delivery(kv_store)
     kv = kv_store.open(lease_timeout=0.2)
     other = kv_store.open()
     lease = _lease_bound(kv, 0.2)
@@ -800,6 +814,7 @@ def _abandon(kv: Kv, lease: float) -> int:
     Returns the attempt it was delivered as. Waits up to a lease for it, since a
     message whose earlier lease just ran out becomes ready after that.
     """
+    require_queue_delivery(kv)
     message = kv.engine.dequeue_next_message(lease + WAIT_TIMEOUT)
     assert message is not None, "the message was not delivered"
     return message.attempt
@@ -815,6 +830,7 @@ def test_an_expired_lease_counts_as_a_failed_attempt(
     1 + len(backoff_schedule) deliveries instead of coming back for ever, and
     giving up on it is logged at WARNING with the keys written.
     """
+    require_queue_delivery(kv_store)
     caplog.set_level(logging.WARNING, logger="kvmodel.queue")
     kv = kv_store.open(lease_timeout=0.2)
     lease = _lease_bound(kv, 0.2)
@@ -853,6 +869,7 @@ def test_an_abandoned_message_without_dead_letter_keys_is_dropped(
     kv_store: KvStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With no retry left, an expired lease drops a message that has no keys_if_undelivered."""
+    require_queue_delivery(kv_store)
     caplog.set_level(logging.WARNING, logger="kvmodel.queue")
     kv = kv_store.open(lease_timeout=0.2)
     lease = _lease_bound(kv, 0.2)

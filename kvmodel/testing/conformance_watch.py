@@ -25,7 +25,12 @@ from kvmodel import (
     WatchIterator,
 )
 from kvmodel.testing import KvStore
-from kvmodel.testing.conformance_queue import JOIN_TIMEOUT, WAIT_TIMEOUT, ShiftableClock
+from kvmodel.testing.conformance_queue import (
+    JOIN_TIMEOUT,
+    WAIT_TIMEOUT,
+    ShiftableClock,
+    require_queue_delivery,
+)
 from kvmodel.testing.conformance_support import wait_until
 
 __all__: list[str] = []
@@ -161,6 +166,7 @@ def test_writes_from_another_kv_on_the_store_emit(kv_store: KvStore) -> None:
 
 def test_a_dead_letter_write_emits(kv: Kv) -> None:
     """The queue's dead-letter write is a change like any other commit."""
+    require_queue_delivery(kv)
     with kv.watch([("dead",)]) as watch:
         _next(watch)
         kv.enqueue("m", keys_if_undelivered=[("dead",)], backoff_schedule=[])
