@@ -137,7 +137,7 @@ def serve_process(store: Path | str, *extra: str, token: str = TOKEN) -> Iterato
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(10)
+            process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.communicate()
