@@ -19,10 +19,10 @@ import pytest
 
 pytest.importorskip("hypercorn", reason="the connect extra is not installed")
 
-from connect_server import TOKEN, serve_process  # noqa: E402
-from test_deno_file import ROOT, find_deno  # noqa: E402
+from connect_server import TOKEN, serve_process
+from test_deno_file import ROOT, find_deno
 
-import kvmodel as km  # noqa: E402
+import kvmodel as km
 
 DENO_TESTS = Path(__file__).resolve().parent / "deno" / "kv_connect_test.ts"
 
@@ -46,7 +46,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield url, path
 
 
-def run_deno(deno: str, *args: str, url: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+def run_deno(
+    deno: str, *args: str, url: str, token: str = TOKEN
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [deno, *args],
         env={
@@ -63,10 +65,8 @@ def run_deno(deno: str, *args: str, url: str, token: str = TOKEN) -> subprocess.
     )
 
 
-def test_deno_kv_unit_tests_pass_against_kvmodel_serve(
-    deno: str, served: tuple[str, Path]
-) -> None:
-    """The ported Deno KV unit tests (get/set/delete, list, checks, sum/min/max, expiry, watch) pass."""
+def test_deno_kv_unit_tests_pass_against_kvmodel_serve(deno: str, served: tuple[str, Path]) -> None:
+    """Ported Deno KV unit tests pass: get/set/delete, list, checks, sum/min/max, expiry, watch."""
     url, _ = served
     result = run_deno(deno, "test", "-A", "--unstable-kv", str(DENO_TESTS), url=url)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -74,7 +74,7 @@ def test_deno_kv_unit_tests_pass_against_kvmodel_serve(
 
 
 def test_deno_writes_python_reads_the_served_store(deno: str, served: tuple[str, Path]) -> None:
-    """What Deno writes over KV Connect is in the store, readable by kvmodel with its versionstamp."""
+    """What Deno writes over KV Connect is in the store, read by kvmodel with its versionstamp."""
     url, path = served
     script = (
         'const kv = await Deno.openKv(Deno.env.get("KV_URL"));'
@@ -111,7 +111,8 @@ const kv = await openKv(process.env.KV_URL, { accessToken: process.env.DENO_KV_A
 const r = await kv.set(["node"], { hello: "node" });
 const got = await kv.get(["node"]);
 if (got.value.hello !== "node" || got.versionstamp !== r.versionstamp) throw new Error("mismatch");
-const bad = await kv.atomic().check({ key: ["node"], versionstamp: null }).set(["node"], 1).commit();
+const bad = await kv.atomic().check({ key: ["node"], versionstamp: null })
+  .set(["node"], 1).commit();
 if (bad.ok) throw new Error("check passed");
 const listed = [];
 for await (const e of kv.list({ prefix: [] })) listed.push(e.key[0]);
