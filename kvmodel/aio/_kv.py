@@ -43,6 +43,8 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 logger = logging.getLogger("kvmodel.queue")
+ASYNC_WORKERS = 32
+"""Worker threads of an AsyncKv (started as needed): concurrent calls in flight."""
 
 
 class AsyncKv:
@@ -51,8 +53,13 @@ class AsyncKv:
     def __init__(self, kv: Kv) -> None:
         self._kv = kv
         self._inline = isinstance(kv.engine, MemoryEngine)
+        # Several workers, so commits of concurrent tasks reach the engine side
+        # by side and SQLite can serve them with one transaction (group commit);
+        # one task's calls still run in the order it awaits them.
         self._executor: ThreadPoolExecutor | None = (
-            None if self._inline else ThreadPoolExecutor(1, thread_name_prefix="kvmodel-aio")
+            None
+            if self._inline
+            else ThreadPoolExecutor(ASYNC_WORKERS, thread_name_prefix="kvmodel-aio")
         )
 
     @property

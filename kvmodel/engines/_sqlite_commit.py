@@ -1,11 +1,29 @@
-"""The commits of a SqliteEngine: one atomic write, or a group of them in one transaction."""
+"""The commits of a SqliteEngine: one atomic write, or a group of them in one transaction.
+
+Concurrent commits of one process go through a :class:`GroupCommitter`: a
+commit that finds no other in progress runs alone (:meth:`_commit`, exactly
+the single-commit transaction), and commits that arrive while one is being
+written are run together by the next leader (:meth:`_commit_group`).
+
+A group is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` in which every write is
+evaluated in queue order as if it had committed alone: its checks see the
+writes before it in the group, a failed check skips it, a ``sum`` that meets
+a value of the wrong type (or a damaged row) rolls it back to its own
+``SAVEPOINT`` and fails it alone, and each applied write takes the next value
+of the commit counter, so versionstamps still increase by one per applied
+write. The counter row is written once, at the end. Nothing is acknowledged
+before the ``COMMIT`` (and its fsync) returned; an SQLite error fails the
+whole group, as it would have failed each of its writes.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 import msgpack
 
+from kvmodel.engines._group_commit import GroupCommitter
 from kvmodel.engines._sqlite_connections import SqliteConnections
 from kvmodel.engines._sqlite_rows import checked_entry, damaged_row
 from kvmodel.engines._sqlite_schema import (
@@ -14,6 +32,7 @@ from kvmodel.engines._sqlite_schema import (
     DELETE,
     INSERT_MESSAGE,
     ROLLBACK,
+    SELECT_COUNTER,
     SELECT_VALUE,
     SELECT_VERSION,
     UPSERT,
@@ -28,94 +47,177 @@ from kvmodel.engines.base import (
     versionstamped_key,
 )
 
+# A group's statements beside the schema's: the counter is set once per group,
+# and each write of a group runs inside its own savepoint.
+SET_COUNTER = "UPDATE commit_counter SET counter = ? WHERE id = 0"
+SAVEPOINT = "SAVEPOINT kvmodel_write"
+RELEASE = "RELEASE kvmodel_write"
+ROLLBACK_TO = "ROLLBACK TO kvmodel_write"
+
 
 class SqliteCommits(SqliteConnections):
     """Atomic writes under ``BEGIN IMMEDIATE``, versionstamped by the commit counter."""
 
+    _committer: GroupCommitter[AtomicWrite, CommitOutcome]
+
     def atomic_write(self, write: AtomicWrite) -> CommitOutcome:
-        """Applies a write all-or-nothing in one SQLite transaction, or reports failed checks.
+        """Applies a write all-or-nothing, or reports failed checks; durable when it returns.
+
+        Concurrent calls from threads of this process share transactions
+        (see :mod:`kvmodel.engines._sqlite_commit`); each is still applied
+        or refused on its own.
 
         Raises:
             KvTypeError: SUM, MIN or MAX met a stored value that is not LE64
-                (nothing is written).
+                (nothing of this write is written).
             EngineError: SQLite failed, or the file stayed locked past busy_timeout.
         """
         if self._closed:
             self._raise_if_closed()
+        return self._committer.submit(write, self._commit_writes)
+
+    def _commit_writes(self, writes: Sequence[AtomicWrite]) -> list[CommitOutcome | Exception]:
+        """Commits a group (run by its leader): one transaction, one result per write."""
+        if self._closed:
+            self._raise_if_closed()
+        results: list[CommitOutcome | Exception]
         conn = self._acquire()
         try:
-            try:
-                outcome = self._commit(conn, write)
-            except sqlite3.Error as exc:
-                if not is_busy(exc):
-                    raise self._wrap(exc, "committing") from exc
-                outcome = self._retry_busy(
-                    conn, lambda c: self._commit(c, write), "committing", exc
-                )
+            if len(writes) == 1:
+                # No company: exactly the transaction of a single commit. Its
+                # errors (KvTypeError too) are raised to its one caller.
+                write = writes[0]
+                try:
+                    results = [self._commit(conn, write)]
+                except sqlite3.Error as exc:
+                    if not is_busy(exc):
+                        raise self._wrap(exc, "committing") from exc
+                    results = [
+                        self._retry_busy(conn, lambda c: self._commit(c, write), "committing", exc)
+                    ]
+            else:
+                try:
+                    results = self._commit_group(conn, writes)
+                except sqlite3.Error as exc:
+                    if not is_busy(exc):
+                        raise self._wrap(exc, "committing") from exc
+                    results = self._retry_busy(
+                        conn, lambda c: self._commit_group(c, writes), "committing", exc
+                    )
         finally:
             self._release(conn)
-        if outcome.versionstamp is not None:
+        if any(isinstance(r, CommitOutcome) and r.versionstamp is not None for r in results):
             self._signal.bump()
-        return outcome
+        return results
 
     def _commit(self, conn: sqlite3.Connection, write: AtomicWrite) -> CommitOutcome:
+        """One write in its own transaction: the commit of a writer with no company."""
         execute = conn.execute
         execute(BEGIN_IMMEDIATE)
         try:
             # Read the clock after taking the lock: expiry is judged at commit time.
             now_ms = self._now_ms()
             if write.checks:
-                failed: list[int] = []
-                for index, check in enumerate(write.checks):
-                    row = execute(SELECT_VERSION, (check.key,)).fetchone()
-                    current = None
-                    if row is not None and not (
-                        type(row[0]) is int
-                        and row[0] >= 0
-                        and (row[1] is None or type(row[1]) is int)
-                    ):
-                        raise damaged_row(check.key, b"", 1, *row)
-                    if row is not None and (row[1] is None or row[1] > now_ms):
-                        current = versionstamp_from_counter(row[0])
-                    if current != check.versionstamp:
-                        failed.append(index)
+                failed = self._failed_checks(conn, write, now_ms)
                 if failed:
                     execute(ROLLBACK)
-                    return CommitOutcome(None, tuple(failed))
+                    return CommitOutcome(None, failed)
             counter = self._bump_counter(conn)
-            versionstamp = versionstamp_from_counter(counter)
-            for m in write.mutations:
-                kind = m.kind
-                if kind is MutationKind.SET:
-                    execute(UPSERT, (m.key, m.value, m.encoding, counter, m.expire_at_ms))
-                elif kind is MutationKind.DELETE:
-                    execute(DELETE, (m.key,))
-                elif kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
-                    key = versionstamped_key(m.key, versionstamp)
-                    execute(UPSERT, (key, m.value, m.encoding, counter, m.expire_at_ms))
-                else:
-                    row = execute(SELECT_VALUE, (m.key,)).fetchone()
-                    stored = None
-                    if row is not None:
-                        checked_entry(m.key, row[0], row[1], 0, row[2])
-                    if row is not None and (row[2] is None or row[2] > now_ms):
-                        stored = (row[0], row[1])
-                    # Raises KvTypeError; the except below rolls everything back.
-                    value = apply_numeric_mutation(kind, stored, m.value)
-                    execute(UPSERT, (m.key, value, m.encoding, counter, None))
-            for e in write.enqueues:
-                execute(
-                    INSERT_MESSAGE,
-                    (
-                        e.ready_at_ms,
-                        e.payload,
-                        e.encoding,
-                        msgpack.packb(list(e.keys_if_undelivered)),
-                        msgpack.packb(list(e.backoff_schedule_ms)),
-                    ),
-                )
+            self._apply(conn, write, counter, now_ms)
             execute(COMMIT)
         except BaseException:
             self._rollback(conn)
             raise
-        return CommitOutcome(versionstamp)
+        return CommitOutcome(versionstamp_from_counter(counter))
+
+    def _commit_group(
+        self, conn: sqlite3.Connection, writes: Sequence[AtomicWrite]
+    ) -> list[CommitOutcome | Exception]:
+        """Several writes in one transaction, each applied or refused as if alone, in order."""
+        execute = conn.execute
+        execute(BEGIN_IMMEDIATE)
+        try:
+            now_ms = self._now_ms()
+            first = counter = int(execute(SELECT_COUNTER).fetchone()[0])
+            results: list[CommitOutcome | Exception] = []
+            for write in writes:
+                execute(SAVEPOINT)
+                try:
+                    failed = self._failed_checks(conn, write, now_ms) if write.checks else ()
+                    if not failed:
+                        self._apply(conn, write, counter + 1, now_ms)
+                except sqlite3.Error:
+                    raise  # the whole group fails (the except below rolls back)
+                except Exception as exc:  # KvTypeError, DecodeError: this write alone
+                    execute(ROLLBACK_TO)
+                    execute(RELEASE)
+                    results.append(exc)
+                    continue
+                execute(RELEASE)
+                if failed:  # nothing of it was written
+                    results.append(CommitOutcome(None, failed))
+                    continue
+                counter += 1
+                results.append(CommitOutcome(versionstamp_from_counter(counter)))
+            if counter != first:
+                execute(SET_COUNTER, (counter,))
+            execute(COMMIT)
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return results
+
+    @staticmethod
+    def _failed_checks(
+        conn: sqlite3.Connection, write: AtomicWrite, now_ms: int
+    ) -> tuple[int, ...]:
+        """The indexes of the write's checks that do not hold (an expired key is absent)."""
+        failed: list[int] = []
+        for index, check in enumerate(write.checks):
+            row = conn.execute(SELECT_VERSION, (check.key,)).fetchone()
+            current = None
+            if row is not None and not (
+                type(row[0]) is int and row[0] >= 0 and (row[1] is None or type(row[1]) is int)
+            ):
+                raise damaged_row(check.key, b"", 1, *row)
+            if row is not None and (row[1] is None or row[1] > now_ms):
+                current = versionstamp_from_counter(row[0])
+            if current != check.versionstamp:
+                failed.append(index)
+        return tuple(failed)
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, write: AtomicWrite, counter: int, now_ms: int) -> None:
+        """Writes the mutations and enqueues of one write, versionstamped by ``counter``."""
+        execute = conn.execute
+        versionstamp = versionstamp_from_counter(counter)
+        for m in write.mutations:
+            kind = m.kind
+            if kind is MutationKind.SET:
+                execute(UPSERT, (m.key, m.value, m.encoding, counter, m.expire_at_ms))
+            elif kind is MutationKind.DELETE:
+                execute(DELETE, (m.key,))
+            elif kind is MutationKind.SET_SUFFIX_VERSIONSTAMPED_KEY:
+                key = versionstamped_key(m.key, versionstamp)
+                execute(UPSERT, (key, m.value, m.encoding, counter, m.expire_at_ms))
+            else:
+                row = execute(SELECT_VALUE, (m.key,)).fetchone()
+                stored = None
+                if row is not None:
+                    checked_entry(m.key, row[0], row[1], 0, row[2])
+                if row is not None and (row[2] is None or row[2] > now_ms):
+                    stored = (row[0], row[1])
+                # Raises KvTypeError; the caller rolls this write back.
+                value = apply_numeric_mutation(kind, stored, m.value)
+                execute(UPSERT, (m.key, value, m.encoding, counter, None))
+        for e in write.enqueues:
+            execute(
+                INSERT_MESSAGE,
+                (
+                    e.ready_at_ms,
+                    e.payload,
+                    e.encoding,
+                    msgpack.packb(list(e.keys_if_undelivered)),
+                    msgpack.packb(list(e.backoff_schedule_ms)),
+                ),
+            )

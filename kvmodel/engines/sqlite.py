@@ -22,6 +22,9 @@ checks are evaluated under that lock. Lock contention (``SQLITE_BUSY``) waits in
 a jittered retry loop of short sleeps (not in SQLite's busy handler, whose
 growing sleeps let one busy writer starve the others), bounded by
 ``busy_timeout`` in total, after which :class:`EngineError` is raised.
+Commits of concurrent threads of one process are grouped: those that arrive
+while a commit is being written share the next transaction and its fsync, each
+still applied or refused on its own (:mod:`kvmodel.engines._sqlite_commit`).
 
 Lifetime: :meth:`SqliteEngine.close` joins the poller thread and closes every
 connection, waiting for calls in flight, before it returns. No connection
@@ -45,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from kvmodel.engines._group_commit import GroupCommitter
 from kvmodel.engines._sqlite_commit import SqliteCommits
 from kvmodel.engines._sqlite_connections import INHERITED_FILES, LIVE_ENGINES, file_identity
 from kvmodel.engines._sqlite_poller import Poller
@@ -204,6 +208,7 @@ class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
         self._file_id: tuple[int, int] | None = None
         self._close_lock = threading.Lock()
         self._signal = ChangeSignal()
+        self._committer = GroupCommitter()
         # Every open connection (pooled, in use, the poller's), so close() can
         # wait until all are closed and a forked child can disown them all.
         self._conns: set[sqlite3.Connection] = set()
