@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -127,18 +128,43 @@ def commit_group(kv: km.Kv, rng: random.Random, writer: str, seq: int, groups: i
     return g, token, op.commit()
 
 
-def run_commits(path: str, log_path: str, writer: str, seed: int, groups: int) -> None:
-    """Commits groups forever, logging each acknowledged commit durably."""
-    rng = random.Random(seed)
+def run_commits(
+    path: str, log_path: str, writer: str, seed: int, groups: int, threads: int = 1
+) -> None:
+    """Commits groups forever from ``threads`` threads, logging each acknowledged commit durably.
+
+    Thread i logs to ``log_path`` + ``.t<i>`` (one thread: ``log_path`` itself),
+    so each log is in commit order; the threads' commits meet in the engine's
+    group commit, so a kill lands inside grouped transactions too.
+    """
     kv = km.open_kv(path)
-    with open(log_path, "a", encoding="utf-8") as log:
-        print("ready", flush=True)
-        seq = 0
-        while True:
-            g, token, result = commit_group(kv, rng, writer, seq, groups)
-            if result.ok:  # acknowledged only now, after commit() returned ok
-                append_durably(log, f"{g} {token} {result.versionstamp}")
-            seq += 1
+    logs = [log_path] if threads == 1 else [f"{log_path}.t{i}" for i in range(threads)]
+
+    def commit_forever(i: int) -> None:
+        rng = random.Random(seed + i)
+        name = writer if threads == 1 else f"{writer}t{i}"
+        try:
+            with open(logs[i], "a", encoding="utf-8") as log:
+                ready.wait()
+                seq = 0
+                while True:
+                    g, token, result = commit_group(kv, rng, name, seq, groups)
+                    if result.ok:  # acknowledged only now, after commit() returned ok
+                        append_durably(log, f"{g} {token} {result.versionstamp}")
+                    seq += 1
+        except BaseException:
+            # A thread that failed must fail the test ("died by itself"), not
+            # leave the others committing as if nothing happened.
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+    ready = threading.Event()
+    for i in range(threads):
+        threading.Thread(target=commit_forever, args=(i,), daemon=True).start()
+    print("ready", flush=True)
+    ready.set()
+    threading.Event().wait()  # until killed
 
 
 # -- object mapper under kills ---------------------------------------------------
@@ -424,7 +450,7 @@ def main(argv: list[str]) -> None:
     exit_with_parent()
     mode, args = argv[0], argv[1:]
     if mode == "commits":
-        run_commits(args[0], args[1], args[2], int(args[3]), int(args[4]))
+        run_commits(args[0], args[1], args[2], int(args[3]), int(args[4]), int(args[5]))
     elif mode == "orm":
         run_orm(args[0], args[1], args[2], int(args[3]))
     elif mode == "bank":

@@ -24,6 +24,8 @@ from ._workers import GROUP_SIZE, LONG_TIMEOUT, kill_all, kill_at_random_moments
 
 WRITERS = 3
 GROUPS = 6
+THREADS = 4
+"""Writer threads in each process of the group-commit variant: their commits share transactions."""
 
 
 def read_log(path: Path) -> list[tuple[int, str, str]]:
@@ -99,15 +101,23 @@ def check_database(db: Path, logs: list[Path]) -> dict[str, int]:
 
 
 @pytest.mark.timeout(LONG_TIMEOUT)
+@pytest.mark.parametrize("threads", [1, THREADS], ids=["one-thread", "grouped"])
 def test_acknowledged_commits_survive_sigkill_and_no_group_is_partial(
-    tmp_path: Path, seed: int, torture_long: bool
+    tmp_path: Path, seed: int, torture_long: bool, threads: int
 ) -> None:
-    """Every acknowledged commit survives SIGKILL of its writer and no group is half written."""
+    """Every acknowledged commit survives SIGKILL of its writer and no group is half written.
+
+    With several threads per process the commits are grouped: a kill lands
+    in transactions that serve several writers' commits at once.
+    """
     rng = random.Random(seed)
     rounds, max_life = (60, 2.0) if torture_long else (3, 0.8)
     db = tmp_path / "kv.db"
     km.open_kv(db).close()  # create the schema once, before the writers race to
     logs = [tmp_path / f"writer{w}.log" for w in range(WRITERS)]
+    thread_logs = (
+        logs if threads == 1 else [Path(f"{log}.t{i}") for log in logs for i in range(threads)]
+    )
     kills = 0
     started = time.monotonic()
     counts: dict[str, int] = {}
@@ -116,18 +126,24 @@ def test_acknowledged_commits_survive_sigkill_and_no_group_is_partial(
         try:
             for w in range(WRITERS):
                 proc = spawn(
-                    "commits", db, logs[w], f"w{w}r{round_no}", rng.randrange(2**32), GROUPS
+                    "commits",
+                    db,
+                    logs[w],
+                    f"w{w}r{round_no}",
+                    rng.randrange(2**32),
+                    GROUPS,
+                    threads,
                 )
                 procs.append(proc)
             # Each writer dies at its own random moment of the round.
             kills += kill_at_random_moments(procs, rng, max_life)
         finally:
             kill_all(procs)
-        counts = check_database(db, logs)
+        counts = check_database(db, thread_logs)
     counts["kills"] = kills
     counts["rounds"] = rounds
     print(
-        f"\nkill-commits: seed={seed} rounds={rounds} kills={kills} "
+        f"\nkill-commits: threads={threads} seed={seed} rounds={rounds} kills={kills} "
         f"acknowledged={counts['acknowledged']} "
         f"unacknowledged_found={counts['unacknowledged_found']} lost={counts['lost']} "
         f"partial={counts['partial']} disorder={counts['disorder']} "
