@@ -133,7 +133,11 @@ class ConnectEngine:
         self._metadata: _Metadata | None = None
         self._watches: set[_ConnectWatch] = set()
         self._closed = False
-        self._exchange()  # fail at open on a wrong URL or token, as Deno.openKv does
+        try:
+            self._exchange()  # fail at open on a wrong URL or token, as Deno.openKv does
+        except BaseException:
+            self._http.close()
+            raise
 
     # -- Engine protocol -----------------------------------------------------------
 
