@@ -73,6 +73,7 @@ DOC_PAGES = [
     "docs/reference/value-encoding.md",
     "docs/reference/sqlite-engine.md",
     "docs/reference/etcd-engine.md",
+    "docs/reference/connect-engine.md",
 ]
 
 _FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
