@@ -53,6 +53,7 @@ SET_COUNTER = "UPDATE commit_counter SET counter = ? WHERE id = 0"
 SAVEPOINT = "SAVEPOINT kvmodel_write"
 RELEASE = "RELEASE kvmodel_write"
 ROLLBACK_TO = "ROLLBACK TO kvmodel_write"
+_NUMERIC = frozenset((MutationKind.SUM, MutationKind.MIN, MutationKind.MAX))
 
 
 class SqliteCommits(SqliteConnections):
@@ -141,7 +142,11 @@ class SqliteCommits(SqliteConnections):
             first = counter = int(execute(SELECT_COUNTER).fetchone()[0])
             results: list[CommitOutcome | Exception] = []
             for write in writes:
-                execute(SAVEPOINT)
+                # Only SUM, MIN and MAX can fail once something of the write is
+                # written (a check fails before that): only they need a savepoint.
+                savepoint = any(m.kind in _NUMERIC for m in write.mutations)
+                if savepoint:
+                    execute(SAVEPOINT)
                 try:
                     failed = self._failed_checks(conn, write, now_ms) if write.checks else ()
                     if not failed:
@@ -149,11 +154,13 @@ class SqliteCommits(SqliteConnections):
                 except sqlite3.Error:
                     raise  # the whole group fails (the except below rolls back)
                 except Exception as exc:  # KvTypeError, DecodeError: this write alone
-                    execute(ROLLBACK_TO)
-                    execute(RELEASE)
+                    if savepoint:
+                        execute(ROLLBACK_TO)
+                        execute(RELEASE)
                     results.append(exc)
                     continue
-                execute(RELEASE)
+                if savepoint:
+                    execute(RELEASE)
                 if failed:  # nothing of it was written
                     results.append(CommitOutcome(None, failed))
                     continue
