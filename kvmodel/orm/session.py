@@ -703,6 +703,7 @@ def expires_at(obj: Model) -> datetime | None:
     >>> visit = km.Session(kv).get(Visit, "v1")
     >>> 3590 < (km.expires_at(visit) - km.utcnow()).total_seconds() <= 3600
     True
+    >>> kv.close()
 
     Raises:
         KvTypeError: ``obj`` is not a model instance.
