@@ -12,6 +12,7 @@ import pytest
 import kvmodel as km
 from kvmodel import aio
 from kvmodel.testing import KvStore
+from kvmodel.testing.conformance_queue import require_queue_delivery
 
 T = TypeVar("T")
 
@@ -84,6 +85,7 @@ def test_async_session_finds_through_indexes_with_pages(kv_store: KvStore) -> No
 
 def test_async_session_rolls_back_on_error_and_enqueues_on_commit(kv_store: KvStore) -> None:
     """An exception discards the changes; enqueue joins the commit."""
+    require_queue_delivery(kv_store)
 
     async def main() -> None:
         kv = aio.AsyncKv(kv_store.open())

@@ -18,6 +18,7 @@ from kvmodel.errors import (
     UniqueViolationError,
 )
 from kvmodel.keys import decode_key, encode_key
+from kvmodel.testing.conformance_queue import require_queue_delivery
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -444,6 +445,7 @@ def test_check_indexes_reports_every_kind_of_problem(kv: Kv) -> None:
 
 def test_outbox_message_joins_the_commit(kv: Kv) -> None:
     """An enqueued message is part of the commit plan and is sent only if the commit succeeds."""
+    require_queue_delivery(kv)
     (oid,) = make_orders(kv, "c1", 1)
     stale = km.Session(kv)
     so = stale.get(Order, oid)

@@ -21,6 +21,7 @@ import pytest
 import kvmodel as km
 from kvmodel import aio
 from kvmodel.testing import KvStore
+from kvmodel.testing.conformance_queue import require_queue_delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0
@@ -65,6 +66,7 @@ kv.listen_queue(make_handler(kv, crash))
 
 def test_a_handler_with_a_second_parameter_gets_the_id_and_attempt(kv: km.Kv) -> None:
     """A retried message keeps its id; the attempt counts up; other messages get other ids."""
+    require_queue_delivery(kv)
     seen: list[tuple[str, km.QueueDelivery]] = []
 
     def handler(value: str, delivery: km.QueueDelivery) -> None:
@@ -89,6 +91,7 @@ def test_a_handler_with_a_second_parameter_gets_the_id_and_attempt(kv: km.Kv) ->
 
 def test_one_parameter_and_catch_all_handlers_get_the_value_alone(kv: km.Kv) -> None:
     """``def h(value)`` and ``def h(*args)`` are called with the value only, as before."""
+    require_queue_delivery(kv)
     calls: list[tuple[Any, ...]] = []
 
     def catch_all(*args: Any) -> None:
@@ -102,6 +105,7 @@ def test_one_parameter_and_catch_all_handlers_get_the_value_alone(kv: km.Kv) -> 
 
 def test_an_async_handler_with_a_second_parameter_gets_the_delivery(kv: km.Kv) -> None:
     """AsyncKv.listen_queue inspects the handler the same way."""
+    require_queue_delivery(kv)
     seen: list[tuple[Any, km.QueueDelivery]] = []
 
     async def main() -> None:
@@ -144,6 +148,7 @@ def _run_recipe_in_process(kv: km.Kv, until_attempt: int) -> list[bool]:
 @pytest.mark.parametrize("crash", ["before-commit", "after-commit"])
 def test_effectively_once_when_the_handler_process_dies(kv_store: KvStore, crash: str) -> None:
     """A listener killed before or after its commit: the redelivery's effect happens once."""
+    require_queue_delivery(kv_store)
     if kv_store.path is None:
         pytest.skip("this store cannot be opened by another process")
     kv = kv_store.open()
