@@ -480,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         if workload == "set":
             for t in tasks:
                 seconds, extra = measure(
-                    lambda p, t=t: kvmodel_async_cell("set", t, n, p, d), args.repeat
+                    lambda p, t=t: kvmodel_async_cell("set", t, n, p, d),  # type: ignore[misc]
+                    args.repeat,
                 )
                 results[("set", "kvmodel-async", t)] = n / seconds
                 extras[("set", "kvmodel-async", t)] = extra
