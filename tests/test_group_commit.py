@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sqlite3
 import threading
 import time
@@ -156,6 +157,32 @@ def test_an_error_of_the_whole_group_reaches_every_caller() -> None:
     assert {str(e) for e in errors} == {"disk on fire under [1, 2, 3]"}
 
 
+def test_an_interrupted_follower_keeps_its_place_so_the_queue_never_stalls() -> None:
+    """Ctrl-C while queued is raised after the commit is served, and later commits still run."""
+    committer: GroupCommitter[int, int] = GroupCommitter()
+    gate = Gate()
+    leader = threading.Thread(target=committer.submit, args=(0, gate))
+    leader.start()
+    gate.entered.wait(30)
+    main = threading.get_ident()
+
+    def interrupt_then_release() -> None:
+        wait_until(lambda: len(committer._queue) == 2)
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.05)  # the interrupt reaches the waiting main thread first
+        gate.release.set()
+
+    helper = threading.Thread(target=interrupt_then_release)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        committer.submit(2, gate)
+    helper.join(30)
+    leader.join(30)
+    assert gate.groups == [[0], [2]]  # the interrupted commit was still served
+    assert committer.submit(4, gate) == 40  # and the queue moves on
+    assert not committer._queue
+
+
 # -- grouped commits on SQLite ---------------------------------------------------
 
 
@@ -296,6 +323,42 @@ def test_asyncio_tasks_share_transactions(tmp_path: Path) -> None:
             return committer.groups, committer.commits, (await kv.get(("n",))).value
 
     assert asyncio.run(main()) == (2, 6, km.KvU64(6))
+
+
+def test_closing_while_threads_commit_ends_every_commit_and_keeps_the_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """close() amid grouped commits: each returns ok (and is on disk) or raises KvClosedError."""
+    db = tmp_path / "c.db"
+    kv = km.open_kv(db)
+    acknowledged: list[tuple[int, int]] = []
+    outcomes: list[str] = []
+    started = threading.Barrier(9)
+
+    def writer(t: int) -> None:
+        started.wait()
+        for i in range(10_000):
+            try:
+                kv.set(("w", t, i), i)
+            except km.KvClosedError:
+                outcomes.append("closed")
+                return
+            acknowledged.append((t, i))
+        outcomes.append("finished")
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    wait_until(lambda: len(acknowledged) >= 200)
+    kv.close()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(outcomes) == 8
+    with km.open_kv(db) as again:
+        stored = {tuple(e.key[1:]) for e in again.list(prefix=("w",))}
+    assert set(acknowledged) <= stored
 
 
 # -- property: a group equals its writes committed one by one -------------------

@@ -88,11 +88,22 @@ class GroupCommitter(Generic[_I, _R]):
             if len(queue) > 1:
                 wake = waiter.wake = threading.Lock()
                 wake.acquire()
+        interrupted: BaseException | None = None
         if waiter.wake is not None:
-            waiter.wake.acquire()  # released when done, or when this commit leads
-            if waiter.done:
-                return self._outcome(waiter)
-        self._lead()
+            # Released when done, or when this commit leads. A KeyboardInterrupt
+            # must not end the wait: the commit stays queued, and when it reaches
+            # the front nobody would lead, stalling every commit behind it. So
+            # wait on (a group takes milliseconds) and raise the interrupt after.
+            while True:
+                try:
+                    waiter.wake.acquire()
+                    break
+                except BaseException as exc:
+                    interrupted = exc
+        if not waiter.done:
+            self._lead()
+        if interrupted is not None:
+            raise interrupted
         return self._outcome(waiter)
 
     def _lead(self) -> None:
