@@ -17,12 +17,19 @@ from kvmodel.testing.conformance_queue import require_queue_delivery
 T = TypeVar("T")
 
 
+def utcnow_ms() -> datetime:
+    """The current UTC time to the millisecond: every engine stores it exactly, the Deno
+    file's V8 values included (a JavaScript Date holds milliseconds)."""
+    now = km.utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 class Account(km.Model, prefix="aio_accounts"):
     id: str = km.field(primary_key=True, factory=km.new_id)
     email: str
     team: str
     balance: int = 0
-    opened_at: datetime = km.field(factory=km.utcnow)
+    opened_at: datetime = km.field(factory=utcnow_ms)
 
     by_email = km.Unique("email")
     by_team = km.Index("team", "opened_at")

@@ -23,6 +23,13 @@ from kvmodel.testing.conformance_queue import require_queue_delivery
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
 
+def utcnow_ms() -> datetime:
+    """The current UTC time to the millisecond: every engine stores it exactly, the Deno
+    file's V8 values included (a JavaScript Date holds milliseconds)."""
+    now = km.utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 @attrs.define
 class OrderItem:
     product_id: str
@@ -36,7 +43,7 @@ class Order(km.Model, prefix="orders"):
     status: str = "pending"
     total_cents: int = 0
     items: list[OrderItem] = km.field(factory=list)
-    created_at: datetime = km.field(factory=km.utcnow)
+    created_at: datetime = km.field(factory=utcnow_ms)
 
     by_customer = km.Index("customer_id", "created_at")
     by_status = km.Index("status")

@@ -477,7 +477,7 @@ def test_le64_of_the_wrong_length_is_a_decode_error(data: bytes) -> None:
         decode_value(data, VALUE_ENCODING_LE64)
 
 
-@pytest.mark.parametrize("encoding", [0, 4, -1, 255])
+@pytest.mark.parametrize("encoding", [0, 5, -1, 255])
 def test_unknown_encoding_is_a_decode_error(encoding: int) -> None:
     """An encoding number kvmodel does not know raises DecodeError."""
     with pytest.raises(DecodeError, match=f"Unknown value encoding {encoding}"):

@@ -333,15 +333,15 @@ def inspect_database(path: str) -> None:
     """
     live = any(os.path.exists(path + suffix) for suffix in _SIDE_FILES)
     try:
-        identity = _read_file_identity(path, immutable=not live)
+        identity = read_file_identity(path, immutable=not live)
         check_identity(path, *identity)
     except EngineError:
         if live or not any(os.path.exists(path + suffix) for suffix in _SIDE_FILES):
             raise
-        check_identity(path, *_read_file_identity(path, immutable=False))
+        check_identity(path, *read_file_identity(path, immutable=False))
 
 
-def _read_file_identity(path: str, *, immutable: bool) -> tuple[int, int, list[str]]:
+def read_file_identity(path: str, *, immutable: bool) -> tuple[int, int, list[str]]:
     uri = "file:" + _uri_path(path) + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from kvmodel.engines import _deno_schema as sql
 from kvmodel.engines._sqlite_poller import Poller
+from kvmodel.engines._sqlite_schema import read_file_identity
 from kvmodel.engines.base import (
     VALUE_ENCODING_BYTES,
     VALUE_ENCODING_LE64,
@@ -84,21 +85,20 @@ _STEP = random.SystemRandom()
 def is_deno_kv_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a SQLite file in Deno's KV layout (so ``open_kv`` picks this engine).
 
-    Looks only: the file is opened read-only and never changed.
+    Looks only, the way the SQLite engine inspects a file before opening it:
+    through SQLite (a plain ``open()`` and ``close()`` of the file would drop
+    this process's locks on it), with ``immutable=1`` unless a writer's side
+    file is present, so looking at a file creates no ``-wal`` or ``-shm``.
     """
-    try:
-        with open(path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                return False
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True)
-        try:
-            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        finally:
-            conn.close()
-    except (OSError, sqlite3.Error):
+    target = os.fspath(path)
+    if not os.path.isfile(target):
         return False
-    return {"migration_state", "data_version", "kv"} <= names
+    live = any(os.path.exists(target + suffix) for suffix in ("-wal", "-journal"))
+    try:
+        _, _, tables = read_file_identity(target, immutable=not live)
+    except EngineError:
+        return False
+    return {"migration_state", "data_version", "kv"} <= set(tables)
 
 
 class DenoFileEngine:

@@ -88,6 +88,7 @@ class KvStore:
         self.path = path
         self._engines: list[Engine] = []
         self._kvs: list[Any] = []
+        self._probe: Callable[[], Engine] | None = None
 
     @classmethod
     def shared(cls, make_engine: Callable[..., Engine]) -> KvStore:
@@ -108,12 +109,22 @@ class KvStore:
                 )
             return engine[0]
 
-        return cls(open_engine)
+        store = cls(open_engine)
+        # Asking a shared store its capabilities must not create the shared
+        # engine: a test may still open its first Kv with options.
+        store._probe = make_engine
+        return store
 
     @property
     def capabilities(self) -> EngineCapabilities:
         """The engine's capability flags (opens a Kv if none is open yet)."""
         if not self._engines:
+            if self._probe is not None:
+                probe = self._probe()
+                try:
+                    return probe.capabilities
+                finally:
+                    probe.close()
             self.open()
         return self._engines[0].capabilities
 
