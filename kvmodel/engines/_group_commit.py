@@ -27,6 +27,7 @@ in order and returns one result (or one exception, for that item alone) each.
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -69,6 +70,8 @@ class GroupCommitter(Generic[_I, _R]):
         self._max_group = max_group
         self._mutex = threading.Lock()
         self._queue: deque[_Waiter[_I, _R]] = deque()
+        # Holds the front of the queue while a lone commit runs (see submit).
+        self._alone: _Waiter[_I, _R] = _Waiter(None, None)  # type: ignore[arg-type]
         # Figures for tests and benchmarks: groups run, and commits they served.
         self.groups = 0
         self.commits = 0
@@ -81,13 +84,20 @@ class GroupCommitter(Generic[_I, _R]):
         item's place is raised to that item's caller alone; an exception it
         raises is raised to every caller of the group.
         """
-        waiter: _Waiter[_I, _R] = _Waiter(item, run_group)
+        queue = self._queue
         with self._mutex:
-            queue = self._queue
-            queue.append(waiter)
-            if len(queue) > 1:
+            if not queue:
+                # Nobody else: commit at once, the one place of the queue held
+                # by a marker so that commits arriving meanwhile wait behind it.
+                queue.append(self._alone)
+                waiter = None
+            else:
+                waiter = _Waiter(item, run_group)
+                queue.append(waiter)
                 wake = waiter.wake = threading.Lock()
                 wake.acquire()
+        if waiter is None:
+            return self._commit_alone(item, run_group)
         interrupted: BaseException | None = None
         if waiter.wake is not None:
             # Released when done, or when this commit leads. A KeyboardInterrupt
@@ -106,11 +116,32 @@ class GroupCommitter(Generic[_I, _R]):
             raise interrupted
         return self._outcome(waiter)
 
+    def _commit_alone(
+        self, item: _I, run_group: Callable[[Sequence[_I]], list[_R | Exception]]
+    ) -> _R:
+        """The lone writer's commit: a group of one with none of the queue's bookkeeping."""
+        try:
+            result = run_group((item,))[0]
+        finally:
+            with self._mutex:
+                queue = self._queue
+                queue.popleft()
+                following = queue[0] if queue else None
+                self.groups += 1
+                self.commits += 1
+            if following is not None:  # it arrived meanwhile: it leads the next group
+                assert following.wake is not None
+                following.wake.release()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def _lead(self) -> None:
         """Runs the group at the front of the queue, then hands over to the next leader."""
         with self._mutex:
             queue = self._queue
-            group = [queue[i] for i in range(min(len(queue), self._max_group))]
+            size = len(queue)
+            group = [queue[0]] if size == 1 else list(itertools.islice(queue, self._max_group))
         try:
             try:
                 # The leader's own function runs the group (every caller passes

@@ -79,37 +79,50 @@ class SqliteCommits(SqliteConnections):
 
     def _commit_writes(self, writes: Sequence[AtomicWrite]) -> list[CommitOutcome | Exception]:
         """Commits a group (run by its leader): one transaction, one result per write."""
+        if len(writes) == 1:
+            # No company: exactly the transaction of a single commit. Its
+            # errors (KvTypeError too) are raised to its one caller.
+            return [self._commit_one(writes[0])]
         if self._closed:
             self._raise_if_closed()
         results: list[CommitOutcome | Exception]
         conn = self._acquire()
         try:
-            if len(writes) == 1:
-                # No company: exactly the transaction of a single commit. Its
-                # errors (KvTypeError too) are raised to its one caller.
-                write = writes[0]
-                try:
-                    results = [self._commit(conn, write)]
-                except sqlite3.Error as exc:
-                    if not is_busy(exc):
-                        raise self._wrap(exc, "committing") from exc
-                    results = [
-                        self._retry_busy(conn, lambda c: self._commit(c, write), "committing", exc)
-                    ]
-            else:
-                try:
-                    results = self._commit_group(conn, writes)
-                except sqlite3.Error as exc:
-                    if not is_busy(exc):
-                        raise self._wrap(exc, "committing") from exc
-                    results = self._retry_busy(
-                        conn, lambda c: self._commit_group(c, writes), "committing", exc
-                    )
+            try:
+                results = self._commit_group(conn, writes)
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise self._wrap(exc, "committing") from exc
+                results = self._retry_busy(
+                    conn, lambda c: self._commit_group(c, writes), "committing", exc
+                )
         finally:
             self._release(conn)
-        if any(isinstance(r, CommitOutcome) and r.versionstamp is not None for r in results):
-            self._signal.bump()
+        for r in results:
+            if type(r) is CommitOutcome and r.versionstamp is not None:
+                self._signal.bump()  # once per transaction: waiters re-read anyway
+                break
         return results
+
+    def _commit_one(self, write: AtomicWrite) -> CommitOutcome:
+        """One write alone: its transaction, with lock waits retried."""
+        if self._closed:
+            self._raise_if_closed()
+        conn = self._acquire()
+        try:
+            try:
+                outcome = self._commit(conn, write)
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise self._wrap(exc, "committing") from exc
+                outcome = self._retry_busy(
+                    conn, lambda c: self._commit(c, write), "committing", exc
+                )
+        finally:
+            self._release(conn)
+        if outcome.versionstamp is not None:
+            self._signal.bump()
+        return outcome
 
     def _commit(self, conn: sqlite3.Connection, write: AtomicWrite) -> CommitOutcome:
         """One write in its own transaction: the commit of a writer with no company."""
@@ -124,12 +137,13 @@ class SqliteCommits(SqliteConnections):
                     execute(ROLLBACK)
                     return CommitOutcome(None, failed)
             counter = self._bump_counter(conn)
-            self._apply(conn, write, counter, now_ms)
+            versionstamp = versionstamp_from_counter(counter)
+            self._apply(conn, write, counter, versionstamp, now_ms)
             execute(COMMIT)
         except BaseException:
             self._rollback(conn)
             raise
-        return CommitOutcome(versionstamp_from_counter(counter))
+        return CommitOutcome(versionstamp)
 
     def _commit_group(
         self, conn: sqlite3.Connection, writes: Sequence[AtomicWrite]
@@ -150,7 +164,8 @@ class SqliteCommits(SqliteConnections):
                 try:
                     failed = self._failed_checks(conn, write, now_ms) if write.checks else ()
                     if not failed:
-                        self._apply(conn, write, counter + 1, now_ms)
+                        versionstamp = versionstamp_from_counter(counter + 1)
+                        self._apply(conn, write, counter + 1, versionstamp, now_ms)
                 except sqlite3.Error:
                     raise  # the whole group fails (the except below rolls back)
                 except Exception as exc:  # KvTypeError, DecodeError: this write alone
@@ -165,7 +180,7 @@ class SqliteCommits(SqliteConnections):
                     results.append(CommitOutcome(None, failed))
                     continue
                 counter += 1
-                results.append(CommitOutcome(versionstamp_from_counter(counter)))
+                results.append(CommitOutcome(versionstamp))
             if counter != first:
                 execute(SET_COUNTER, (counter,))
             execute(COMMIT)
@@ -194,10 +209,15 @@ class SqliteCommits(SqliteConnections):
         return tuple(failed)
 
     @staticmethod
-    def _apply(conn: sqlite3.Connection, write: AtomicWrite, counter: int, now_ms: int) -> None:
+    def _apply(
+        conn: sqlite3.Connection,
+        write: AtomicWrite,
+        counter: int,
+        versionstamp: bytes,
+        now_ms: int,
+    ) -> None:
         """Writes the mutations and enqueues of one write, versionstamped by ``counter``."""
         execute = conn.execute
-        versionstamp = versionstamp_from_counter(counter)
         for m in write.mutations:
             kind = m.kind
             if kind is MutationKind.SET:
