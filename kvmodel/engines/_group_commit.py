@@ -17,6 +17,12 @@ The scheme is LevelDB's writer queue (``DBImpl::Write``):
   runs them as one group, takes them off the queue, hands each follower its
   result and wakes the next commit in the queue, which leads the next group:
   commits that arrived while this group was being written.
+* The next leader, not this one, wakes this group's followers, just before
+  its own COMMIT (:meth:`GroupCommitter.wake_previous`). Woken at once, the
+  followers would take the GIL between the next leader's SQL statements to
+  prepare their next commits; woken then, they do it during its fsync, when
+  the GIL is free. Measured with 16 threads on 2 cores: 13.0-13.3k ``set``
+  commits/s became 14.4-16.6k, and 7.9-8.3k ``atomic_order`` commits 10.3k.
 
 Nobody is acknowledged before the group's transaction returned: a follower
 learns its outcome only from the leader, after ``run_group`` came back.
@@ -70,6 +76,8 @@ class GroupCommitter(Generic[_I, _R]):
         self._max_group = max_group
         self._mutex = threading.Lock()
         self._queue: deque[_Waiter[_I, _R]] = deque()
+        # Followers of the previous group, left for the current leader to wake.
+        self._handed: list[_Waiter[_I, _R]] = []
         # Holds the front of the queue while a lone commit runs (see submit).
         self._alone: _Waiter[_I, _R] = _Waiter(None, None)  # type: ignore[arg-type]
         # Figures for tests and benchmarks: groups run, and commits they served.
@@ -166,18 +174,42 @@ class GroupCommitter(Generic[_I, _R]):
                 else:
                     w.result = result
         finally:
+            # The previous group's followers, if this leader has not woken them yet.
+            self.wake_previous()
+            followers = group[1:]
+            for w in followers:
+                w.done = True
             with self._mutex:
                 for _ in group:
                     queue.popleft()
                 following = queue[0] if queue else None
                 self.groups += 1
                 self.commits += len(group)
-            # The next leader starts its transaction while the followers wake.
-            if following is not None:
+            if following is None:
+                for w in followers:
+                    assert w.wake is not None
+                    w.wake.release()
+            else:
+                # The next leader starts its transaction at once and wakes these
+                # followers itself just before its COMMIT (wake_previous): their
+                # Python work then runs during its fsync instead of taking the
+                # GIL between its statements.
+                self._handed = followers
                 assert following.wake is not None
                 following.wake.release()
-            for w in group[1:]:
-                w.done = True
+
+    def wake_previous(self) -> None:
+        """Wakes the followers of the previous group, whose commits are durable already.
+
+        The leader of a group calls it just before its own COMMIT (and the
+        committer calls it again, harmlessly, when the group ends). Only the
+        current leader touches the list: the previous leader filled it before
+        handing over.
+        """
+        handed = self._handed
+        if handed:
+            self._handed = []
+            for w in handed:
                 assert w.wake is not None
                 w.wake.release()
 

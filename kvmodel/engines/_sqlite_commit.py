@@ -139,6 +139,7 @@ class SqliteCommits(SqliteConnections):
             counter = self._bump_counter(conn)
             versionstamp = versionstamp_from_counter(counter)
             self._apply(conn, write, counter, versionstamp, now_ms)
+            self._committer.wake_previous()
             execute(COMMIT)
         except BaseException:
             self._rollback(conn)
@@ -183,6 +184,7 @@ class SqliteCommits(SqliteConnections):
                 results.append(CommitOutcome(versionstamp))
             if counter != first:
                 execute(SET_COUNTER, (counter,))
+            self._committer.wake_previous()  # they prepare their next commits during the fsync
             execute(COMMIT)
         except BaseException:
             self._rollback(conn)
