@@ -137,8 +137,9 @@ class Session:
         """Tracks a new object; the next commit creates it (and fails if its key exists).
 
         Adding an object the session already tracks does nothing (but give it
-        ``expire_in`` to set a new deadline); adding a new object with the key
-        of one deleted in this session replaces that one.
+        ``expire_in`` to set a new deadline), except that an object deleted in
+        this session is un-deleted; adding a new object with the key of one
+        deleted in this session replaces that one.
 
         ``expire_in`` (seconds or a timedelta) makes the document and all its
         index entries expire together, at one deadline; without it a new object
@@ -574,8 +575,11 @@ class Session:
         return result
 
     def rollback(self) -> None:
-        """Discards the pending changes: new objects and enqueues are dropped,
-        deletions undone, and changed objects get their stored values back."""
+        """Discards the pending changes.
+
+        New objects and enqueues are dropped, deletions undone, and changed
+        objects get their stored values back.
+        """
         if self._closed:
             self._check_open()
         for t in list(self._by_id.values()):
