@@ -200,16 +200,20 @@ class Session:
         t.session = self._ref
         object.__setattr__(t.obj, "_km_state", t)
 
+    def _refuse_foreign(self, state: Tracked, advice: str) -> None:
+        """Refuses an object that another live session tracks (two sessions would
+        write it against different versionstamps)."""
+        owner = state.session() if state.session is not None else None
+        if owner is not None and owner is not self and not owner._closed:
+            raise InvalidArgumentError(
+                f"{state.describe()} is tracked by another session ({owner!r}); {advice}."
+            )
+
     def _refuse_known(self, obj: Model, info: ModelInfo, state: Any) -> None:
         """add() is for new objects: one another session tracks, or one read or written
         before, gets advice instead of a commit that fails on an existing key."""
         if isinstance(state, Tracked):
-            owner = state.session() if state.session is not None else None
-            if owner is not None and owner is not self and not owner._closed:
-                raise InvalidArgumentError(
-                    f"{state.describe()} is tracked by another session ({owner!r}); change it "
-                    "there, or close that session and merge() the object into this one."
-                )
+            self._refuse_foreign(state, "change it there, or close that session and merge() it")
             if state.stored is None:
                 return  # added to a session that never committed it: still new
         elif state[1] is None:
@@ -240,12 +244,7 @@ class Session:
         attach(self._kv, info)
         state = getattr(obj, "_km_state", None)
         if isinstance(state, Tracked):
-            owner = state.session() if state.session is not None else None
-            if owner is not None and owner is not self and not owner._closed:
-                raise InvalidArgumentError(
-                    f"{state.describe()} is tracked by another session ({owner!r}); close that "
-                    "session first, or change the object there."
-                )
+            self._refuse_foreign(state, "close that session first, or change the object there")
             state = (state.key, state.stored, state.versionstamp)
         if state is None or state[1] is None:
             raise InvalidArgumentError(
@@ -291,12 +290,7 @@ class Session:
         deadline = None if expire_in is None else self._deadline(expire_in)
         state = getattr(obj, "_km_state", None)
         if isinstance(state, Tracked):
-            owner = state.session() if state.session is not None else None
-            if owner is not None and owner is not self and not owner._closed:
-                raise InvalidArgumentError(
-                    f"{state.describe()} is tracked by another session ({owner!r}); put() it "
-                    "there, or close that session first."
-                )
+            self._refuse_foreign(state, "put() it there, or close that session first")
         pk = info.pk_parts(obj)
         key: Key = (info.prefix, *pk)
         if self._identity.get(key) is not None:
