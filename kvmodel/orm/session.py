@@ -112,8 +112,10 @@ class Session:
         """
         if self._closed:
             return
-        for t in self._by_id.values():
-            _detach(t)
+        # The objects keep their Tracked records: a closed owner no longer
+        # claims them (see _refuse_foreign), and merge() reads the stored
+        # document and versionstamp from the record, so closing costs nothing
+        # per object.
         self._identity.clear()
         self._by_id.clear()
         self._enqueues.clear()
