@@ -145,8 +145,8 @@ class AtomicBuilder:
         self._mutations.append(Mutation(encoded, kind, data, encoding, expire_at_ms))
         return self
 
-    def _set_until(self, key: Sequence[Any], value: object, expire_at_ms: int) -> Self:
-        """Sets ``key`` to ``value`` until the absolute deadline ``expire_at_ms``.
+    def _set_until(self, key: Sequence[Any], value: object, expire_at_ms: int | None) -> Self:
+        """Sets ``key`` to ``value`` until the absolute deadline ``expire_at_ms`` (None: for good).
 
         The object mapper writes a document and its index entries with one
         deadline, which relative ``expire_in`` values read at different

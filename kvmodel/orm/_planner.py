@@ -61,7 +61,6 @@ class Tracked:
         "session",
         "source",
         "stored",
-        "stored_expire_at_ms",
         "versionstamp",
     )
 
@@ -86,11 +85,15 @@ class Tracked:
         self.deleted = False
         self.force = False
         self.session: Any = None
-        # The document's expiry deadline as stored, and the one the next write
-        # gives it (with all its index entries); None: it does not expire.
-        expiry = stored.get(EXPIRY_FIELD) if stored is not None else None
-        self.stored_expire_at_ms: int | None = expiry if type(expiry) is int else None
+        # The deadline the next write gives the document and all its index
+        # entries; None: it does not expire. It starts as the stored one.
         self.expire_at_ms = self.stored_expire_at_ms
+
+    @property
+    def stored_expire_at_ms(self) -> int | None:
+        """The deadline the stored document records (ms since the epoch), or None."""
+        expiry = self.stored.get(EXPIRY_FIELD) if self.stored is not None else None
+        return expiry if type(expiry) is int else None
 
     def unchanged(self, form: dict[str, Any]) -> bool:
         """Whether ``form`` (the object's form now) is what the object was when loaded.
@@ -138,15 +141,11 @@ class Tracked:
         expiry = self.expire_at_ms
         if source is None or source.keys() <= info.field_set:
             if info.version == 1 and expiry is None:
-                return form
+                return form  # the common case: the form is the document
             doc = dict(form)
-            if info.version > 1:
-                doc[VERSION_FIELD] = info.version
-            if expiry is not None:
-                doc[EXPIRY_FIELD] = expiry
-            return doc
-        doc = {k: v for k, v in source.items() if k not in info.field_set}
-        doc.update(form)
+        else:
+            doc = {k: v for k, v in source.items() if k not in info.field_set}
+            doc.update(form)
         stored_version = self.stored.get(VERSION_FIELD, 1) if self.stored is not None else 1
         if type(stored_version) is not int:
             stored_version = 1
@@ -168,7 +167,6 @@ class Tracked:
         self.baseline = None
         self.versionstamp = versionstamp
         self.force = False
-        self.stored_expire_at_ms = self.expire_at_ms
 
     def describe(self) -> str:
         """The object as messages name it: ``Order('01HX...')``."""

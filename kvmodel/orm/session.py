@@ -28,11 +28,19 @@ from kvmodel.errors import (
 from kvmodel.limits import MAX_EXPIRE_IN_SECONDS, MAX_GET_MANY_KEYS
 from kvmodel.orm._catalog import attach
 from kvmodel.orm._convert import Key
-from kvmodel.orm._planner import Plan, PlannedCheck, PlannedEnqueue, Tracked, plan_commit
+from kvmodel.orm._planner import (
+    Plan,
+    PlannedCheck,
+    PlannedEnqueue,
+    PlannedMutation,
+    Tracked,
+    plan_commit,
+)
 from kvmodel.orm.index import pointed_key
 from kvmodel.orm.model import EXPIRY_FIELD, Model, ModelInfo, model_info
 
 if TYPE_CHECKING:
+    from kvmodel._atomic import AtomicOperation
     from kvmodel._kv import Kv
     from kvmodel._records import CommitResult
     from kvmodel.engines.base import RawEntry
@@ -499,11 +507,7 @@ class Session:
         if t is not None:
             return None if t.deleted else t.obj
         obj, source, baseline = info.load(value, key)
-        t = Tracked(obj, info, key[1:], value, versionstamp, source, baseline)
-        self._identity[key] = t
-        self._by_id[id(obj)] = t
-        t.session = self._ref
-        object.__setattr__(obj, "_km_state", t)
+        self._track(Tracked(obj, info, key[1:], value, versionstamp, source, baseline))
         return obj
 
     @staticmethod
@@ -540,19 +544,13 @@ class Session:
         for c in plan.checks:
             op.check((c.key, c.versionstamp))
         for m in plan.mutations:
-            if m.delete:
-                op.delete(m.key)
-            else:
-                try:
-                    if m.expire_at_ms is None:
-                        op.set(m.key, m.value)
-                    else:
-                        op._set_until(m.key, m.value, m.expire_at_ms)
-                except (LimitExceededError, EncodeError) as exc:
-                    raise type(exc)(
-                        f"{m.owner.describe()} cannot be stored at {m.key!r}: {exc}",
-                        **_limit_facts(exc),
-                    ) from exc
+            try:
+                _add_mutation(op, m)
+            except (LimitExceededError, EncodeError) as exc:
+                raise type(exc)(
+                    f"{m.owner.describe()} cannot be stored at {m.key!r}: {exc}",
+                    **_limit_facts(exc),
+                ) from exc
         for e in plan.enqueues:
             op.enqueue(e.value, **e.options)
         try:
@@ -665,12 +663,7 @@ class Session:
             for c in checks:
                 op.check((c.key, c.versionstamp))
             for m in mutations:
-                if m.delete:
-                    op.delete(m.key)
-                elif m.expire_at_ms is None:
-                    op.set(m.key, m.value)
-                else:
-                    op._set_until(m.key, m.value, m.expire_at_ms)
+                _add_mutation(op, m)
             try:
                 op.build()
             except LimitExceededError as crossed:
@@ -736,6 +729,14 @@ def _pk_tuple(info: ModelInfo, pk: Any) -> tuple[Any, ...]:
             f"tuple of {len(info.pk_fields)} values, not {pk!r}."
         )
     return tuple(pk)
+
+
+def _add_mutation(op: AtomicOperation, m: PlannedMutation) -> None:
+    """Adds one planned mutation to an atomic operation (a set keeps its deadline)."""
+    if m.delete:
+        op.delete(m.key)
+    else:
+        op._set_until(m.key, m.value, m.expire_at_ms)
 
 
 def _limit_facts(exc: Exception) -> dict[str, Any]:
