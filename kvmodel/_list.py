@@ -169,7 +169,7 @@ class ListState:
 
         if cursor is not None:
             position = self._common + _decode_cursor(cursor)
-            # DESIGN: a cursor naming a key outside an explicit start/end is an
+            # kvmodel's rule: a cursor naming a key outside an explicit start/end is an
             # error (Deno only rejects the side it resumes from); outside a plain
             # prefix it simply yields nothing, as in Deno.
             if (explicit_start is not None and position < explicit_start) or (

@@ -1,7 +1,7 @@
 """The object mapper: declarative models, indexes, the unit of work and index queries.
 
 Everything here is re-exported at the top level (``km.Model``, ``km.Session``,
-...); see DESIGN section 3 and ``docs/explanation/models-and-keys.md``.
+...); see ``docs/explanation/models-and-keys.md`` for the key layout.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Two conversions live here, and nowhere else:
   sequence becomes a list, because the codec reads tuples back as lists and the
   session compares forms to detect changes.
 * **Key parts.** Index values and primary key values become key parts in an
-  order-preserving way (DESIGN section 3): str/int/float/bool/bytes as is, Enum
+  order-preserving way (docs/explanation/models-and-keys.md): str/int/float/bool/bytes as is, Enum
   by value, datetime as UTC microseconds, date as its ordinal, UUID as its 16
   bytes. :func:`to_key_part` converts Python values (what users pass to
   queries); :func:`form_part_converter` builds, for one declared field type, the
@@ -70,7 +70,7 @@ def datetime_to_micros(value: datetime, what: str = "the datetime") -> int:
 
 
 def to_key_part(value: Any, what: str = "the value") -> KeyPart:
-    """The key part for a Python value, in the order-preserving form of DESIGN section 3.
+    """The key part for a Python value, in the order-preserving form indexes use.
 
     Raises:
         InvalidArgumentError: a naive datetime.

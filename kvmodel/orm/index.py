@@ -1,7 +1,7 @@
 """Secondary indexes: :class:`Index` (non-unique, compound) and :class:`Unique`.
 
 Declared as class attributes of a model; the attribute name is the index name.
-The key layout is DESIGN section 3: an index ``by_x`` of a model with prefix
+The key layout: an index ``by_x`` of a model with prefix
 ``p`` lives under ``f"{p}_by_x"``, one entry per document:
 
 * non-unique: ``(index_prefix, *values, *pk)``;

@@ -1,8 +1,9 @@
 """Conformance: atomic commits, checks, KvU64 arithmetic, versionstamps and expiry.
 
-DESIGN.md section 2: the AtomicOperation paragraph, "Versionstamps", "KvU64",
-"Limits" (per-commit ones) and "Expiry"; section 5 (a commit is all-or-nothing,
-expired keys vanish at once, failed commits name their checks).
+Atomic operations, versionstamps, KvU64, the per-commit limits and expiry as
+docs/reference/api.md and limits.md state them, with kvmodel's deliberate
+differences from Deno (a commit is all-or-nothing, expired keys vanish at once,
+failed commits name their checks).
 """
 
 from __future__ import annotations

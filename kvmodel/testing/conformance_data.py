@@ -1,8 +1,8 @@
 """Conformance: keys, values and the single-key calls (get, get_many, set, delete).
 
-DESIGN.md section 2, "Keys", "Key encoding", "Values", "Limits" and the table
-rows of get, get_many, set and delete. Every error case also checks that the
-failed call changed nothing.
+The rules of keys, key encoding, values and limits (docs/reference/key-encoding.md,
+value-encoding.md, limits.md) as get, get_many, set and delete apply them.
+Every error case also checks that the failed call changed nothing.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Conformance: ``Kv.list`` selectors, limit, reverse, batch_size and cursors.
 
-DESIGN.md section 2, "Ranges" and "Cursors". Where the spec is silent the
-expected behaviour is Deno's (denoland/deno ext/kv/01_db.ts and lib.rs), and a
+Ranges and cursors as docs/reference/api.md states them for ``Kv.list``. Where the
+spec is silent the expected behaviour is Deno's (denoland/deno ext/kv/01_db.ts and lib.rs), and a
 comment says so.
 """
 
@@ -200,7 +200,7 @@ def test_limit_and_batch_size_must_be_positive_ints(kv: Kv, option: str, bad: An
 
 
 def test_cursor_has_denos_format(kv: Kv) -> None:
-    """The cursor is base64url of the last key's encoding minus the prefix (DESIGN's "AmIA")."""
+    """The cursor is base64url of the last key's encoding minus the prefix ("AmIA" here)."""
     _fill_letters(kv)
     it = kv.list(prefix=("a",), limit=2)
     assert _keys(it) == _under_a("ab")
@@ -373,7 +373,7 @@ def test_reverse_cursor_after_an_explicit_end_is_invalid(kv: Kv) -> None:
 
 
 def test_cursors_outside_explicit_bounds_are_invalid_in_both_directions(kv: Kv) -> None:
-    """DESIGN: a cursor naming a key outside an explicit start/end is an error either way."""
+    """A cursor naming a key outside an explicit start/end is an error either way."""
     _fill_letters(kv)
     # "AmQA" is ("a","d"): at or past end ("a","c"), for a forward listing too.
     with unchanged(kv), pytest.raises(InvalidArgumentError):
