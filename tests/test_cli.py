@@ -1,4 +1,4 @@
-"""Tests of the ``kvmodel`` command line (kvmodel.cli, kvmodel._cli_app, _cli_dump, _cli_engine).
+"""Tests of the ``kvmodel`` command line (kvmodel.cli, kvmodel.cli._app, _dump, _engine).
 
 Commands run in-process through click's CliRunner (``invoke``) and as the
 real console script in a subprocess (``script``), including dump | load
@@ -24,9 +24,9 @@ from conftest import STORE_FACTORIES
 from etcd_cluster import shared_cluster
 
 import kvmodel as km
-from kvmodel import _cli_dump
-from kvmodel._cli_app import cli
+from kvmodel.cli import _dump as _cli_dump
 from kvmodel.cli import main
+from kvmodel.cli._app import cli
 from kvmodel.engines.base import SnapshotSource
 from kvmodel.testing import KvStore
 

@@ -1,4 +1,4 @@
-"""Tests of kvmodel._cli_text: the command line's text form and typed JSON of keys and values."""
+"""Tests of kvmodel.cli._text: the command line's text form and typed JSON of keys and values."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvmodel import InvalidArgumentError, KvU64
-from kvmodel._cli_text import (
+from kvmodel._values import decode_value, encode_value
+from kvmodel.cli._text import (
     format_key,
     format_value,
     key_from_json,
@@ -23,7 +24,6 @@ from kvmodel._cli_text import (
     value_from_json,
     value_to_json,
 )
-from kvmodel._values import decode_value, encode_value
 from kvmodel.testing.strategies import keys
 
 _zones = st.one_of(

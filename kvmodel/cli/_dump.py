@@ -1,7 +1,7 @@
 """``kvmodel dump`` and ``kvmodel load``: a store as newline-delimited JSON, and back.
 
 The dump format (one JSON object per line, values in the typed JSON of
-:mod:`kvmodel._cli_text`):
+:mod:`kvmodel.cli._text`):
 
 * a header ``{"kvmodel_dump": 1, "engine": "sqlite", "dumped_at_ms": ...}``;
 * one line per entry: ``{"key": [...], "value": ..., "versionstamp": "...",
@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from kvmodel._atomic import check_commit_limits
-from kvmodel._cli_text import format_key, key_from_json, key_to_json, value_from_json, value_to_json
 from kvmodel._kv import Kv
 from kvmodel._values import decode_value
+from kvmodel.cli._text import format_key, key_from_json, key_to_json, value_from_json, value_to_json
 from kvmodel.engines.base import (
     AtomicWrite,
     Check,

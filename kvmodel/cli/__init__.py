@@ -2,7 +2,7 @@
 
 ``kvmodel demo`` runs the orders demo and ``kvmodel --version`` answers with
 the core package alone. Every other command (``ls``, ``get``, ``set``,
-``dump``, ``load``, ``stats``, ...; see :mod:`kvmodel._cli_app`) needs the
+``dump``, ``load``, ``stats``, ...; see :mod:`kvmodel.cli._app`) needs the
 ``cli`` extra, ``pip install 'kvmodel[cli]'``, which brings click and rich;
 without it the script says so. ``import kvmodel`` never imports either.
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvmodel {version()}")
         return 0
     try:
-        from kvmodel import _cli_app
+        from kvmodel.cli import _app as _cli_app
     except ImportError as exc:
         if exc.name in ("click", "rich") or (exc.name or "").startswith(("click.", "rich.")):
             print(INSTALL_HINT, file=sys.stderr)

@@ -8,7 +8,7 @@ progress bars (with rate and ETA) on a terminal; when stdout or stderr is not
 a terminal the output is plain text, one item a line, fit for pipes.
 
 Keys and values on the command line and in the default output use the text
-form of :mod:`kvmodel._cli_text` (``users,ada`` and ``{"name": "Ada"}``);
+form of :mod:`kvmodel.cli._text` (``users,ada`` and ``{"name": "Ada"}``);
 ``--json`` prints typed JSON instead. The store, always the first argument,
 is a SQLite path, ``:memory:`` or an ``etcd://``/``etcds://`` URL.
 """
@@ -42,8 +42,9 @@ from rich.table import Table
 from rich.text import Text
 
 import kvmodel as km
-from kvmodel import _cli_dump, _cli_engine
-from kvmodel._cli_text import (
+from kvmodel.cli import _dump as _cli_dump
+from kvmodel.cli import _engine as _cli_engine
+from kvmodel.cli._text import (
     format_key,
     format_value,
     key_to_json,
@@ -429,7 +430,7 @@ def set_(
     expire_in: float | None,
 ) -> int:
     """Set KEY to VALUE (text form) and print the commit's versionstamp."""
-    from kvmodel._cli_text import value_from_json
+    from kvmodel.cli._text import value_from_json
 
     if as_string and as_json:
         raise click.UsageError("--string and --json cannot be used together.")
