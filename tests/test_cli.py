@@ -49,7 +49,49 @@ def script(*args: str, input: str | None = None, cwd: Path | None = None) -> Any
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return str(tmp_path / "app.db")
+    """An empty SQLite store (read commands refuse a path with no store)."""
+    path = str(tmp_path / "app.db")
+    km.open_kv(path).close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ls", "{}", ""],
+        ["get", "{}", "a"],
+        ["stats", "{}"],
+        ["dump", "{}"],
+        ["watch", "{}", "a"],
+        ["check", "{}", "kvmodel.examples.orders"],
+        ["rm", "{}", "a"],
+        ["vacuum", "{}"],
+        ["ls", "deno:{}", ""],
+    ],
+)
+def test_a_read_command_refuses_a_store_that_does_not_exist(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A mistyped path is an error naming it, and no empty store appears there."""
+    path = tmp_path / "typo.db"
+    result = script(*(part.format(path) for part in command))
+    assert result.returncode == 1
+    assert f"There is no store at {str(path)!r}" in result.stderr
+    assert not path.exists()
+
+
+def test_a_write_command_creates_a_store_and_says_so(tmp_path: Path, db: str) -> None:
+    """set, sum and load create a new store, with a note on stderr."""
+    for command in (["set", "a", "1"], ["sum", "n", "1"]):
+        path = tmp_path / f"{command[0]}.db"
+        result = script(command[0], str(path), *command[1:])
+        assert result.returncode == 0, result.stderr
+        assert f"Created a new store at {str(path)!r}" in result.stderr
+        assert path.exists()
+    path = tmp_path / "load.db"
+    result = script("load", str(path), "-", input=script("dump", db).stdout)
+    assert result.returncode == 0, result.stderr
+    assert "Created a new store" in result.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -140,6 +140,35 @@ def test_documented_key_examples(text: str, key: tuple[Any, ...]) -> None:
     assert same(parse_key(text), key)
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("users,01M95P6WMWB0WFC90HRV3ZTRFC", ("users", "01M95P6WMWB0WFC90HRV3ZTRFC")),
+        ("days,2024-05-01,3d", ("days", "2024-05-01", "3d")),
+        ('orders,42,"42",1e3', ("orders", 42, "42", 1000.0)),
+        ('["users", "ada", 42]', ("users", "ada", 42)),
+        (' ["b", {"$bytes": "AP8="}, {"$float": "inf"}]', ("b", b"\x00\xff", math.inf)),
+        ("[]", ()),
+    ],
+)
+def test_id_shaped_words_and_json_arrays_are_keys(text: str, key: tuple[Any, ...]) -> None:
+    """A ULID or a date is a str part without quotes; the array --json prints is a key."""
+    assert same(parse_key(text), key)
+
+
+def test_an_id_shaped_part_prints_bare_and_a_numeric_str_quoted() -> None:
+    """What ls prints pastes back: ids bare, a str that reads as a number in quotes."""
+    assert format_key(("users", "01M95P6WMWB0WFC90HRV3ZTRFC")) == "users,01M95P6WMWB0WFC90HRV3ZTRFC"
+    assert format_key(("12", "1e5", "-1a")) == '"12","1e5","-1a"'
+
+
+@pytest.mark.parametrize("text", ["[1,", "[null]", '["a", [1]]', "[true"])
+def test_a_bad_json_key_is_an_error(text: str) -> None:
+    """A key that starts with [ but is not a typed JSON array of key parts is refused."""
+    with pytest.raises(InvalidArgumentError):
+        parse_key(text)
+
+
 def test_documented_value_examples() -> None:
     """u64(), datetime() with zone= and fold=, bytes and non-str map keys read as documented."""
     v = parse_value(

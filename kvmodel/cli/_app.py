@@ -59,7 +59,10 @@ __all__ = ["PipeClosed", "cli", "run"]
 TEXT_FORM_HELP = """\
 Keys are parts separated by commas: users,ada,42. A part is a bare word or a
 "json string" (str), 42 (int, any size), 1.5 / -0.0 / nan / inf (float),
-true / false (bool), x"00ff" (bytes as hex). "" is the empty key.
+true / false (bool), x"00ff" (bytes as hex). "" is the empty key. A bare word
+may start with a digit when it is not a number, so ids need no quotes:
+orders,01M95P6WMWB0WFC90HRV3ZTRFC is two strings; quote "42" for the string.
+A key may also be the JSON array that --json prints: '["users", "ada", 42]'.
 
 Values are literals: null, true, 42, 1.5, "text", x"00ff", u64(5) (KvU64),
 datetime("2024-05-01T12:00:00+02:00", zone="Europe/Paris"), lists [1, 2]
@@ -202,9 +205,29 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def _local_file(store: str) -> str | None:
+    """The file a store name points at, or None for memory and network stores."""
+    if store == ":memory:" or store.startswith(("etcd://", "etcds://", "http://", "https://")):
+        return None
+    return store.removeprefix("deno:")
+
+
 @contextmanager
-def open_store(ctx: click.Context, store: str) -> Iterator[km.Kv]:
-    """Opens the store named on the command line, with the group's -o options."""
+def open_store(ctx: click.Context, store: str, *, create: bool = False) -> Iterator[km.Kv]:
+    """Opens the store named on the command line, with the group's -o options.
+
+    Only a command that writes (``create=True``) may create a store file; the
+    others refuse a path with no file, so a mistyped path is an error rather
+    than a new, empty store.
+    """
+    path = _local_file(store)
+    if path is not None and not os.path.exists(path):
+        if not create:
+            raise InvalidArgumentError(
+                f"There is no store at {path!r}: no such file. Check the path; "
+                "a command that writes (set, load, sum) creates a new store."
+            )
+        click.echo(f"Created a new store at {path!r}.", err=True)
     options = dict(_parse_option(o) for o in ctx.find_root().params.get("option") or ())
     if (
         store.startswith(("etcd://", "etcds://"))
@@ -443,7 +466,7 @@ def set_(
             raise InvalidArgumentError(f"VALUE is not JSON: {exc.msg}.") from exc
     else:
         parsed = parse_value(value)
-    with open_store(ctx, store) as kv:
+    with open_store(ctx, store, create=True) as kv:
         result = kv.set(_key_arg(key), parsed, expire_in=expire_in)
         _out(str(result.versionstamp))
     return 0
@@ -470,7 +493,7 @@ def rm(ctx: click.Context, store: str, keys: tuple[str, ...]) -> int:
 @click.pass_context
 def sum_(ctx: click.Context, store: str, key: str, n: int) -> int:
     """Add N to the KvU64 at KEY (wrapping at 2**64) and print the result."""
-    with open_store(ctx, store) as kv:
+    with open_store(ctx, store, create=True) as kv:
         k = _key_arg(key)
         kv.atomic().sum(k, km.KvU64(n)).commit()
         _out(format_value(kv.get(k).value))
@@ -563,7 +586,10 @@ def load(
         raise click.UsageError("--if-absent and --overwrite cannot be used together.")
     mode = "if_absent" if if_absent else "overwrite" if overwrite else "strict"
     size = None if input_file == "-" else os.path.getsize(input_file)
-    with open_store(ctx, store) as kv, click.open_file(input_file, "r", encoding="utf-8") as src:
+    with (
+        open_store(ctx, store, create=True) as kv,
+        click.open_file(input_file, "r", encoding="utf-8") as src,
+    ):
         total = None
         if size is not None and _is_terminal(sys.stderr):
             with open(input_file, encoding="utf-8") as f:
@@ -872,7 +898,7 @@ def serve(ctx: click.Context, store: str, host: str, port: int, token: str, valu
     """
     from kvmodel.connect import serve as serve_store
 
-    with open_store(ctx, store) as kv:
+    with open_store(ctx, store, create=True) as kv:
         serve_store(
             kv,
             host=host,

@@ -6,15 +6,17 @@ the same types, NaN and -0.0 included):
 **Text form**, for people: what ``kvmodel get``/``set``/``ls`` read and print.
 
 * A key is its parts separated by commas: ``users,ada,42``. The empty text is
-  the empty key (``kvmodel ls app.db ""`` lists everything).
+  the empty key (``kvmodel ls app.db ""`` lists everything). A key may also be
+  given as the typed JSON array that ``--json`` prints: ``["users", "ada", 42]``.
 * A part or a value is a literal:
 
   ===============  =============================================================
   type             literal
   ===============  =============================================================
   str              ``"json string"``; in a key also a bare word
-                   ``[A-Za-z_][A-Za-z0-9_.-]*`` other than ``true``, ``false``,
-                   ``null``, ``nan``, ``inf``
+                   ``[A-Za-z0-9_][A-Za-z0-9_.-]*`` that is not a number and
+                   not ``true``, ``false``, ``null``, ``nan``, ``inf`` (so ids
+                   such as ULIDs, ``01M95P6WMWB0WFC90HRV3ZTRFC``, need no quotes)
   int              ``42``, ``-7``, any number of digits
   float            ``1.5``, ``-0.0``, ``1e+300``, ``nan``, ``inf``, ``-inf``
                    (a float always has a ``.``, an ``e`` or is a word)
@@ -70,6 +72,9 @@ __all__ = [
 
 _SAFE_INT = 1 << 53
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# A key part may be an id-shaped word that starts with a digit (a ULID, a date
+# stamp); it is a str unless the whole word is a number.
+_ID_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _WORDS = frozenset(("true", "false", "null", "nan", "inf"))
 _NUMBER = re.compile(r"-?(?:inf|nan|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)")
 
@@ -84,7 +89,7 @@ def format_key(key: tuple[Any, ...] | list[Any]) -> str:
 
 
 def _format_part(part: object) -> str:
-    if isinstance(part, str) and _BARE.fullmatch(part) and part not in _WORDS:
+    if isinstance(part, str) and _is_bare_key_word(part):
         return part
     return _format(part, key_part=True)
 
@@ -249,6 +254,11 @@ class _Parser:
             except ValueError as exc:
                 raise self.fail(f"{hex_text!r} is not hex") from exc
         number = _NUMBER.match(text, pos)
+        if key_part and c.isdigit():
+            word = _ID_WORD.match(text, pos)
+            if word is not None and number is not None and word.end() > number.end():
+                self.pos = word.end()
+                return word.group()
         if number and (c in "-.0123456789"):
             self.pos = number.end()
             return _number(number.group())
@@ -339,8 +349,33 @@ def _number(text: str) -> int | float:
     return int(text)
 
 
+def _is_bare_key_word(part: str) -> bool:
+    """Whether a str key part prints without quotes and reads back as the same str."""
+    if part in _WORDS or _ID_WORD.fullmatch(part) is None:
+        return False
+    if _BARE.fullmatch(part) is not None:
+        return True
+    # It starts with a digit: the parser reads the longer of the number and
+    # the word there, so it is a str only if the number stops short of its end.
+    number = _NUMBER.match(part)
+    return number is None or number.end() < len(part)
+
+
 def parse_key(text: str) -> tuple[Any, ...]:
-    """Reads a key in the text form: parts separated by commas; "" is the empty key."""
+    """Reads a key in the text form: parts separated by commas; "" is the empty key.
+
+    Text that starts with ``[`` is the key's typed JSON array, as ``--json`` prints it.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            j = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(
+                f"Cannot read the key {text!r}: it starts with '[' but is not a JSON "
+                f"array ({exc.msg} at character {exc.pos + 1}); "
+                "see 'kvmodel help-text' for the text form."
+            ) from exc
+        return key_from_json(j)
     p = _Parser(text, "the key")
     parts: list[Any] = []
     if p.at_end():
