@@ -547,6 +547,9 @@ def test_check_rebuild_and_migrate_take_a_module(db: str, tmp_path: Path) -> Non
     assert "missing" in bad.stdout
     fixed = script("rebuild-indexes", db, "notes_v1:Note", cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr
+    assert "Repaired Note.by_author: 5 added, 0 corrected, 0 removed." in fixed.stdout
+    again = script("rebuild-indexes", db, "notes_v1:Note", cwd=tmp_path)
+    assert "Repaired" not in again.stdout
     assert script("check", db, "notes_v1", cwd=tmp_path).returncode == 0
     migrated = script("migrate", db, "notes_v2", cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
@@ -556,6 +559,11 @@ def test_check_rebuild_and_migrate_take_a_module(db: str, tmp_path: Path) -> Non
     missing = script("check", db, "no_such_module", cwd=tmp_path)
     assert missing.returncode == 1
     assert "Cannot import the module 'no_such_module'" in missing.stderr
+    nope = script("check", db, "notes_v1:Nope", cwd=tmp_path)
+    assert nope.returncode == 1
+    assert "The module 'notes_v1' has no 'Nope'; its models are Note." in nope.stderr
+    not_a_model = script("check", db, "notes_v1:km", cwd=tmp_path)
+    assert "'notes_v1:km' is a module, not a km.Model subclass." in not_a_model.stderr
 
 
 def test_watch_prints_changes_until_interrupted(db: str) -> None:

@@ -38,10 +38,14 @@ def test_documents_written_before_an_index_get_their_entries(kv: Kv) -> None:
     report = km.rebuild_indexes(kv, Member)
     assert report.ok, str(report)
     assert (report.documents, report.entries) == (7, 14)
+    assert report.repairs == {
+        "Member.by_email": km.IndexRepairs(added=7),
+        "Member.by_team": km.IndexRepairs(added=7),
+    }
     assert [m.id for m in Member.by_team.find(kv, "t0")] == ["m0", "m3", "m6"]
     assert Member.by_email.get(kv, "m4@x") == Member(id="m4", email="m4@x", team="t1")
     assert km.check_indexes(kv, Member).ok
-    assert km.rebuild_indexes(kv, Member).ok  # a second run changes nothing
+    assert km.rebuild_indexes(kv, Member).repairs == {}  # a second run changes nothing
     with km.Session(kv) as s:  # sessions go on from there
         m = s.get(Member, "m0")
         assert m is not None
@@ -64,6 +68,14 @@ def test_wrong_and_dangling_entries_are_repaired_and_duplicates_reported(kv: Kv)
     problems = [(p.kind, p.key) for p in report.problems]
     assert problems == [("duplicate", ("members_by_email", "a@x"))]
     assert "('members', 'a')" in report.problems[0].detail
+    assert dict(report.repairs) == {
+        "Member.by_email": km.IndexRepairs(added=1, corrected=0, removed=1),
+        "Member.by_team": km.IndexRepairs(added=1, corrected=1, removed=2),
+    }
+    assert str(report).startswith(
+        "Repaired Member.by_email: 1 added, 0 corrected, 1 removed.\n"
+        "Repaired Member.by_team: 1 added, 1 corrected, 2 removed.\n1 index problem(s):"
+    )
     assert kv.get(("members_by_email", "a@x")).value == encode_key(("members", "a"))
     assert kv.get(("members_by_email", "b@x")).value == encode_key(("members", "b"))
     assert [e.key for e in kv.list(prefix=("members_by_team",))] == [

@@ -275,9 +275,21 @@ def _models_of(spec: str) -> list[type[km.Model]]:
             "directory that holds it or add that directory to PYTHONPATH."
         ) from exc
     if attr:
-        found = getattr(module, attr, None)
+        if not hasattr(module, attr):
+            names = sorted(
+                name
+                for name, obj in vars(module).items()
+                if inspect.isclass(obj) and issubclass(obj, km.Model) and obj is not km.Model
+            )
+            raise InvalidArgumentError(
+                f"The module {module_name!r} has no {attr!r}; its models are "
+                f"{', '.join(names) or 'none'}."
+            )
+        found = getattr(module, attr)
         if not (inspect.isclass(found) and issubclass(found, km.Model)):
-            raise InvalidArgumentError(f"{spec!r} is not a km.Model subclass.")
+            raise InvalidArgumentError(
+                f"{spec!r} is a {type(found).__name__}, not a km.Model subclass."
+            )
         return [found]
     models = [
         obj

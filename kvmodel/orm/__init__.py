@@ -9,7 +9,13 @@ from __future__ import annotations
 from kvmodel.orm._transaction import transaction
 from kvmodel.orm._validate import register_type
 from kvmodel.orm.bulk import BulkReport, bulk_delete, bulk_save
-from kvmodel.orm.check import IndexProblem, IndexReport, check_indexes, rebuild_indexes
+from kvmodel.orm.check import (
+    IndexProblem,
+    IndexRepairs,
+    IndexReport,
+    check_indexes,
+    rebuild_indexes,
+)
 from kvmodel.orm.evolve import (
     DocumentProblem,
     DocumentReport,
@@ -29,6 +35,7 @@ __all__ = [
     "DocumentReport",
     "Index",
     "IndexProblem",
+    "IndexRepairs",
     "IndexReport",
     "MigrationReport",
     "Model",

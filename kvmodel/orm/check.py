@@ -10,6 +10,9 @@ are not one snapshot).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
     from kvmodel._records import Entry
     from kvmodel.orm.index import IndexBase
 
-__all__ = ["IndexProblem", "IndexReport", "check_indexes", "rebuild_indexes"]
+__all__ = ["IndexProblem", "IndexRepairs", "IndexReport", "check_indexes", "rebuild_indexes"]
 
 
 @attrs.frozen
@@ -49,12 +52,35 @@ class IndexProblem:
 
 
 @attrs.frozen
+class IndexRepairs:
+    """What :func:`rebuild_indexes` changed in one index: entries it wrote that
+    were missing, entries whose value it corrected, and entries it deleted."""
+
+    added: int = 0
+    corrected: int = 0
+    removed: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.added} added, {self.corrected} corrected, {self.removed} removed"
+
+
+_NO_REPAIRS: Mapping[str, IndexRepairs] = MappingProxyType({})
+
+
+@attrs.frozen
 class IndexReport:
-    """The result of :func:`check_indexes`; truthy when everything is consistent."""
+    """The result of :func:`check_indexes` and :func:`rebuild_indexes`; truthy when
+    everything is consistent.
+
+    ``repairs`` maps an index's name (``"Model.index"``) to what
+    :func:`rebuild_indexes` changed in it; only indexes it changed appear, and
+    it is empty for :func:`check_indexes`.
+    """
 
     problems: tuple[IndexProblem, ...]
     documents: int
     entries: int
+    repairs: Mapping[str, IndexRepairs] = _NO_REPAIRS
 
     @property
     def ok(self) -> bool:
@@ -65,9 +91,13 @@ class IndexReport:
         return self.ok
 
     def __str__(self) -> str:
+        lines = [f"Repaired {name}: {repairs}." for name, repairs in self.repairs.items()]
         if self.ok:
-            return f"{self.documents} documents and {self.entries} index entries are consistent."
-        lines = [f"{len(self.problems)} index problem(s):"]
+            lines.append(
+                f"{self.documents} documents and {self.entries} index entries are consistent."
+            )
+            return "\n".join(lines)
+        lines.append(f"{len(self.problems)} index problem(s):")
         lines += [f"  {p.kind}: {p.index} {p.key!r}: {p.detail}" for p in self.problems]
         return "\n".join(lines)
 
@@ -228,17 +258,19 @@ def rebuild_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
     problems: list[IndexProblem] = []
     n_docs = 0
     n_entries = 0
+    # (index name, "added" | "corrected" | "removed") -> count
+    changed: Counter[tuple[str, str]] = Counter()
     for model in models:
         info = model_info(model)
         _catalog.attach(kv, info)
         found: list[IndexProblem] = []
         for doc in kv.list(prefix=(info.prefix,), batch_size=500):
             n_docs += 1
-            found += _settle_document(kv, info, doc.key)
+            found += _settle_document(kv, info, doc.key, changed)
         for index in info.indexes:
             for entry in kv.list(prefix=(index.key_prefix,), batch_size=500):
                 n_entries += 1
-                found += _settle_entry(kv, index, entry.key)
+                found += _settle_entry(kv, index, entry.key, changed)
         # An index every document now has its entries in is ready for queries,
         # in every process; one with a duplicate or a busy key is not.
         unsettled = {p.index for p in found}
@@ -246,10 +278,19 @@ def rebuild_indexes(kv: Kv, *models: type[Model]) -> IndexReport:
             kv, info, [ix.name for ix in info.indexes if ix.qualname not in unsettled]
         )
         problems += found
-    return IndexReport(tuple(problems), n_docs, n_entries)
+    names = sorted({name for name, _ in changed})
+    repairs = {
+        name: IndexRepairs(
+            changed[name, "added"], changed[name, "corrected"], changed[name, "removed"]
+        )
+        for name in names
+    }
+    return IndexReport(tuple(problems), n_docs, n_entries, MappingProxyType(repairs))
 
 
-def _settle_document(kv: Kv, info: ModelInfo, key: Key) -> list[IndexProblem]:
+def _settle_document(
+    kv: Kv, info: ModelInfo, key: Key, changed: Counter[tuple[str, str]]
+) -> list[IndexProblem]:
     """Writes the entries one document implies that are missing or hold a wrong value."""
     for _ in range(_REBUILD_ATTEMPTS):
         doc = kv.get(key)
@@ -261,7 +302,7 @@ def _settle_document(kv: Kv, info: ModelInfo, key: Key) -> list[IndexProblem]:
         current = [e for lo in range(0, len(keys), step) for e in kv.get_many(keys[lo : lo + step])]
         op = kv.atomic().check(doc)
         problems: list[IndexProblem] = []
-        changes = 0
+        changes: list[tuple[str, str]] = []
         for entry in current:
             if entry.versionstamp is not None and entry.value == want[entry.key]:
                 continue
@@ -279,8 +320,10 @@ def _settle_document(kv: Kv, info: ModelInfo, key: Key) -> list[IndexProblem]:
                 )
                 continue
             op.check(entry).set(entry.key, want[entry.key])
-            changes += 1
+            index_name = next(ix.qualname for ix in info.indexes if ix.key_prefix == entry.key[0])
+            changes.append((index_name, "added" if entry.versionstamp is None else "corrected"))
         if not changes or op.commit().ok:
+            changed.update(changes)
             return problems
     return [_busy(info.name, key)]
 
@@ -301,7 +344,9 @@ def _holder(kv: Kv, info: ModelInfo, entry: Entry[Any]) -> Entry[Any] | None:
     return doc
 
 
-def _settle_entry(kv: Kv, index: IndexBase[Any], key: Key) -> list[IndexProblem]:
+def _settle_entry(
+    kv: Kv, index: IndexBase[Any], key: Key, changed: Counter[tuple[str, str]]
+) -> list[IndexProblem]:
     """Deletes one index entry unless the document it belongs to implies it."""
     info = index.info
     for _ in range(_REBUILD_ATTEMPTS):
@@ -317,6 +362,7 @@ def _settle_entry(kv: Kv, index: IndexBase[Any], key: Key) -> list[IndexProblem]
                 return []
             op.check(doc)
         if op.delete(key).commit().ok:
+            changed[index.qualname, "removed"] += 1
             return []
     return [_busy(index.qualname, key)]
 
