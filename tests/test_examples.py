@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -201,12 +202,66 @@ def test_web_patch_refuses_unknown_statuses_and_bad_bodies(client: Any) -> None:
     assert client.patch(url, json={"status": "delivered"}).json()["status"] == "delivered"
 
 
-@pytest.mark.parametrize("params", [{"cursor": "!!"}, {"limit": "ten"}, {"limit": "0"}])
+@pytest.mark.parametrize(
+    "params", [{"cursor": "!!"}, {"limit": "ten"}, {"limit": "0"}, {"limit": "100000"}]
+)
 def test_web_bad_listing_parameters_answer_422(client: Any, params: dict[str, str]) -> None:
     """A listing with a cursor or limit it cannot use answers 422 with a JSON error."""
     response = client.get("/customers/c9/orders", params=params)
     assert response.status_code == 422
-    assert response.json()["error"]
+    error = response.json()["error"]
+    assert "invalid literal" not in error
+    if "limit" in params:
+        assert error == f"'limit' must be a whole number from 1 to 1000, not {params['limit']!r}."
+
+
+def test_web_ids_longer_than_a_key_may_be_answer_422(client: Any) -> None:
+    """A 3,000-character customer or order id is a 422 sentence, not a 500 traceback."""
+    long_id = "c" * 3000
+    created = client.post("/orders", json={"customer_id": long_id, "items": [_ITEM]})
+    assert created.status_code == 422
+    assert "key" in created.json()["error"]
+    assert list(client.kv.list(prefix=("orders",))) == []
+    for url in (f"/orders/{long_id}", f"/customers/{long_id}/orders"):
+        response = client.get(url)
+        assert response.status_code == 422, url
+        assert response.json()["error"]
+
+
+def test_web_app_is_a_uvicorn_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_app() with no Kv opens $KVMODEL_ORDERS_DB, as uvicorn --factory calls it."""
+    starlette_testclient = pytest.importorskip("starlette.testclient")
+    from kvmodel.examples.web import create_app
+
+    monkeypatch.setenv("KVMODEL_ORDERS_DB", str(tmp_path / "factory.db"))
+    with starlette_testclient.TestClient(create_app()) as test_client:
+        assert test_client.post("/orders", json={"customer_id": "c", "items": [_ITEM]}).is_success
+    with km.open_kv(tmp_path / "factory.db") as kv:
+        assert len(list(kv.list(prefix=("orders",)))) == 1
+
+
+def test_web_example_without_its_extra_names_the_extra(tmp_path: Path) -> None:
+    """python -m kvmodel.examples.web without starlette says to install kvmodel[web]."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kvmodel.examples.web"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "pip install 'kvmodel[web]'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _free_loopback_port() -> int:

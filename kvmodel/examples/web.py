@@ -4,6 +4,9 @@ Needs the ``web`` extra (``pip install 'kvmodel[web]'``). Run it with::
 
     python -m kvmodel.examples.web --db orders.db    # serves on http://127.0.0.1:8000
 
+or with any ASGI server, for example ``uvicorn --factory kvmodel.examples.web:create_app``
+(the file is ``$KVMODEL_ORDERS_DB``, ``orders.db`` by default).
+
 Routes:
 
 - ``POST /orders`` with ``{"customer_id": ..., "items": [...]}``, each item
@@ -18,8 +21,9 @@ Routes:
   is deleted, or when the server stops.
 
 Bad input (a body that is not JSON, a missing field, a quantity that is not a
-positive integer, an unknown status, a bad cursor) answers 422 with
-``{"error": "<a sentence saying what to fix>"}``; an unknown order answers 404.
+positive integer, an unknown status, a bad cursor or ``limit``, an id longer
+than a key may be) answers 422 with ``{"error": "<a sentence saying what to
+fix>"}``; an unknown order answers 404.
 Ctrl-C stops the server at once, even with event streams open.
 """
 
@@ -29,16 +33,29 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from types import FrameType
 from typing import Any, TypeVar
 
 import attrs
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+except ModuleNotFoundError as exc:  # pragma: no cover - the test venv has the extra
+    _NEEDS_EXTRA = (
+        f"kvmodel.examples.web needs the 'web' extra ({exc.name} is not installed): "
+        "pip install 'kvmodel[web]'"
+    )
+    if __name__ == "__main__":
+        print(_NEEDS_EXTRA, file=sys.stderr)
+        raise SystemExit(1) from None
+    raise ModuleNotFoundError(_NEEDS_EXTRA, name=exc.name) from None
 
 import kvmodel as km
 from kvmodel import aio
@@ -53,6 +70,9 @@ from kvmodel.examples.orders import (
 )
 
 T = TypeVar("T")
+
+# The page size bound of GET /customers/{id}/orders.
+MAX_PAGE = 1000
 
 
 class BadInputError(Exception):
@@ -125,6 +145,17 @@ def parse_status(body: dict[str, Any]) -> str:
     return str(status)
 
 
+def page_limit(text: str) -> int:
+    """The ``limit`` query parameter: a whole number from 1 to :data:`MAX_PAGE`."""
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadInputError(f"'limit' must be a whole number from 1 to {MAX_PAGE}, not {text!r}.")
+    return limit
+
+
 async def until_set(stopping: asyncio.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
     """The items of ``items`` until it ends or ``stopping`` is set, whichever comes first.
 
@@ -149,12 +180,18 @@ async def until_set(stopping: asyncio.Event, items: AsyncIterator[T]) -> AsyncIt
         stop.cancel()
 
 
-def create_app(kv: km.Kv) -> Starlette:
+def create_app(kv: km.Kv | None = None) -> Starlette:
     """The ASGI app serving the orders of ``kv``; the caller opens ``kv``, the app closes it.
+
+    Without ``kv`` (as ``uvicorn --factory kvmodel.examples.web:create_app``
+    calls it) the app opens the SQLite file ``$KVMODEL_ORDERS_DB``, ``orders.db``
+    by default.
 
     Setting ``app.state.stopping`` (an :class:`asyncio.Event`) ends every open
     event stream; :func:`main` sets it when the server is told to stop.
     """
+    if kv is None:
+        kv = km.open_kv(os.environ.get("KVMODEL_ORDERS_DB", "orders.db"))
     akv = aio.AsyncKv(kv)
     stopping = asyncio.Event()
 
@@ -178,8 +215,8 @@ def create_app(kv: km.Kv) -> Starlette:
         return JSONResponse(order_json(order))
 
     async def customer_orders(request: Request) -> Response:
+        limit = page_limit(request.query_params.get("limit", "20"))
         try:
-            limit = int(request.query_params.get("limit", "20"))
             orders, cursor = await akv.run(
                 list_customer_orders,
                 kv,
@@ -208,6 +245,8 @@ def create_app(kv: km.Kv) -> Starlette:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     async def bad_input(request: Request, exc: Exception) -> Response:
+        # kvmodel's bad-input errors (a key or value over the limits, a key
+        # part it cannot store) are one sentence naming what to fix, too.
         return JSONResponse({"error": str(exc)}, status_code=422)
 
     @contextlib.asynccontextmanager
@@ -225,7 +264,12 @@ def create_app(kv: km.Kv) -> Starlette:
             Route("/orders/{order_id}/events", events, methods=["GET"]),
             Route("/customers/{customer_id}/orders", customer_orders, methods=["GET"]),
         ],
-        exception_handlers={BadInputError: bad_input},
+        exception_handlers={
+            BadInputError: bad_input,
+            km.LimitExceededError: bad_input,
+            km.InvalidKeyError: bad_input,
+            km.InvalidArgumentError: bad_input,
+        },
         lifespan=lifespan,
     )
     app.state.stopping = stopping
