@@ -229,6 +229,34 @@ def test_without_the_extra_the_script_says_how_to_install_it(tmp_path: Path) -> 
     assert version.stdout.startswith("kvmodel ")
 
 
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [
+        ("hypercorn", ["serve", ":memory:", "--port", "0", "--token", "t"], "connect"),
+        ("google.protobuf", ["serve", ":memory:", "--port", "0", "--token", "t"], "connect"),
+        ("httpx", ["ls", "http://127.0.0.1:9", ""], "connect"),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra(
+    blocked: str, args: list[str], extra: str
+) -> None:
+    """serve and KV Connect stores without the connect extra say what to install."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules[{blocked!r}] = None  # as if the extra were not installed
+        from kvmodel.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert f"pip install 'kvmodel[{extra}]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_importing_kvmodel_does_not_import_click_or_rich() -> None:
     """The command line's libraries stay out of `import kvmodel`."""
     code = "import sys, kvmodel; print(sorted(m for m in ('click', 'rich') if m in sys.modules))"

@@ -64,11 +64,34 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokenPipeError, _cli_app.PipeClosed):
         _quiet_stdout()
         return 0
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if debug or extra is None:
+            raise
+        print(
+            f"kvmodel: {args[0] if args else 'this command'} needs the {extra!r} extra "
+            f"({exc.name} is not installed): pip install 'kvmodel[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:
         if debug:
             raise
         print(f"kvmodel: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+# The optional packages commands import on demand, and the extra that installs each:
+# serve and http(s):// stores need connect, deno: stores with V8 values need deno.
+_EXTRA_OF = {
+    "google": "connect",  # protobuf
+    "hypercorn": "connect",
+    "starlette": "connect",
+    "httpx": "connect",
+    "h2": "connect",
+    "anyio": "connect",
+    "v8serialize": "deno",
+}
 
 
 def _one_line(exc: BaseException) -> str:
