@@ -29,6 +29,7 @@ import doctest
 import importlib
 import inspect
 import io
+import os
 import pkgutil
 import re
 import sys
@@ -309,3 +310,35 @@ def test_api_reference_lists_every_public_name_with_its_signature() -> None:
     text = (ROOT / "docs/reference/api.md").read_text(encoding="utf-8")
     missing = [line for line in api_signatures() if f"`{line}`" not in text]
     assert not missing, "api.md lacks (or has outdated) these lines:\n" + "\n".join(missing)
+
+
+# The built site works opened from files, as docs/index.md suggests.
+
+
+def test_the_built_site_works_from_files(tmp_path: Path) -> None:
+    """Every page's links name files that exist (no directory URLs), and search ships its index."""
+    pytest.importorskip("mkdocs")
+    import subprocess
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--quiet", "--site-dir", str(site)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
+    broken = []
+    for page in site.rglob("*.html"):
+        # Only a web server shows 404.html, at any depth, so its links are absolute.
+        if page.name == "404.html":
+            continue
+        for link in re.findall(r'href="([^"]*)"', page.read_text(encoding="utf-8")):
+            href = link.split("#")[0].split("?")[0]
+            if not href or re.match(r"[a-z]+:", href):  # same page, or another site
+                continue
+            if not (page.parent / href).resolve().is_file():
+                broken.append(f"{page.relative_to(site)} -> {href}")
+    assert not broken, "links that need a web server:\n" + "\n".join(broken[:20])
+    assert any(site.joinpath("search").glob("*.js")), "search has no offline index"
