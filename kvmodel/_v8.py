@@ -283,69 +283,153 @@ def decode_v8(data: bytes) -> object:
     except (v8.V8SerializeError, ValueError, TypeError, OverflowError) as exc:
         raise DecodeError(f"Stored bytes are not a valid V8 value: {exc}") from exc
     try:
-        return _from_js(js, v8.jstypes, "", 0, set())
+        return _Reader(v8.jstypes).read(js, 0)
     except _Refused as exc:
-        where = f" at {exc.path}" if exc.path else ""
+        path = exc.path if len(exc.path) <= 80 else f"{exc.path[:40]}...{exc.path[-30:]}"
+        where = f" at {path}" if path else ""
         raise DecodeError(f"A value stored by Deno cannot be read{where}: {exc.reason}") from None
 
 
-def _from_js(value: Any, jt: Any, path: str, depth: int, open_ids: set[int]) -> Any:
-    t = type(value)
-    if value is None or t is bool or t is str:
-        return value
-    if t is jt.JSBigInt:
-        return int(value)
-    if t is int or t is float:
-        return float(value)  # a JavaScript number, whichever tag V8 chose
-    if t is datetime:
-        if value.tzinfo is None:  # pragma: no cover - default_timezone makes it aware
-            value = value.replace(tzinfo=UTC)
-        return value
-    if t is jt.JSUint8Array:
-        return _view_bytes(value)
-    if value is jt.JSUndefined:
-        raise _Refused(
-            "undefined has no Python value that writes back as undefined; store null instead.",
-            path,
-        )
-    if value is jt.JSHole:
-        raise _Refused("an array with holes has no Python counterpart.", path)
-    if depth >= _MAX_DEPTH:
-        raise _Refused(f"it is nested more than {_MAX_DEPTH} levels deep.", path)
-    if t in (jt.JSObject, jt.JSArray, jt.JSMap, jt.JSSet):
-        if id(value) in open_ids:
-            raise _Refused("it contains itself.", path)
-        open_ids.add(id(value))
-        try:
-            return _container_from_js(value, jt, path, depth + 1, open_ids)
-        finally:
-            open_ids.discard(id(value))
-    raise _Refused(f"{t.__name__} (a JavaScript {_js_name(t)}) has no Python counterpart.", path)
+# How much a decoded value may expand, counted as _estimate counts an encoding
+# (one per node, plus the length of each str and bytes). V8 lets a value name an
+# object it already wrote, so 161 stored bytes can describe a binary tree of 2**22
+# nodes. The reader keeps such an object shared (one Python object, converted
+# once), which bounds decoding by the stored size; this bound keeps every later
+# walk of the value (saving it, dumping it, structuring a document) bounded too.
+# Four values' worth leaves room for data that shares objects on purpose.
+MAX_EXPANDED_SIZE = 4 * MAX_VALUE_SIZE
 
 
-def _container_from_js(value: Any, jt: Any, path: str, depth: int, open_ids: set[int]) -> Any:
-    t = type(value)
-    if t is jt.JSArray:
-        if len(value.properties):
-            raise _Refused("an array with named properties has no Python counterpart.", path)
-        return [_from_js(x, jt, f"{path}[{i}]", depth, open_ids) for i, x in enumerate(value.array)]
-    if t is jt.JSObject:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            # V8 writes array-index keys as numbers; JavaScript keys are strings.
-            key = k if type(k) is str else str(k)
-            out[key] = _from_js(v, jt, f"{path}[{key!r}]", depth, open_ids)
-        return out
-    if t is jt.JSMap:
-        result = jt.JSMap()
-        for i, (k, v) in enumerate(value.items()):
-            result[_from_js(k, jt, f"{path}<key {i}>", depth, open_ids)] = _from_js(
-                v, jt, f"{path}[{brief_value(k)}]", depth, open_ids
+class _Reader:
+    """Converts one deserialised V8 value to Python, each shared object once.
+
+    Paths are built only on the way out of a refusal: each container adds its
+    segment to the _Refused passing through, so reading pays nothing for them.
+    """
+
+    __slots__ = ("jt", "open_ids", "seen", "size")
+
+    def __init__(self, jt: Any) -> None:
+        self.jt = jt
+        self.size = 0  # the expanded size read so far
+        # id of a JavaScript container -> (its Python value, its expanded size).
+        # The ids stay valid: the deserialised value holds every container.
+        self.seen: dict[int, tuple[Any, int]] = {}
+        self.open_ids: set[int] = set()  # containers being converted: a cycle
+
+    def grow(self, n: int) -> None:
+        self.size += n
+        if self.size > MAX_EXPANDED_SIZE:
+            raise _Refused(
+                f"it uses its objects so many times over that it expands to more than "
+                f"{MAX_EXPANDED_SIZE} bytes ({MAX_EXPANDED_SIZE // MAX_VALUE_SIZE} times the "
+                "value size limit), and every walk of it would take that long; write it "
+                "without the repeated references.",
+                "",
             )
-        return result
-    return jt.JSSet(
-        _from_js(x, jt, f"{path}<item {i}>", depth, open_ids) for i, x in enumerate(value)
-    )
+
+    def read(self, value: Any, depth: int) -> Any:
+        jt = self.jt
+        t = type(value)
+        if t is str:
+            self.grow(1 + len(value))
+            return value
+        if t is int or t is float:
+            self.grow(1)
+            return float(value)  # a JavaScript number, whichever tag V8 chose
+        if value is None or t is bool:
+            self.grow(1)
+            return value
+        if t is jt.JSBigInt:
+            n = int(value)
+            self.grow(1 + (n.bit_length() >> 3))
+            return n
+        if t is datetime:
+            self.grow(1)
+            if value.tzinfo is None:  # pragma: no cover - default_timezone makes it aware
+                value = value.replace(tzinfo=UTC)
+            return value
+        if t is jt.JSUint8Array:
+            data = _view_bytes(value)
+            self.grow(1 + len(data))
+            return data
+        if value is jt.JSUndefined:
+            raise _Refused(
+                "undefined has no Python value that writes back as undefined; store null instead.",
+                "",
+            )
+        if value is jt.JSHole:
+            raise _Refused("an array with holes has no Python counterpart.", "")
+        if t is jt.JSObject or t is jt.JSArray or t is jt.JSMap or t is jt.JSSet:
+            known = self.seen.get(id(value))
+            if known is not None:
+                self.grow(known[1])
+                return known[0]
+            if id(value) in self.open_ids:
+                raise _Refused("it contains itself.", "")
+            if depth >= _MAX_DEPTH:
+                raise _Refused(f"it is nested more than {_MAX_DEPTH} levels deep.", "")
+            self.open_ids.add(id(value))
+            start = self.size
+            self.grow(1)
+            result = self.container(value, depth + 1)
+            self.open_ids.discard(id(value))
+            self.seen[id(value)] = (result, self.size - start)
+            return result
+        raise _Refused(f"{t.__name__} (a JavaScript {_js_name(t)}) has no Python counterpart.", "")
+
+    def container(self, value: Any, depth: int) -> Any:
+        jt = self.jt
+        read = self.read
+        t = type(value)
+        if t is jt.JSArray:
+            if len(value.properties):
+                raise _Refused("an array with named properties has no Python counterpart.", "")
+            array: list[Any] = []
+            append = array.append
+            i = 0
+            try:
+                for i, x in enumerate(value.array):  # noqa: B007 - i names where a refusal is
+                    append(read(x, depth))
+            except _Refused as exc:
+                exc.path = f"[{i}]{exc.path}"
+                raise
+            return array
+        if t is jt.JSObject:
+            out: dict[str, Any] = {}
+            key = ""
+            try:
+                for k, v in value.items():
+                    # V8 writes array-index keys as numbers; JavaScript keys are strings.
+                    key = k if type(k) is str else str(k)
+                    self.grow(len(key))
+                    out[key] = read(v, depth)
+            except _Refused as exc:
+                exc.path = f"[{key!r}]{exc.path}"
+                raise
+            return out
+        if t is jt.JSMap:
+            result = jt.JSMap()
+            where = ""
+            try:
+                for i, (k, v) in enumerate(value.items()):
+                    where = f"<key {i}>"
+                    py_key = read(k, depth)
+                    where = f"[{brief_value(k)}]"
+                    result[py_key] = read(v, depth)
+            except _Refused as exc:
+                exc.path = where + exc.path
+                raise
+            return result
+        members = []
+        i = 0
+        try:
+            for i, x in enumerate(value):  # noqa: B007 - i names the item a refusal is at
+                members.append(read(x, depth))
+        except _Refused as exc:
+            exc.path = f"<item {i}>{exc.path}"
+            raise
+        return jt.JSSet(members)
 
 
 def _view_bytes(view: Any) -> bytes:

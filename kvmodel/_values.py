@@ -55,6 +55,7 @@ from kvmodel.engines.base import (
     VALUE_ENCODING_LE64,
     VALUE_ENCODING_MSGPACK,
     VALUE_ENCODING_V8,
+    describe_stored_key,
 )
 from kvmodel.errors import DecodeError, EncodeError, LimitExceededError
 from kvmodel.limits import MAX_VALUE_SIZE
@@ -68,6 +69,7 @@ __all__ = [
     "encode_value_v8",
     "encode_message_v8",
     "decode_value",
+    "stored_value_error",
 ]
 
 EXT_BIGINT: Final = 1
@@ -443,6 +445,16 @@ def decode_value(data: bytes, encoding: int) -> object:
 
         return decode_v8(data)
     raise DecodeError(f"Unknown value encoding {encoding!r}.")
+
+
+def stored_value_error(key: object, exc: DecodeError) -> DecodeError:
+    """``exc`` (from :func:`decode_value`), reworded to name the key the value is stored at.
+
+    ``key`` is the key tuple or its encoded bytes. Readers decode first and
+    call this only on failure, so naming the key costs nothing on success.
+    """
+    where = describe_stored_key(key)
+    return DecodeError(f"The value stored at the key {where} cannot be read: {exc}")
 
 
 def encode_value_v8(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, int]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmodel._values import decode_value
 from kvmodel.engines.base import AtomicWrite, Check, Consistency, Mutation, MutationKind, ReadRange
-from kvmodel.errors import IndexNotReadyError, ModelDefinitionError
+from kvmodel.errors import DecodeError, IndexNotReadyError, ModelDefinitionError
 from kvmodel.keys import encode_key
 
 if TYPE_CHECKING:
@@ -148,7 +148,10 @@ def stored_description(kv: Kv, prefix: str) -> tuple[dict[str, Any] | None, byte
     found = kv.read_range(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
     if not found:
         return None, None
-    value = decode_value(found[0].value, found[0].encoding)
+    try:
+        value = decode_value(found[0].value, found[0].encoding)
+    except DecodeError:
+        return None, found[0].versionstamp  # damaged: rewritten from the model
     if not isinstance(value, dict) or not isinstance(value.get("indexes"), dict):
         return None, found[0].versionstamp  # damaged: rewritten from the model
     return value, found[0].versionstamp

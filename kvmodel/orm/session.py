@@ -16,9 +16,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvmodel._options import duration_ms
-from kvmodel._values import decode_value
+from kvmodel._values import decode_value, stored_value_error
 from kvmodel.errors import (
     ConflictError,
+    DecodeError,
     EncodeError,
     InvalidArgumentError,
     KvClosedError,
@@ -768,7 +769,10 @@ def load_documents(
         key = decode_doc_key(raw.key)
         if key[0] != prefix:
             continue
-        form: Any = decode_value(raw.value, raw.encoding)
+        try:
+            form: Any = decode_value(raw.value, raw.encoding)
+        except DecodeError as exc:
+            raise stored_value_error(raw.key, exc) from None
         if session is None:
             obj = info.load(form, key)[0]
             object.__setattr__(obj, "_km_state", (key, form, raw.versionstamp.hex()))
