@@ -301,3 +301,35 @@ def test_two_listeners_both_go_on_past_a_damaged_message(
     with listening(a, handler), listening(b, handler):
         got.wait_for(20)
     assert sorted(got.values) == sorted(f"m{i}" for i in range(20))
+
+
+# ---------------------------------------------------------------------------
+# Rows no read reaches
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        pytest.param("doc", "stored as TEXT", id="text-key"),
+        pytest.param(7, "stored as INTEGER", id="int-key"),
+        pytest.param(1.5, "stored as REAL", id="real-key"),
+        pytest.param(b"\xff\xfe", "do not decode", id="undecodable-key"),
+    ],
+)
+def test_unreachable_rows_names_each_row_no_read_reaches(
+    path: Path, reopen: Callable[[], km.Kv], key: object, says: str
+) -> None:
+    """A key no get or list can find is reported by SqliteEngine.unreachable_rows."""
+    damage(path, "INSERT INTO kv VALUES (?, X'c0', 1, 1, NULL)", key)
+    kv = reopen()
+    engine = kv.engine
+    assert isinstance(engine, SqliteEngine)
+    assert [e.key for e in kv.list(prefix=())] == [("doc", 1), ("other",)]
+    found = engine.unreachable_rows()
+    assert len(found) == 1 and says in str(found[0]) and "delete" in str(found[0]), found
+
+
+def test_a_kvmodel_file_has_no_unreachable_rows(reopen: Callable[[], km.Kv]) -> None:
+    engine = reopen().engine
+    assert isinstance(engine, SqliteEngine)
+    assert engine.unreachable_rows() == []
