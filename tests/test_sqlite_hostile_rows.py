@@ -334,3 +334,25 @@ def test_a_kvmodel_file_has_no_unreachable_rows(reopen: Callable[[], km.Kv]) -> 
     engine = reopen().engine
     assert isinstance(engine, SqliteEngine)
     assert engine.unreachable_rows() == []
+
+
+def test_a_text_encoding_in_an_untyped_table_is_refused_not_read_as_none(
+    path: Path, reopen: Callable[[], km.Kv]
+) -> None:
+    """'1' stays TEXT only in a kv table declared without types: every read refuses it."""
+    damage(path, "ALTER TABLE kv RENAME TO kv_typed")
+    damage(path, "CREATE TABLE kv (k PRIMARY KEY, v, v_encoding, version, expiration_ms)")
+    damage(path, "INSERT INTO kv SELECT * FROM kv_typed")
+    damage(path, "DROP TABLE kv_typed")
+    damage(path, "UPDATE kv SET v_encoding = '1' WHERE k = ?", ENC_KEY)
+    assert rows(path, "SELECT typeof(v_encoding) FROM kv ORDER BY k")[0] == ("text",)
+    kv = reopen()
+    reads: list[Callable[[], object]] = [
+        lambda: kv.get(KEY),
+        lambda: kv.get_many([KEY, ("other",)]),
+        lambda: list(kv.list(prefix=("doc",))),
+        lambda: next(iter(kv.watch([KEY]))),
+    ]
+    for read in reads:
+        with pytest.raises(km.DecodeError, match=r"\('doc', 1\).*unknown encoding '1'"):
+            read()
