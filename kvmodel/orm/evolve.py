@@ -243,7 +243,7 @@ class DocumentProblem:
 
 @attrs.frozen
 class DocumentReport:
-    """The result of :func:`check_documents`; truthy when every document fits."""
+    """The result of :func:`check_documents`; truthy when documents fit and rows are reachable."""
 
     problems: tuple[DocumentProblem, ...]
     documents: int
