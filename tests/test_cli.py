@@ -594,6 +594,25 @@ def test_check_rebuild_and_migrate_take_a_module(db: str, tmp_path: Path) -> Non
     assert "'notes_v1:km' is a module, not a km.Model subclass." in not_a_model.stderr
 
 
+def test_check_reports_a_row_no_read_reaches(db: str, tmp_path: Path) -> None:
+    """A key another program stored as TEXT: check names it once and exits 1."""
+    import sqlite3
+
+    with km.open_kv(db) as kv:
+        kv.set(("notes", "n0"), {"id": "n0", "author": "ada"})
+    _write_models(tmp_path, "notes_v1", 1)
+    script("rebuild-indexes", db, "notes_v1", cwd=tmp_path)
+    assert script("check", db, "notes_v1", cwd=tmp_path).returncode == 0
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO kv VALUES ('notes', X'c0', 1, 1, NULL)")
+    conn.close()
+    bad = script("check", db, "notes_v1", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stdout.count("1 stored rows no read can reach:") == 1, bad.stdout
+    assert "'notes'" in bad.stdout and "stored as TEXT" in bad.stdout, bad.stdout
+
+
 def test_watch_prints_changes_until_interrupted(db: str) -> None:
     """watch prints the current value, then each change; SIGINT ends it with status 130."""
     import signal

@@ -459,3 +459,25 @@ def test_check_documents_reports_every_misfit(kv: Kv) -> None:
     kv.delete(("articles", "a3"))
     kv.delete(("articles", "a4"))
     assert km.check_documents(kv, Article).ok
+
+
+def test_check_documents_reports_rows_no_read_reaches(tmp_path: Any) -> None:
+    """On SQLite, a key stored as TEXT by another program is named; other engines report none."""
+    import sqlite3
+
+    path = tmp_path / "rows.db"
+    with km.open_kv(path) as kv:
+        kv.set(("articles", "a1"), {"id": "a1", "headline": "fine"})
+        assert km.check_documents(kv, Article).ok
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO kv VALUES ('articles', X'c0', 1, 1, NULL)")
+    conn.close()
+    with km.open_kv(path) as kv:
+        report = km.check_documents(kv, Article)
+        assert not report.ok and report.documents == 1 and not report.problems
+        assert len(report.unreachable) == 1 and "stored as TEXT" in report.unreachable[0]
+        assert "no read can reach" in str(report)
+        assert km.check_documents(kv, Article, rows=False).ok
+    with km.open_kv() as memory:
+        assert km.check_documents(memory, Article).unreachable == ()

@@ -301,3 +301,58 @@ def test_two_listeners_both_go_on_past_a_damaged_message(
     with listening(a, handler), listening(b, handler):
         got.wait_for(20)
     assert sorted(got.values) == sorted(f"m{i}" for i in range(20))
+
+
+# ---------------------------------------------------------------------------
+# Rows no read reaches
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        pytest.param("doc", "stored as TEXT", id="text-key"),
+        pytest.param(7, "stored as INTEGER", id="int-key"),
+        pytest.param(1.5, "stored as REAL", id="real-key"),
+        pytest.param(b"\x7f\xfe", "do not decode", id="undecodable-key"),
+    ],
+)
+def test_unreachable_rows_names_each_row_no_read_reaches(
+    path: Path, reopen: Callable[[], km.Kv], key: object, says: str
+) -> None:
+    """A key no get or list can find (or decode) is reported by SqliteEngine.unreachable_rows."""
+    damage(path, "INSERT INTO kv VALUES (?, X'c0', 1, 1, NULL)", key)
+    kv = reopen()
+    engine = kv.engine
+    assert isinstance(engine, SqliteEngine)
+    if not isinstance(key, bytes):  # (a listing that meets undecodable bytes raises)
+        assert [e.key for e in kv.list(prefix=())] == [("doc", 1), ("other",)]
+    found = engine.unreachable_rows()
+    assert len(found) == 1 and says in str(found[0]) and "delete" in str(found[0]), found
+
+
+def test_a_kvmodel_file_has_no_unreachable_rows(reopen: Callable[[], km.Kv]) -> None:
+    engine = reopen().engine
+    assert isinstance(engine, SqliteEngine)
+    assert engine.unreachable_rows() == []
+
+
+def test_a_text_encoding_in_an_untyped_table_is_refused_not_read_as_none(
+    path: Path, reopen: Callable[[], km.Kv]
+) -> None:
+    """'1' stays TEXT only in a kv table declared without types: every read refuses it."""
+    damage(path, "ALTER TABLE kv RENAME TO kv_typed")
+    damage(path, "CREATE TABLE kv (k PRIMARY KEY, v, v_encoding, version, expiration_ms)")
+    damage(path, "INSERT INTO kv SELECT * FROM kv_typed")
+    damage(path, "DROP TABLE kv_typed")
+    damage(path, "UPDATE kv SET v_encoding = '1' WHERE k = ?", ENC_KEY)
+    assert rows(path, "SELECT typeof(v_encoding) FROM kv ORDER BY k")[0] == ("text",)
+    kv = reopen()
+    reads: list[Callable[[], object]] = [
+        lambda: kv.get(KEY),
+        lambda: kv.get_many([KEY, ("other",)]),
+        lambda: list(kv.list(prefix=("doc",))),
+        lambda: next(iter(kv.watch([KEY]))),
+    ]
+    for read in reads:
+        with pytest.raises(km.DecodeError, match=r"\('doc', 1\).*unknown encoding '1'"):
+            read()

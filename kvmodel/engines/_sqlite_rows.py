@@ -8,8 +8,12 @@ raise :class:`DecodeError` naming the key or message at fault.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
+
 import msgpack
 
+from kvmodel._text import brief_repr
 from kvmodel.engines.base import (
     VALUE_ENCODINGS,
     RawEntry,
@@ -18,6 +22,7 @@ from kvmodel.engines.base import (
     versionstamp_from_counter,
 )
 from kvmodel.errors import DecodeError
+from kvmodel.keys import decode_key, encode_key
 from kvmodel.limits import (
     MAX_KEY_SIZE,
     MAX_READ_KEY_SIZE,
@@ -105,3 +110,65 @@ def damaged_row(
         f"The stored expiry of {where} is {describe_stored_key(expiration_ms)}, "
         f"not a time in milliseconds; {advice}"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreachableRow:
+    """A ``kv`` row that no read can reach, as :meth:`SqliteEngine.unreachable_rows` reports it.
+
+    Attributes:
+        key: the stored key column, shown for a message (its repr, cut when long).
+        reason: why no read reaches it, and what to do.
+    """
+
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"the stored key {self.key}: {self.reason}"
+
+
+# Reads compare keys as blobs, and SQLite orders every NULL, INTEGER, REAL and
+# TEXT before any BLOB, so such a key is outside every range and every point read.
+SELECT_NON_BLOB_KEYS = "SELECT k, typeof(k) FROM kv WHERE typeof(k) != 'blob' ORDER BY k LIMIT ?"
+SELECT_BLOB_KEYS = "SELECT k FROM kv WHERE typeof(k) = 'blob' ORDER BY k"
+
+
+def unreachable_rows_on(conn: sqlite3.Connection, limit: int) -> list[UnreachableRow]:
+    """At most ``limit`` rows of ``kv`` whose key no get, list or watch can reach."""
+    advice = (
+        "the database was written by something other than kvmodel; delete that row with sqlite3"
+    )
+    out = [
+        UnreachableRow(
+            brief_repr(k if not isinstance(k, str) else k[:64]),
+            f"the key is stored as {kind.upper()}, not as a BLOB, so no read compares equal "
+            f"to it; {advice}.",
+        )
+        for k, kind in conn.execute(SELECT_NON_BLOB_KEYS, (limit,))
+    ]
+    for (k,) in conn.execute(SELECT_BLOB_KEYS):
+        if len(out) >= limit:
+            break
+        if len(k) > MAX_READ_KEY_SIZE or k[:1] == b"\xff":
+            # A listing meets an overlong key and raises DecodeError naming it;
+            # 0xff starts the object mapper's own keys, which it reads by bytes.
+            continue
+        try:
+            key = decode_key(k)
+        except DecodeError as exc:
+            out.append(
+                UnreachableRow(
+                    brief_repr(k[:64]), f"the key bytes do not decode ({exc}); {advice}."
+                )
+            )
+            continue
+        if encode_key(key) != k:
+            out.append(
+                UnreachableRow(
+                    brief_repr(k[:64]),
+                    f"the bytes decode to {key!r} but are not its encoding, so get, set and "
+                    f"delete of {key!r} address another row; {advice}.",
+                )
+            )
+    return out

@@ -54,6 +54,7 @@ from kvmodel.engines._sqlite_connections import INHERITED_FILES, LIVE_ENGINES, f
 from kvmodel.engines._sqlite_poller import Poller
 from kvmodel.engines._sqlite_queue import SqliteQueue
 from kvmodel.engines._sqlite_reads import SqliteReads
+from kvmodel.engines._sqlite_rows import UnreachableRow, unreachable_rows_on
 from kvmodel.engines._sqlite_schema import (
     APPLICATION_ID,
     BEGIN_IMMEDIATE,
@@ -378,6 +379,18 @@ class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
         self._run(op, "vacuuming")
+
+    def unreachable_rows(self, limit: int = 100) -> list[UnreachableRow]:
+        """At most ``limit`` rows of the ``kv`` table that no get, list or watch can reach.
+
+        Only another program writes such rows (SQLite keeps any type in any
+        column): keys stored as TEXT, INTEGER, REAL or NULL rather than BLOB,
+        key bytes that do not decode, and bytes that decode to a key but are
+        not its encoding. ``kvmodel check`` and ``km.check_documents`` report
+        them; reads skip them at no cost. Scans the whole table.
+        """
+        self._raise_if_closed()
+        return self._run(lambda conn: unreachable_rows_on(conn, limit), "checking rows")
 
     def close(self) -> None:
         """Wakes every waiter, joins the poller and closes every connection; idempotent.

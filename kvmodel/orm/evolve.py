@@ -243,29 +243,40 @@ class DocumentProblem:
 
 @attrs.frozen
 class DocumentReport:
-    """The result of :func:`check_documents`; truthy when every document fits."""
+    """The result of :func:`check_documents`; truthy when documents fit and rows are reachable."""
 
     problems: tuple[DocumentProblem, ...]
     documents: int
+    unreachable: tuple[str, ...] = ()
+    """Rows of the store that no read reaches (engines with ``unreachable_rows``)."""
 
     @property
     def ok(self) -> bool:
-        """True when every document fits its model."""
-        return not self.problems
+        """True when every document fits its model and every stored row is reachable."""
+        return not self.problems and not self.unreachable
 
     def __bool__(self) -> bool:
         return self.ok
 
     def __str__(self) -> str:
-        if self.ok:
-            return f"All {self.documents} documents fit their models."
-        lines = [f"{len(self.problems)} of {self.documents} documents do not fit their models:"]
-        lines += [f"  {p.model} {p.key!r}: {p.reason}" for p in self.problems]
+        if not self.problems:
+            lines = [f"All {self.documents} documents fit their models."]
+        else:
+            lines = [f"{len(self.problems)} of {self.documents} documents do not fit their models:"]
+            lines += [f"  {p.model} {p.key!r}: {p.reason}" for p in self.problems]
+        if self.unreachable:
+            lines.append(f"{len(self.unreachable)} stored rows no read can reach:")
+            lines += [f"  {row}" for row in self.unreachable]
         return "\n".join(lines)
 
 
-def check_documents(kv: Kv, *models: type[Model]) -> DocumentReport:
+def check_documents(kv: Kv, *models: type[Model], rows: bool = True) -> DocumentReport:
     """Reports every stored document of ``models`` that does not fit its model.
+
+    With ``rows`` (the default) it also reports, on an engine that can find
+    them (SQLite's ``unreachable_rows``), stored rows that no read reaches,
+    such as a key another program stored as TEXT: no listing shows them, so
+    no model check would.
 
     A document does not fit when it cannot be loaded (not a map, a required
     field missing, a value that does not convert, an upgrade step that fails)
@@ -297,7 +308,10 @@ def check_documents(kv: Kv, *models: type[Model]) -> DocumentReport:
             reason = _misfit(info, entry.key, entry.value)
             if reason is not None:
                 problems.append(DocumentProblem(entry.key, info.name, reason))
-    return DocumentReport(tuple(problems), count)
+    # An optional engine capability: the SQL that finds such rows stays in the engine.
+    find = getattr(kv.engine, "unreachable_rows", None) if rows else None
+    unreachable = tuple(str(row) for row in find()) if callable(find) else ()
+    return DocumentReport(tuple(problems), count, unreachable)
 
 
 def _misfit(info: ModelInfo, key: Key, doc: Any) -> str | None:
