@@ -356,3 +356,22 @@ def test_a_text_encoding_in_an_untyped_table_is_refused_not_read_as_none(
     for read in reads:
         with pytest.raises(km.DecodeError, match=r"\('doc', 1\).*unknown encoding '1'"):
             read()
+
+
+def test_deno_files_report_unreachable_rows_too(tmp_path: Path) -> None:
+    """Deno's layout has the same key column, and the same check: a TEXT key is reported."""
+    pytest.importorskip("v8serialize")
+    from kvmodel.engines.denofile import DenoFileEngine
+
+    path = tmp_path / "deno.sqlite3"
+    with km.open_kv(f"deno:{path}") as kv:
+        kv.set(KEY, "fine")
+    damage(path, "INSERT INTO kv (k, v, v_encoding, version) VALUES ('doc', X'01', 3, 1)")
+    with km.open_kv(f"deno:{path}") as kv:
+        engine = kv.engine
+        assert isinstance(engine, DenoFileEngine)
+        assert [e.key for e in kv.list(prefix=())] == [KEY]
+        found = engine.unreachable_rows()
+        assert len(found) == 1 and "stored as TEXT" in str(found[0]), found
+        report = km.check_documents(kv)
+        assert not report.ok and any("stored as TEXT" in line for line in report.unreachable)

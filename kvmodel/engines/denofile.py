@@ -39,6 +39,7 @@ from pathlib import Path
 
 from kvmodel.engines import _deno_schema as sql
 from kvmodel.engines._sqlite_poller import Poller
+from kvmodel.engines._sqlite_rows import UnreachableRow, unreachable_rows_on
 from kvmodel.engines._sqlite_schema import read_file_identity
 from kvmodel.engines.base import (
     VALUE_ENCODING_BYTES,
@@ -560,6 +561,19 @@ class DenoFileEngine:
         except (sqlite3.Error, KvClosedError):
             return None
         return None if best is None else best / 1000
+
+    # -- checking -----------------------------------------------------------------
+
+    def unreachable_rows(self, limit: int = 100) -> list[UnreachableRow]:
+        """At most ``limit`` rows of the ``kv`` table that no get, list or watch can reach.
+
+        The same check as :meth:`kvmodel.engines.sqlite.SqliteEngine.unreachable_rows`
+        (Deno's table has the same key column): keys stored as TEXT, INTEGER,
+        REAL or NULL, key bytes that do not decode or are not their key's
+        encoding. Scans the whole table.
+        """
+        with self._read() as cur:
+            return unreachable_rows_on(cur.connection, limit)
 
     # -- closing ------------------------------------------------------------------
 
