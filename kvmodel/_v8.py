@@ -280,7 +280,17 @@ def decode_v8(data: bytes) -> object:
         js = v8.loads(data, default_timezone=UTC)
     except RecursionError:
         raise DecodeError("A V8 value is nested too deeply to read.") from None
-    except (v8.V8SerializeError, ValueError, TypeError, OverflowError) as exc:
+    # v8serialize's parser can fail with IndexError and the like on bytes that
+    # end inside a tag (b'r\x00', found by tests/torture/test_hostile_decoders.py).
+    except (
+        v8.V8SerializeError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        IndexError,
+        KeyError,
+        AttributeError,
+    ) as exc:
         raise DecodeError(f"Stored bytes are not a valid V8 value: {exc}") from exc
     try:
         return _Reader(v8.jstypes).read(js, 0)

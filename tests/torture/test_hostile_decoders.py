@@ -28,7 +28,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import kvmodel as km
@@ -154,6 +154,7 @@ def test_v8_values_with_references_decode_within_budget(data: bytes, times: int)
 
 
 @FUZZ
+@example(b"r\x00")  # an error tag cut short: v8serialize raised IndexError
 @given(st.binary(max_size=512))
 def test_random_bytes_as_v8_decode_within_budget(data: bytes) -> None:
     within_budget(lambda: decode_value(HEADER + data, 4))
