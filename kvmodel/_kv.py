@@ -27,13 +27,7 @@ from kvmodel._list import ListIterator, ListState
 from kvmodel._options import parse_consistency, positive_int
 from kvmodel._records import VERSIONSTAMP, CommitResult, Entry
 from kvmodel._text import brief_repr
-from kvmodel._values import (
-    decode_value,
-    encode_message_v8,
-    encode_value,
-    encode_value_v8,
-    stored_value_error,
-)
+from kvmodel._values import decode_value, encode_message_v8, encode_value, encode_value_v8
 from kvmodel._watch import WatchIterator
 from kvmodel.engines.base import (
     AtomicWrite,
@@ -46,7 +40,6 @@ from kvmodel.engines.base import (
     ReadRange,
 )
 from kvmodel.errors import (
-    DecodeError,
     InvalidArgumentError,
     KvClosedError,
     LimitExceededError,
@@ -256,10 +249,7 @@ class Kv:
         if not found:
             return Entry(_key_tuple(key), None, None)
         raw = found[0]
-        try:
-            value = decode_value(raw.value, raw.encoding)
-        except DecodeError as exc:
-            raise stored_value_error(raw.key, exc) from None
+        value = decode_value(raw.value, raw.encoding, raw.key)
         return Entry(_key_tuple(key), value, raw.versionstamp.hex())
 
     def get_many(
@@ -288,10 +278,7 @@ class Kv:
         for key, found in zip(keys, results, strict=True):
             if found:
                 raw = found[0]
-                try:
-                    value = decode_value(raw.value, raw.encoding)
-                except DecodeError as exc:
-                    raise stored_value_error(raw.key, exc) from None
+                value = decode_value(raw.value, raw.encoding, raw.key)
                 out.append(Entry(_key_tuple(key), value, raw.versionstamp.hex()))
             else:
                 out.append(Entry(_key_tuple(key), None, None))

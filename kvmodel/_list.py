@@ -23,9 +23,9 @@ from typing import Any
 from kvmodel._options import OptionLimitError
 from kvmodel._records import Entry
 from kvmodel._text import brief_repr, brief_value
-from kvmodel._values import decode_value, stored_value_error
+from kvmodel._values import decode_value
 from kvmodel.engines.base import Consistency, RawEntry, ReadRange
-from kvmodel.errors import DecodeError, InvalidArgumentError, LimitExceededError
+from kvmodel.errors import InvalidArgumentError, LimitExceededError
 from kvmodel.keys import decode_key, encode_key
 from kvmodel.limits import MAX_CURSOR_LENGTH, MAX_READ_KEY_SIZE
 
@@ -200,13 +200,10 @@ class ListState:
 
     def consume(self, read: ReadRange, raw: list[RawEntry]) -> list[Entry[Any]]:
         """Decodes a batch and moves the range past it."""
-        try:
-            entries = [
-                Entry(decode_key(r.key), decode_value(r.value, r.encoding), r.versionstamp.hex())
-                for r in raw
-            ]
-        except DecodeError:
-            raise _first_undecodable(raw) from None
+        entries = [
+            Entry(decode_key(r.key), decode_value(r.value, r.encoding, r.key), r.versionstamp.hex())
+            for r in raw
+        ]
         self.advance(read, len(raw), raw[-1].key if raw else b"")
         return entries
 
@@ -298,18 +295,3 @@ class ListIterator(Iterator[Entry[Any]]):
         entry = self._buffer[self._pos]
         self._pos += 1
         return entry
-
-
-def _first_undecodable(raw: list[RawEntry]) -> DecodeError:
-    """The error of the first entry in ``raw`` that does not decode, naming its key.
-
-    Decoding is free of side effects, so the batch is read again only once it
-    has failed, which keeps the loop above free of per-entry bookkeeping.
-    """
-    for r in raw:
-        decode_key(r.key)  # its own DecodeError names the stored key
-        try:
-            decode_value(r.value, r.encoding)
-        except DecodeError as exc:
-            return stored_value_error(r.key, exc)
-    return DecodeError("A listed batch failed to decode and then decoded.")  # pragma: no cover

@@ -69,7 +69,6 @@ __all__ = [
     "encode_value_v8",
     "encode_message_v8",
     "decode_value",
-    "stored_value_error",
 ]
 
 EXT_BIGINT: Final = 1
@@ -415,46 +414,46 @@ def encode_value(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, 
     return data, VALUE_ENCODING_MSGPACK
 
 
-def decode_value(data: bytes, encoding: int) -> object:
+def decode_value(data: bytes, encoding: int, key: object = None) -> object:
     """Decodes ``(data, encoding)`` from an engine record back into a value.
 
     >>> decode_value(b"\\x81\\xa1a\\x92\\x01\\xc0", 1)
     {'a': [1, None]}
 
+    Readers pass the ``key`` the value is stored at (its tuple or its encoded
+    bytes), and an error then names it; the name is built only on failure, so
+    naming it costs nothing on success.
+
     Raises:
         DecodeError: the bytes are not a valid value of that encoding, or the
             encoding is unknown.
     """
-    if encoding == VALUE_ENCODING_MSGPACK:
-        if len(data) > MAX_VALUE_SIZE:
-            # Writes are refused past this size, so no stored value is longer;
-            # the check also bounds every length inside (see _UNPACK_OPTIONS).
-            raise DecodeError(
-                f"Stored bytes are {len(data)} long, more than any value can be "
-                f"({MAX_VALUE_SIZE} bytes encoded)."
-            )
-        return _unpack(data)
-    if encoding == VALUE_ENCODING_BYTES:
-        return bytes(data)
-    if encoding == VALUE_ENCODING_LE64:
-        if len(data) != 8:
-            raise DecodeError(f"A KvU64 value has {len(data)} bytes instead of 8.")
-        return KvU64(_LE64.unpack(data)[0])
-    if encoding == VALUE_ENCODING_V8:
-        from kvmodel._v8 import decode_v8
+    try:
+        if encoding == VALUE_ENCODING_MSGPACK:
+            if len(data) > MAX_VALUE_SIZE:
+                # Writes are refused past this size, so no stored value is longer;
+                # the check also bounds every length inside (see _UNPACK_OPTIONS).
+                raise DecodeError(
+                    f"Stored bytes are {len(data)} long, more than any value can be "
+                    f"({MAX_VALUE_SIZE} bytes encoded)."
+                )
+            return _unpack(data)
+        if encoding == VALUE_ENCODING_BYTES:
+            return bytes(data)
+        if encoding == VALUE_ENCODING_LE64:
+            if len(data) != 8:
+                raise DecodeError(f"A KvU64 value has {len(data)} bytes instead of 8.")
+            return KvU64(_LE64.unpack(data)[0])
+        if encoding == VALUE_ENCODING_V8:
+            from kvmodel._v8 import decode_v8
 
-        return decode_v8(data)
-    raise DecodeError(f"Unknown value encoding {encoding!r}.")
-
-
-def stored_value_error(key: object, exc: DecodeError) -> DecodeError:
-    """``exc`` (from :func:`decode_value`), reworded to name the key the value is stored at.
-
-    ``key`` is the key tuple or its encoded bytes. Readers decode first and
-    call this only on failure, so naming the key costs nothing on success.
-    """
-    where = describe_stored_key(key)
-    return DecodeError(f"The value stored at the key {where} cannot be read: {exc}")
+            return decode_v8(data)
+        raise DecodeError(f"Unknown value encoding {encoding!r}.")
+    except DecodeError as exc:
+        if key is None:
+            raise
+        where = describe_stored_key(key)
+        raise DecodeError(f"The value stored at the key {where} cannot be read: {exc}") from None
 
 
 def encode_value_v8(value: object, *, limit: int = MAX_VALUE_SIZE) -> tuple[bytes, int]:

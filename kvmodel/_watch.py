@@ -12,9 +12,9 @@ from types import TracebackType
 from typing import Any
 
 from kvmodel._records import Entry
-from kvmodel._values import decode_value, stored_value_error
+from kvmodel._values import decode_value
 from kvmodel.engines.base import RawEntry, WatchStream
-from kvmodel.errors import DecodeError, KvClosedError
+from kvmodel.errors import KvClosedError
 
 __all__ = ["WatchIterator"]
 
@@ -56,17 +56,12 @@ class WatchIterator(Iterator[list[Entry[Any]]]):
                 return self._decode(found)
 
     def _decode(self, found: list[RawEntry | None]) -> list[Entry[Any]]:
-        out: list[Entry[Any]] = []
-        for key, r in zip(self._keys, found, strict=True):
-            if r is None:
-                out.append(Entry(key, None, None))
-                continue
-            try:
-                value = decode_value(r.value, r.encoding)
-            except DecodeError as exc:
-                raise stored_value_error(key, exc) from None
-            out.append(Entry(key, value, r.versionstamp.hex()))
-        return out
+        return [
+            Entry(key, None, None)
+            if r is None
+            else Entry(key, decode_value(r.value, r.encoding, key), r.versionstamp.hex())
+            for key, r in zip(self._keys, found, strict=True)
+        ]
 
     def __iter__(self) -> WatchIterator:
         return self

@@ -151,7 +151,7 @@ def stored_description(kv: Kv, prefix: str) -> tuple[dict[str, Any] | None, byte
     try:
         value = decode_value(found[0].value, found[0].encoding)
     except DecodeError:
-        return None, found[0].versionstamp  # damaged: rewritten from the model
+        value = None
     if not isinstance(value, dict) or not isinstance(value.get("indexes"), dict):
         return None, found[0].versionstamp  # damaged: rewritten from the model
     return value, found[0].versionstamp

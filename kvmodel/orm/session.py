@@ -16,10 +16,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvmodel._options import duration_ms
-from kvmodel._values import decode_value, stored_value_error
+from kvmodel._values import decode_value
 from kvmodel.errors import (
     ConflictError,
-    DecodeError,
     EncodeError,
     InvalidArgumentError,
     KvClosedError,
@@ -769,10 +768,7 @@ def load_documents(
         key = decode_doc_key(raw.key)
         if key[0] != prefix:
             continue
-        try:
-            form: Any = decode_value(raw.value, raw.encoding)
-        except DecodeError as exc:
-            raise stored_value_error(raw.key, exc) from None
+        form: Any = decode_value(raw.value, raw.encoding, raw.key)
         if session is None:
             obj = info.load(form, key)[0]
             object.__setattr__(obj, "_km_state", (key, form, raw.versionstamp.hex()))
