@@ -263,8 +263,8 @@ def test_urls_and_bad_arguments(cluster: EtcdCluster) -> None:
     dead.bind(("127.0.0.1", 0))
     port = dead.getsockname()[1]
     dead.close()
-    with pytest.raises(EngineError, match="answered"):
-        EtcdEngine([f"127.0.0.1:{port}"], retry_timeout=0.3)
+    with pytest.raises(EngineError, match="accepts connections"):
+        EtcdEngine([f"127.0.0.1:{port}"], connect_timeout=0.3)
 
 
 # -- ambiguous commits ---------------------------------------------------------

@@ -257,6 +257,11 @@ class EtcdTransport:
             with ``http://`` or ``https://`` in front (all alike).
         request_timeout: seconds one HTTP request may take.
         retry_timeout: seconds a request keeps trying other endpoints.
+        connect_timeout: seconds to establish a connection to one member;
+            and, until some member has accepted a connection once, how long
+            a request keeps trying before it gives up (a refused port or a
+            wrong host fails at open in about this time, instead of after
+            ``retry_timeout``).
         tls: the SSL context for HTTPS (see :func:`tls_context`); None for
             plain HTTP, unless an endpoint says ``https://`` (then the
             system's CAs check the members).
@@ -270,6 +275,7 @@ class EtcdTransport:
         *,
         request_timeout: float = 5.0,
         retry_timeout: float = 15.0,
+        connect_timeout: float = 1.0,
         tls: ssl.SSLContext | None = None,
         credentials: Credentials | None = None,
     ) -> None:
@@ -289,6 +295,11 @@ class EtcdTransport:
         self.credentials = credentials
         self.request_timeout = request_timeout
         self.retry_timeout = retry_timeout
+        self.connect_timeout = connect_timeout
+        # Until a member accepts a connection, refusals mean "no cluster here"
+        # (a wrong port, a stopped etcd), not a failover in progress: give up
+        # after connect_timeout rather than retry_timeout.
+        self._reached = False
         self._local = threading.local()
         self._next_start = 0
         self._lock = threading.Lock()
@@ -317,12 +328,21 @@ class EtcdTransport:
         return st
 
     def _new_conn(self, index: int) -> http.client.HTTPConnection:
+        # The connection's own timeout covers the TCP connect and the TLS
+        # handshake; _connect() gives the socket request_timeout afterwards.
         host, port = self.endpoints[index]
         if self.tls is not None:
             return http.client.HTTPSConnection(
-                host, port, timeout=self.request_timeout, context=self.tls
+                host, port, timeout=self.connect_timeout, context=self.tls
             )
-        return http.client.HTTPConnection(host, port, timeout=self.request_timeout)
+        return http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+
+    def _connect(self, conn: http.client.HTTPConnection) -> None:
+        """Connects within connect_timeout, then gives requests request_timeout."""
+        conn.connect()
+        self._reached = True
+        if conn.sock is not None:
+            conn.sock.settimeout(self.request_timeout)
 
     def _conn(self) -> http.client.HTTPConnection:
         st = self._state()
@@ -422,7 +442,7 @@ class EtcdTransport:
         fresh = conn.sock is None
         if fresh:
             try:
-                conn.connect()
+                self._connect(conn)
             except OSError as exc:
                 if _tls_config_error(exc):
                     raise _TlsFailed(str(exc)) from exc
@@ -483,11 +503,13 @@ class EtcdTransport:
             EtcdAuthError: etcd refused the credentials or demands some.
             EtcdServerError: etcd rejected the request.
         """
-        deadline = time.monotonic() + self.retry_timeout
+        start = time.monotonic()
+        deadline = start + self.retry_timeout
         pause = 0.02
         last: BaseException | None = None
         tls_failures = 0
         renewals = 0
+        attempts = 0
         while True:
             if self._closed:
                 raise EtcdUnavailableError("The etcd transport is closed.")
@@ -551,11 +573,26 @@ class EtcdTransport:
                         "it may have been applied."
                     ) from exc
                 last = exc
-            if time.monotonic() + pause > deadline:
-                endpoints = ", ".join(f"{h}:{p}" for h, p in self.endpoints)
+            now = time.monotonic()
+            endpoints = ", ".join(f"{h}:{p}" for h, p in self.endpoints)
+            attempts += 1
+            if (
+                not self._reached
+                and attempts >= len(self.endpoints)  # every member had its chance
+                and now + pause > start + self.connect_timeout
+            ):
+                raise EtcdUnavailableError(
+                    f"No etcd member accepts connections at {endpoints} "
+                    f"(connect_timeout={self.connect_timeout} s; last error: {last}). "
+                    "Check that etcd runs there and the host and port are right; to wait for a cluster that is still "
+                    "starting, give connect_timeout=SECONDS (or ?connect_timeout= in the URL)."
+                ) from last
+            if now + pause > deadline:
                 hint = ""
-                if self.tls is None and isinstance(last, http.client.RemoteDisconnected):
-                    # etcd drops plain HTTP on a TLS port without a word.
+                if self.tls is None and isinstance(last, ConnectionResetError):
+                    # A TLS member answers plain HTTP with a 400 and closes; when
+                    # the close overtakes the answer the client sees only a reset
+                    # (http.client's RemoteDisconnected is a ConnectionResetError).
                     hint = " If the members speak TLS, open them with etcds:// (https://)."
                 raise EtcdUnavailableError(
                     f"No etcd endpoint of {endpoints} answered {path} within "
@@ -580,6 +617,7 @@ class EtcdTransport:
             index = (start + k) % len(self.endpoints)
             conn = self._new_conn(index)
             try:
+                self._connect(conn)
                 payload = "".join(json.dumps(m, separators=(",", ":")) for m in body)
                 conn.request("POST", path, body=payload.encode(), headers=self._headers(token))
                 resp = conn.getresponse()

@@ -175,6 +175,12 @@ class EtcdEngine:
         retry_timeout: seconds an operation keeps trying other members, and
             an ambiguous commit keeps trying to learn its outcome, before it
             raises EngineError.
+        connect_timeout: seconds to connect to one member; and, at open,
+            how long to keep trying while no member accepts a connection at
+            all (a refused port, a wrong host), so a wrong address fails
+            within about a second. Raise it to wait for a cluster that is
+            still starting. Once a member has answered, outages are
+            retried for ``retry_timeout``.
         max_txn_ops: the cluster's ``--max-txn-ops`` (etcd's default is 128).
             Deno's limits of 1000 mutations and 100 checks per commit need
             ``--max-txn-ops=2048`` on every member and the same value here.
@@ -208,6 +214,7 @@ class EtcdEngine:
         lease_timeout: float = 30.0,
         request_timeout: float = 5.0,
         retry_timeout: float = 15.0,
+        connect_timeout: float = 1.0,
         max_txn_ops: int = MAX_TXN_OPS,
         user: str | None = None,
         password: str | None = None,
@@ -222,6 +229,7 @@ class EtcdEngine:
             ("lease_timeout", lease_timeout),
             ("request_timeout", request_timeout),
             ("retry_timeout", retry_timeout),
+            ("connect_timeout", connect_timeout),
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise InvalidArgumentError(f"{name}={value!r} is not a positive number of seconds.")
@@ -233,6 +241,7 @@ class EtcdEngine:
                 endpoints,
                 request_timeout=request_timeout,
                 retry_timeout=retry_timeout,
+                connect_timeout=connect_timeout,
                 tls=tls,
                 credentials=credentials,
             )
@@ -270,8 +279,9 @@ class EtcdEngine:
         *,
         clock: Clock = time.time,
         lease_timeout: float = 30.0,
-        request_timeout: float = 5.0,
-        retry_timeout: float = 15.0,
+        request_timeout: float | None = None,
+        retry_timeout: float | None = None,
+        connect_timeout: float | None = None,
         max_txn_ops: int = MAX_TXN_OPS,
         user: str | None = None,
         password: str | None = None,
@@ -286,7 +296,10 @@ class EtcdEngine:
         The user and password are percent-decoded; ``/ ? # @ :`` in them must be
         percent-encoded (``urllib.parse.quote(password, safe="")``). The query
         may name ``ca_file``, ``cert_file`` and ``key_file`` (``etcds://``
-        only); each option may come from the URL or the keyword, not both.
+        only) and the seconds ``connect_timeout``, ``request_timeout`` and
+        ``retry_timeout`` (``?connect_timeout=30`` waits for a cluster that is
+        starting); each option may come from the URL or the keyword, not both,
+        and a timeout left out takes the engine's default.
         Error messages show the URL with the password replaced by ``***``.
         """
         shown = redact_url(url)
@@ -317,6 +330,9 @@ class EtcdEngine:
             "ca_file": ca_file,
             "cert_file": cert_file,
             "key_file": key_file,
+            "connect_timeout": connect_timeout,
+            "request_timeout": request_timeout,
+            "retry_timeout": retry_timeout,
         }
         from_url: dict[str, Any] = {}
         if at:
@@ -325,15 +341,18 @@ class EtcdEngine:
             if colon:
                 from_url["password"] = urllib.parse.unquote(secret)
         for name, value in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True):
-            if name not in _TLS_PARAMS:
+            if name not in _TLS_PARAMS and name not in _TIMEOUT_PARAMS:
                 raise InvalidArgumentError(
                     f"The etcd URL {shown!r} has the query parameter {name!r}; it takes "
-                    "ca_file, cert_file and key_file (the password goes in user:password@ "
-                    "or the password= option)."
+                    f"{', '.join(_TLS_PARAMS + _TIMEOUT_PARAMS)} (the password goes in "
+                    "user:password@ or the password= option)."
                 )
             if name in from_url:
                 raise InvalidArgumentError(f"The etcd URL {shown!r} gives {name} twice.")
-            from_url[name] = value
+            if name in _TIMEOUT_PARAMS:
+                from_url[name] = _seconds_param(shown, name, value)
+            else:
+                from_url[name] = value
         for name, value in from_url.items():
             if options[name] is not None:
                 raise InvalidArgumentError(
@@ -355,14 +374,15 @@ class EtcdEngine:
         if scheme == "etcds":
             endpoints = ["https://" + e for e in endpoints]
         path = urllib.parse.unquote_to_bytes(parsed.path.lstrip("/"))
+        given = {n: options.pop(n) for n in _TIMEOUT_PARAMS}
+        timeouts = {n: v for n, v in given.items() if v is not None}  # else the defaults
         return cls(
             endpoints,
             prefix=path + b"/" if path else b"",
             clock=clock,
             lease_timeout=lease_timeout,
-            request_timeout=request_timeout,
-            retry_timeout=retry_timeout,
             max_txn_ops=max_txn_ops,
+            **timeouts,
             **options,
         )
 
@@ -1110,7 +1130,7 @@ def redact_url(url: str) -> str:
 
     Everything up to the last ``@`` counts as user information, so a password
     holding an unencoded ``/``, ``?``, ``#`` or ``@`` is hidden too. Query
-    values other than the TLS file names are hidden as well.
+    values other than the TLS file names and the timeouts are hidden as well.
 
     >>> redact_url("etcds://root:s3cr3t@10.0.0.1:2379/app?ca_file=/ca.pem&password=x")
     'etcds://root:***@10.0.0.1:2379/app?ca_file=/ca.pem&password=***'
@@ -1127,12 +1147,24 @@ def redact_url(url: str) -> str:
         params = []
         for param in query.split("&"):
             key, eq, _ = param.partition("=")
-            params.append(param if key in _TLS_PARAMS or not eq else f"{key}=***")
+            shown = key in _TLS_PARAMS or key in _TIMEOUT_PARAMS or not eq
+            params.append(param if shown else f"{key}=***")
         base += "?" + "&".join(params)
     return f"{scheme}://{userinfo}{base}"
 
 
 _TLS_PARAMS = ("ca_file", "cert_file", "key_file")
+_TIMEOUT_PARAMS = ("connect_timeout", "request_timeout", "retry_timeout")
+
+
+def _seconds_param(shown: str, name: str, text: str) -> float:
+    """A timeout from an etcd URL's query, as seconds (EtcdEngine checks the range)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"The etcd URL {shown!r} gives {name}={text!r}, which is not a number of seconds."
+        ) from None
 
 
 class _EtcdQueueMessage(LeasedMessage):
