@@ -584,8 +584,9 @@ class EtcdTransport:
                 raise EtcdUnavailableError(
                     f"No etcd member accepts connections at {endpoints} "
                     f"(connect_timeout={self.connect_timeout} s; last error: {last}). "
-                    "Check that etcd runs there and the host and port are right; to wait for a cluster that is still "
-                    "starting, give connect_timeout=SECONDS (or ?connect_timeout= in the URL)."
+                    "Check that etcd runs there and the host and port are right; to wait "
+                    "for a cluster that is still starting, give connect_timeout=SECONDS "
+                    "(or ?connect_timeout= in the URL)."
                 ) from last
             if now + pause > deadline:
                 hint = ""
