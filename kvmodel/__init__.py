@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+from kvmodel._accel import accelerated
 from kvmodel._atomic import AtomicOperation
 from kvmodel._kv import Kv, open_kv
 from kvmodel._list import ListIterator
@@ -104,6 +105,7 @@ __all__ = [
     "VERSIONSTAMP",
     "ValidationError",
     "WatchIterator",
+    "accelerated",
     "bulk_delete",
     "bulk_save",
     "check_documents",

@@ -20,18 +20,48 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import msgpack
+
+from kvmodel._accel import speedups
 from kvmodel._options import OptionLimitError
 from kvmodel._records import Entry
 from kvmodel._text import brief_repr, brief_value
-from kvmodel._values import decode_value
-from kvmodel.engines.base import Consistency, RawEntry, ReadRange
+from kvmodel._values import UNPACK_OPTIONS, decode_value
+from kvmodel.engines.base import VALUE_ENCODING_MSGPACK, Consistency, RawEntry, ReadRange
 from kvmodel.errors import InvalidArgumentError, LimitExceededError
 from kvmodel.keys import decode_key, encode_key
-from kvmodel.limits import MAX_CURSOR_LENGTH, MAX_READ_KEY_SIZE
+from kvmodel.limits import MAX_CURSOR_LENGTH, MAX_READ_KEY_SIZE, MAX_VALUE_SIZE
 
-__all__ = ["ListIterator", "ListState"]
+__all__ = ["ListIterator", "ListState", "decode_entries"]
 
 DEFAULT_BATCH_SIZE = 500
+
+
+def decode_entries(raw: list[RawEntry]) -> list[Entry[Any]]:
+    """The entries of a batch of engine records: keys and values decoded, stamps as hex.
+
+    The pure-Python reference of the accelerator's twin of the same name.
+
+    Raises:
+        DecodeError: a key or a value cannot be decoded (the error names the key).
+    """
+    return [
+        Entry(decode_key(r.key), decode_value(r.value, r.encoding, r.key), r.versionstamp.hex())
+        for r in raw
+    ]
+
+
+decode_entries_py = decode_entries
+if speedups is not None:
+    speedups.install_entries(
+        entry=Entry,
+        decode_value=decode_value,
+        unpackb=msgpack.unpackb,
+        unpack_options=UNPACK_OPTIONS,
+        msgpack_encoding=VALUE_ENCODING_MSGPACK,
+        max_value_size=MAX_VALUE_SIZE,
+    )
+    decode_entries = speedups.decode_entries
 
 
 def _common_prefix(a: bytes, b: bytes) -> bytes:
@@ -200,10 +230,7 @@ class ListState:
 
     def consume(self, read: ReadRange, raw: list[RawEntry]) -> list[Entry[Any]]:
         """Decodes a batch and moves the range past it."""
-        entries = [
-            Entry(decode_key(r.key), decode_value(r.value, r.encoding, r.key), r.versionstamp.hex())
-            for r in raw
-        ]
+        entries = decode_entries(raw)
         self.advance(read, len(raw), raw[-1].key if raw else b"")
         return entries
 
@@ -276,22 +303,37 @@ class ListIterator(Iterator[Entry[Any]]):
         """True when the next entry needs an engine read first."""
         return self._pos >= len(self._buffer) and not self._state.stopped()
 
-    def __iter__(self) -> ListIterator:
-        return self
+    def __iter__(self) -> Iterator[Entry[Any]]:
+        # A generator over the same position: a for loop resumes it far more
+        # cheaply than it calls __next__, and next(listing) mixed in (or a
+        # second loop) still sees each entry once, since both move self._pos.
+        while True:
+            pos = self._pos
+            if pos < len(self._buffer):
+                self._pos = pos + 1
+                yield self._buffer[pos]
+            elif not self._refill():
+                return
 
     def __next__(self) -> Entry[Any]:
         while self._pos >= len(self._buffer):
-            state = self._state
-            if state.remaining is not None and state.remaining <= 0:
-                raise StopIteration  # the limit: Deno keeps the last entry's cursor
-            if state.done:
-                self._exhausted = True  # a next that found nothing: Deno's cursor is ""
+            if not self._refill():
                 raise StopIteration
-            read = self._state.next_read()
-            raw = self._fetch(read, self._state.consistency)
-            self._buffer = self._state.consume(read, raw)
-            self._raw = raw
-            self._pos = 0
         entry = self._buffer[self._pos]
         self._pos += 1
         return entry
+
+    def _refill(self) -> bool:
+        """Fetches the next batch; False when the listing has ended."""
+        state = self._state
+        if state.remaining is not None and state.remaining <= 0:
+            return False  # the limit: Deno keeps the last entry's cursor
+        if state.done:
+            self._exhausted = True  # a next that found nothing: Deno's cursor is ""
+            return False
+        read = state.next_read()
+        raw = self._fetch(read, state.consistency)
+        self._buffer = state.consume(read, raw)
+        self._raw = raw
+        self._pos = 0
+        return True

@@ -69,6 +69,8 @@ __all__ = [
     "encode_value_v8",
     "encode_message_v8",
     "decode_value",
+    "unpack_msgpack",
+    "UNPACK_OPTIONS",
 ]
 
 EXT_BIGINT: Final = 1
@@ -277,7 +279,7 @@ def _freeze(obj: Any) -> Any:
 # no options: msgpack's unpackb bounds every str, bin, array, map and ext by the
 # length of its input (the tightest bound there is), and each option passed
 # costs a parse on every call of this hot path.
-_UNPACK_OPTIONS: dict[str, Any] = {
+UNPACK_OPTIONS: dict[str, Any] = {
     "raw": False,
     "use_list": True,
     "strict_map_key": False,
@@ -286,9 +288,14 @@ _UNPACK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _unpack(data: bytes | bytearray | memoryview) -> object:
+def unpack_msgpack(data: bytes | bytearray | memoryview) -> object:
+    """Decodes kvmodel's msgpack value bytes (no size check: decode_value makes it).
+
+    Raises:
+        DecodeError: the bytes are not a valid msgpack value of kvmodel's.
+    """
     try:
-        return msgpack.unpackb(data, **_UNPACK_OPTIONS)
+        return msgpack.unpackb(data, **UNPACK_OPTIONS)
     except DecodeError:
         raise
     except TypeError:
@@ -298,7 +305,7 @@ def _unpack(data: bytes | bytearray | memoryview) -> object:
     # Slow path, only for maps with tuple keys: rebuild every map from its pairs,
     # turning array keys back into tuples.
     try:
-        return msgpack.unpackb(data, object_pairs_hook=_tuple_keys, **_UNPACK_OPTIONS)
+        return msgpack.unpackb(data, object_pairs_hook=_tuple_keys, **UNPACK_OPTIONS)
     except DecodeError:
         raise
     except Exception as exc:
@@ -432,12 +439,12 @@ def decode_value(data: bytes, encoding: int, key: object = None) -> object:
         if encoding == VALUE_ENCODING_MSGPACK:
             if len(data) > MAX_VALUE_SIZE:
                 # Writes are refused past this size, so no stored value is longer;
-                # the check also bounds every length inside (see _UNPACK_OPTIONS).
+                # the check also bounds every length inside (see UNPACK_OPTIONS).
                 raise DecodeError(
                     f"Stored bytes are {len(data)} long, more than any value can be "
                     f"({MAX_VALUE_SIZE} bytes encoded)."
                 )
-            return _unpack(data)
+            return unpack_msgpack(data)
         if encoding == VALUE_ENCODING_BYTES:
             return bytes(data)
         if encoding == VALUE_ENCODING_LE64:

@@ -41,6 +41,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
+from kvmodel._accel import speedups
 from kvmodel._text import brief_repr, brief_value
 from kvmodel.errors import DecodeError, InvalidKeyError
 
@@ -410,6 +411,19 @@ def _decode_long_int(data: bytes, pos: int, tag: int, append: object) -> int:
         value = -(((1 << (n << 3)) - 1) ^ value)
     append(value)  # type: ignore[operator]
     return end
+
+
+# The pure-Python codec above is the reference. With the compiled accelerator
+# the public names are its twins, which answer the common well-formed keys in C
+# and pass everything else (and every error) to these references.
+encode_key_py = encode_key
+decode_key_py = decode_key
+if speedups is not None:
+    speedups.install_key_codec(encode_key=encode_key_py, decode_key=decode_key_py)
+    speedups.encode_key.__doc__ = encode_key_py.__doc__
+    speedups.decode_key.__doc__ = decode_key_py.__doc__
+    encode_key = speedups.encode_key  # same signature, compiled
+    decode_key = speedups.decode_key
 
 
 # ---------------------------------------------------------------------------

@@ -8,9 +8,11 @@ tests need no network and leave the working tree alone.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -24,10 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the sdist and the wheel, built from a copy of the sources."""
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, source / name)
     shutil.copytree(
-        ROOT / "kvmodel", source / "kvmodel", ignore=shutil.ignore_patterns("__pycache__")
+        ROOT / "kvmodel",
+        source / "kvmodel",
+        # What an in-place build leaves beside the sources is not a source.
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "_speedups.c", "_speedups.html"),
     )
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
@@ -107,3 +112,69 @@ def test_mypy_outside_the_repository_sees_the_editable_install(tmp_path: Path) -
     )
     assert "import-not-found" not in result.stdout, hint + "\n" + result.stdout
     assert 'expression has type "Kv", variable has type "int"' in result.stdout, result.stdout
+
+
+def _sdist(dist: Path) -> Path:
+    (sdist,) = dist.glob("*.tar.gz")
+    return sdist
+
+
+def _install_and_probe(dist: Path, target: Path, env: dict[str, str]) -> str:
+    """Installs the sdist into ``target`` (no network, no build isolation) and runs kvmodel."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(_sdist(dist)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    probe = (
+        "import kvmodel as km; kv = km.open_kv(); kv.set(('users', 1), {'n': 'a'}); "
+        "print(km.accelerated, [e.key for e in kv.list(prefix=('users',))])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=target,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
+    return result.stdout.strip()
+
+
+def test_the_sdist_ships_the_accelerator_source_and_no_build_output(dist: Path) -> None:
+    """The .pyx and its stub are in the sdist; generated C and compiled objects are not."""
+    with tarfile.open(_sdist(dist)) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    assert {"setup.py", "kvmodel/_speedups.pyx", "kvmodel/_speedups.pyi"} <= names
+    assert not {n for n in names if n.endswith((".so", ".c"))}
+
+
+def test_the_sdist_installs_and_works_without_a_compiler(dist: Path, tmp_path: Path) -> None:
+    """With no working C compiler the install goes on, and kvmodel runs pure Python."""
+    out = _install_and_probe(dist, tmp_path / "site", {"CC": "false", "LDSHARED": "false"})
+    assert out == "False [('users', 1)]"
+    assert not list((tmp_path / "site" / "kvmodel").glob("*.so"))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_the_sdist_compiles_the_accelerator_where_a_compiler_exists(
+    dist: Path, tmp_path: Path
+) -> None:
+    """With a compiler the same sdist builds kvmodel._speedups, and kvmodel uses it."""
+    out = _install_and_probe(dist, tmp_path / "site", {})
+    assert out == "True [('users', 1)]"

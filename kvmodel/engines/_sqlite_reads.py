@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from kvmodel.engines._sqlite_connections import SqliteConnections
-from kvmodel.engines._sqlite_rows import checked_entry, damaged_row
+from kvmodel.engines._sqlite_rows import checked_entries, checked_entry, damaged_row
 from kvmodel.engines._sqlite_schema import (
     BEGIN_READ,
     COMMIT,
@@ -188,7 +188,7 @@ class SqliteReads(SqliteConnections):
             return [entry]
         sql = SELECT_RANGE_REVERSE if r.reverse else SELECT_RANGE
         rows = conn.execute(sql, (start, r.end, self._now_ms(), limit)).fetchall()
-        return [checked_entry(*row) for row in rows]
+        return checked_entries(rows)
 
     def _read_keys(self, keys: Sequence[bytes]) -> list[RawEntry | None]:
         def op(conn: sqlite3.Connection) -> list[RawEntry | None]:

@@ -13,6 +13,7 @@ import sqlite3
 
 import msgpack
 
+from kvmodel._accel import speedups
 from kvmodel._text import brief_repr
 from kvmodel.engines.base import (
     VALUE_ENCODINGS,
@@ -84,6 +85,26 @@ def checked_entry(
     ):
         raise damaged_row(key, value, encoding, version, expiration_ms)
     return RawEntry(key, value, encoding, versionstamp_from_counter(version))
+
+
+def checked_entries(rows: list[tuple[bytes, object, object, object, object]]) -> list[RawEntry]:
+    """``checked_entry(*row)`` for each (key, value, encoding, version, expiry) row.
+
+    The pure-Python reference of the accelerator's twin of the same name.
+    """
+    return [checked_entry(*row) for row in rows]
+
+
+checked_entries_py = checked_entries
+if speedups is not None:
+    speedups.install_row_checks(
+        checked_entry=checked_entry,
+        raw_entry=RawEntry,
+        value_encodings=VALUE_ENCODINGS,
+        max_value_size=MAX_VALUE_SIZE,
+        max_read_key_size=MAX_READ_KEY_SIZE,
+    )
+    checked_entries = speedups.checked_entries
 
 
 def damaged_row(
