@@ -349,6 +349,36 @@ def unstructure_hook(cls: type) -> Callable[[Any], dict[str, Any]]:
     return CONVERTER.get_unstructure_hook(cls)
 
 
+_PLAIN_SCALARS = (str, int, float, bool, bytes)
+# cattrs' hook for these scalars: structuring is a call of the type.
+_CALL_TYPE = CONVERTER.get_structure_hook(str)
+
+
+def plain_fields(
+    cls: type, types: dict[str, Any]
+) -> tuple[tuple[str, tuple[type, ...]], ...] | None:
+    """Each field's name and the exact types its form value keeps as it is, when every
+    field of ``cls`` is a str, int, float, bool or bytes (or one of them ``| None``).
+
+    For such a model cattrs' structuring is ``cls(name=T(value), ...)``, and
+    ``T(value)`` is ``value`` itself when ``type(value) is T``: a document whose
+    values all have their declared types becomes ``cls(**fields)`` with no
+    conversion at all. None for any other model (containers, dates, enums,
+    nested models, aliases, fields outside ``__init__``, hooks of the user's).
+    """
+    out = []
+    for a in attrs.fields(cls):
+        if not a.init or a.alias != a.name or a.converter is not None:
+            return None
+        tp = types[a.name]
+        base = _strip_optional(tp)
+        if base not in _PLAIN_SCALARS or CONVERTER.get_structure_hook(base) is not _CALL_TYPE:
+            return None  # another type, or km.register_type gave a scalar a hook of its own
+        allowed: tuple[type, ...] = (base,) if base is tp else (base, type(None))
+        out.append((a.name, allowed))
+    return tuple(out)
+
+
 def structure_hook(cls: type) -> Callable[[Any, Any], Any]:
     """The cached function turning a form back into an instance of ``cls``."""
     return CONVERTER.get_structure_hook(cls)

@@ -73,11 +73,13 @@ class Tracked:
         versionstamp: str | None,
         source: dict[str, Any] | None = None,
         baseline: dict[str, Any] | None = None,
+        key: Key | None = None,
     ) -> None:
         self.obj = obj
         self.info = info
         self.pk = pk
-        self.key: Key = (info.prefix, *pk)
+        # ``key`` is (info.prefix, *pk), given by loaders that decoded it already.
+        self.key: Key = (info.prefix, *pk) if key is None else key
         self.stored = stored
         self.source = source if source is not None else stored
         self.baseline = baseline
@@ -86,8 +88,10 @@ class Tracked:
         self.force = False
         self.session: Any = None
         # The deadline the next write gives the document and all its index
-        # entries; None: it does not expire. It starts as the stored one.
-        self.expire_at_ms = self.stored_expire_at_ms
+        # entries; None: it does not expire. It starts as the stored one
+        # (stored_expire_at_ms, inlined: a listing builds one Tracked per object).
+        expiry = stored.get(EXPIRY_FIELD) if stored is not None else None
+        self.expire_at_ms: int | None = expiry if type(expiry) is int else None
 
     @property
     def stored_expire_at_ms(self) -> int | None:

@@ -180,6 +180,35 @@ def snake_case(name: str) -> str:
     return _SNAKE_RE.sub("_", name).lower()
 
 
+def _plain_structure(
+    cls: type,
+    fields: tuple[tuple[str, tuple[type, ...]], ...],
+    slow: Callable[[Any, Any], Any],
+) -> Callable[[Any], Any]:
+    """cattrs' structuring of a model of scalar fields, without a call per field.
+
+    A document whose values all have their declared types exactly becomes
+    ``cls(**fields)``, which is what cattrs builds after its ``T(value)``
+    calls (each the identity then). Anything else (a value of another type,
+    a missing field) takes cattrs' own path, so results and errors stay its.
+    """
+
+    def structure(form: Any) -> Any:
+        kwargs = {}
+        for name, allowed in fields:
+            if name in form:
+                value = form[name]
+                if type(value) not in allowed:
+                    return slow(form, cls)
+                kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except TypeError:  # a field without a default is missing: cattrs says so
+            return slow(form, cls)
+
+    return structure
+
+
 class ModelInfo:
     """Everything kvmodel precomputes about one model class.
 
@@ -207,6 +236,7 @@ class ModelInfo:
         "indexes",
         "name",
         "pk_fields",
+        "plain_fields",
         "prefix",
         "qualified_name",
         "structure",
@@ -244,6 +274,8 @@ class ModelInfo:
         self._pk_converters: tuple[Callable[[Any], KeyPart], ...] = ()
         self._field_hooks: dict[str, Callable[[Any], Any]] = {}
         self.eager_baseline = False
+        # Set by prepare() for models of scalar fields only (see _convert.plain_fields).
+        self.plain_fields: tuple[tuple[str, tuple[type, ...]], ...] | None = None
         self._pk_is_str = False
         self._ready = False
         self.unstructure: Callable[[Any], dict[str, Any]] = self._lazy_unstructure
@@ -288,7 +320,11 @@ class ModelInfo:
         structure = _convert.structure_hook(self.cls)
         cls = self.cls
         self.unstructure = unstructure
-        self.structure = lambda form: structure(form, cls)
+        self.plain_fields = _convert.plain_fields(cls, types)
+        if self.plain_fields is None:
+            self.structure = lambda form: structure(form, cls)
+        else:
+            self.structure = _plain_structure(cls, self.plain_fields, structure)
         self._ready = True
 
     def check_types(self, types: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kvmodel._accel import speedups
 from kvmodel._options import duration_ms
 from kvmodel._values import decode_value
 from kvmodel.errors import (
@@ -37,7 +38,7 @@ from kvmodel.orm._planner import (
     plan_commit,
 )
 from kvmodel.orm.index import pointed_key
-from kvmodel.orm.model import EXPIRY_FIELD, Model, ModelInfo, model_info
+from kvmodel.orm.model import EXPIRY_FIELD, VERSION_FIELD, Model, ModelInfo, model_info
 
 if TYPE_CHECKING:
     from kvmodel._atomic import AtomicOperation
@@ -507,7 +508,7 @@ class Session:
         if t is not None:
             return None if t.deleted else t.obj
         obj, source, baseline = info.load(value, key)
-        self._track(Tracked(obj, info, key[1:], value, versionstamp, source, baseline))
+        self._track(Tracked(obj, info, key[1:], value, versionstamp, source, baseline, key))
         return obj
 
     @staticmethod
@@ -745,6 +746,10 @@ def _limit_facts(exc: Exception) -> dict[str, Any]:
     return {}
 
 
+if speedups is not None:
+    speedups.install_documents(version_field=VERSION_FIELD, state_attr="_km_state", tracked=Tracked)
+
+
 def load_documents(
     info: ModelInfo,
     docs: Iterable[RawEntry | None],
@@ -758,8 +763,24 @@ def load_documents(
     missing: only writes that bypass the sessions leave one) and a document of
     another model are skipped. With a session the objects go through its
     identity map (see :meth:`Session._load`); without one (a query on a Kv)
-    they are detached, and cost no tracking.
+    they are detached, and cost no tracking. The compiled accelerator runs
+    this loop when it is there (``load_detached``, ``load_tracked``).
     """
+    if speedups is None:
+        load_documents_py(info, docs, out, session)
+    elif session is None:
+        speedups.load_detached(info, docs, out)
+    else:
+        speedups.load_tracked(info, docs, out, session)
+
+
+def load_documents_py(
+    info: ModelInfo,
+    docs: Iterable[RawEntry | None],
+    out: list[Any],
+    session: Session | None,
+) -> None:
+    """:func:`load_documents` in pure Python: the reference of the compiled loop."""
     prefix = info.prefix
     decode_doc_key = info.decode_doc_key
     for raw in docs:
