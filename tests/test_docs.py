@@ -49,6 +49,7 @@ DOC_PAGES = [
     "docs/tutorial/kv.md",
     "docs/tutorial/models.md",
     "docs/explanation/reliability.md",
+    "docs/explanation/accelerator.md",
     "docs/reference/limits.md",
     "docs/reference/errors.md",
     "docs/reference/engine-protocol.md",
