@@ -11,6 +11,7 @@ itself is measured by benchmarks/connect_bench.py.
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 
@@ -87,3 +88,8 @@ def test_recv_into_also_acknowledges() -> None:
             assert bytes(buffer[:3]) == b"abc"
             if TCP_QUICKACK is not None:
                 assert connection.getsockopt(socket.IPPROTO_TCP, TCP_QUICKACK) == 1
+
+
+def test_serve_keeps_a_connection_for_any_number_of_requests() -> None:
+    """Hypercorn's default closes a connection after 1,000 requests; Deno then retried after 5 s."""
+    assert _hypercorn_config("127.0.0.1", 0).keep_alive_max_requests == sys.maxsize

@@ -31,6 +31,7 @@ import json
 import logging
 import secrets
 import struct
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -594,6 +595,11 @@ def _hypercorn_config(host: str, port: int) -> Any:
     config.graceful_timeout = 2.0  # open watch streams end within their 1 s poll
     config.loglevel = "WARNING"
     config.accesslog = None
+    # Hypercorn ends a connection after 1,000 requests by default. Deno's
+    # client keeps one HTTP/2 connection for everything; a request it sends
+    # as that connection closes fails ("broken pipe") and is retried about
+    # 5 s later, so every thousandth operation took 5 s.
+    config.keep_alive_max_requests = sys.maxsize
     return config
 
 
