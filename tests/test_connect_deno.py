@@ -105,6 +105,26 @@ def test_a_wrong_token_fails_deno_openkv_and_writes_nothing(
         assert list(kv.list(prefix=())) == []
 
 
+def test_deno_keeps_one_connection_past_a_thousand_requests(
+    deno: str, served: tuple[str, Path]
+) -> None:
+    """1,100 operations on one Deno.Kv never see the connection closed under them.
+
+    Hypercorn's default closes a connection after 1,000 requests; Deno's client
+    logged "KV Connect failed to call ... broken pipe" and retried after ~5 s.
+    """
+    url, _ = served
+    script = (
+        'const kv = await Deno.openKv(Deno.env.get("KV_URL"));'
+        'for (let i = 0; i < 1100; i++) await kv.get(["k", i]);'
+        'console.log("done"); kv.close();'
+    )
+    result = run_deno(deno, "eval", "--unstable-kv", script, url=url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert "KV Connect failed" not in result.stderr, result.stderr[-2000:]
+
+
 NODE_SMOKE = """
 import { openKv } from "@deno/kv";
 const kv = await openKv(process.env.KV_URL, { accessToken: process.env.DENO_KV_ACCESS_TOKEN });

@@ -1,7 +1,7 @@
 """The KV Connect server: any kvmodel store as a database ``Deno.openKv(url)`` can open.
 
 :func:`create_app` builds a Starlette (ASGI) application on an open
-:class:`kvmodel.Kv`; ``kvmodel serve`` runs it under uvicorn. It speaks
+:class:`kvmodel.Kv`; ``kvmodel serve`` runs it under hypercorn. It speaks
 versions 2 and 3 of denokv's ``proto/kv-connect.md``, as denokv's own server
 does: ``POST /`` is the metadata exchange, ``POST /v2/snapshot_read``,
 ``/v2/atomic_write`` and ``/v2/watch`` the data path.
@@ -31,6 +31,7 @@ import json
 import logging
 import secrets
 import struct
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -585,6 +586,39 @@ def _entry(e: RawEntry) -> Any:
     )
 
 
+def _hypercorn_config(host: str, port: int) -> Any:
+    """The hypercorn configuration ``kvmodel serve`` runs with."""
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = 2.0  # open watch streams end within their 1 s poll
+    config.loglevel = "WARNING"
+    config.accesslog = None
+    # Hypercorn ends a connection after 1,000 requests by default. Deno's
+    # client keeps one HTTP/2 connection for everything; a request it sends
+    # as that connection closes fails ("broken pipe") and is retried about
+    # 5 s later, so every thousandth operation took 5 s.
+    config.keep_alive_max_requests = sys.maxsize
+    return config
+
+
+def _listening_sockets(config: Any) -> Any:
+    """The sockets hypercorn would bind for ``config``, as QuickAckListeners.
+
+    Deno's client writes a request of more than 1,024 bytes in two parts
+    with Nagle's algorithm on, so the second part waits for the ACK of the
+    first, which Linux delays by up to 40 ms; these sockets acknowledge every
+    read at once (see kvmodel/connect/_tcp.py).
+    """
+    from hypercorn.config import Sockets
+
+    from kvmodel.connect._tcp import quick_ack
+
+    bound = config.create_sockets()
+    return Sockets([], [quick_ack(s) for s in bound.insecure_sockets], [])
+
+
 def serve(
     kv: Kv,
     *,
@@ -604,23 +638,25 @@ def serve(
     import asyncio
     import signal
 
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.utils import wrap_app
 
     app = create_app(kv, token=token, values=values)
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = 2.0  # open watch streams end within their 1 s poll
-    config.loglevel = "WARNING"
-    config.accesslog = None
+    config = _hypercorn_config(host, port)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        sockets = _listening_sockets(config)
         if announce is not None:
             announce(f"http://{config.bind[0]}")
-        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+            config,
+            sockets=sockets,
+            shutdown_trigger=stop.wait,
+        )
 
     asyncio.run(main())

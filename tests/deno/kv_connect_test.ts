@@ -138,6 +138,35 @@ dbTest("sum on a value that is not a KvU64 fails and writes nothing", async (kv,
   eq((await kv.get([p, "other"])).value, null);
 });
 
+// Deno's remote client raises a plain Error with the server's sentence for any
+// 4xx answer; its file store raises a TypeError here. No KV Connect answer can
+// make it a TypeError (docs/how-to/share-data-with-deno.md, "Errors Deno sees").
+dbTest("sum, min and max on a non-U64 value or operand reject with the server's sentence", async (kv, p) => {
+  await kv.set([p, "s"], "text");
+  await kv.set([p, "n"], new Deno.KvU64(1n));
+  const cases: [string, () => Promise<unknown>, string][] = [
+    ["sum", () => kv.atomic().sum([p, "s"], 1n).commit(), "not a KvU64"],
+    ["min", () => kv.atomic().min([p, "s"], 1n).commit(), "not a KvU64"],
+    ["max", () => kv.atomic().max([p, "s"], 1n).commit(), "not a KvU64"],
+    // deno-lint-ignore no-explicit-any
+    ["sum operand", () => kv.atomic().mutate({ type: "sum", key: [p, "n"], value: 1 as any }).commit(), "must be a KvU64"],
+  ];
+  for (const [what, fn, sentence] of cases) {
+    let error: unknown = null;
+    try {
+      await fn();
+    } catch (e) {
+      error = e;
+    }
+    if (!(error instanceof Error)) throw new Error(`${what} did not throw`);
+    if (!error.message.includes("status=400") || !error.message.includes(sentence)) {
+      throw new Error(`${what}: unexpected message ${JSON.stringify(error.message)}`);
+    }
+  }
+  eq((await kv.get([p, "s"])).value, "text");
+  eq((await kv.get([p, "n"])).value, new Deno.KvU64(1n));
+});
+
 async function fill(kv: Deno.Kv, p: string) {
   for (const k of ["a", "b", "c", "d", "e"]) await kv.set([p, "l", k], k);
 }
