@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from kvmodel._accel import speedups
 from kvmodel._atomic import (
     AtomicOperation,
     reject_empty_key,
@@ -85,13 +86,22 @@ def _tighter(engine: EngineLimits) -> EngineLimits:
     )
 
 
-def _key_tuple(key: Sequence[Any]) -> tuple[Any, ...]:
+def key_tuple(key: Sequence[Any]) -> tuple[Any, ...]:
     """The key as it reads back: a tuple with bytes-like parts as bytes."""
     t = tuple(key)
     for part in t:
         if type(part) not in _PLAIN_PARTS:
             return tuple(bytes(p) if isinstance(p, bytearray | memoryview) else p for p in t)
     return t
+
+
+# The references above and Entry itself; the accelerator's twins when it runs.
+key_tuple_py = key_tuple
+_new_entry: Callable[[tuple[Any, ...], Any, str | None], Entry[Any]] = Entry
+if speedups is not None:
+    speedups.install_key_tuple(key_tuple=key_tuple_py)
+    key_tuple = speedups.key_tuple
+    _new_entry = speedups.new_entry
 
 
 class Kv:
@@ -125,6 +135,10 @@ class Kv:
         self.values: str = values
         self._encode, self._encode_message = _VALUE_FORMATS[values]
         self._engine = engine
+        # An engine's optional strong point read, get's hot path (see the protocol).
+        self._read_point: Callable[[bytes], RawEntry | None] | None = getattr(
+            engine, "read_point", None
+        )
         self._clock = clock or engine.clock
         self.limits = _tighter(engine.limits)
         self._closed = False
@@ -242,15 +256,19 @@ class Kv:
         encoded = encode_key(key)
         if len(encoded) > MAX_READ_KEY_SIZE:
             self.read_key(key)  # raises the size error
-        level = _STRONG if consistency == "strong" else parse_consistency(consistency)
-        found = self._engine.snapshot_read(
-            (ReadRange(encoded, encoded + b"\x00", 1),), consistency=level
-        )[0]
-        if not found:
-            return Entry(_key_tuple(key), None, None)
-        raw = found[0]
+        read_point = self._read_point
+        if read_point is not None and consistency == "strong":
+            raw = read_point(encoded)
+        else:
+            level = _STRONG if consistency == "strong" else parse_consistency(consistency)
+            found = self._engine.snapshot_read(
+                (ReadRange(encoded, encoded + b"\x00", 1),), consistency=level
+            )[0]
+            raw = found[0] if found else None
+        if raw is None:
+            return _new_entry(key_tuple(key), None, None)
         value = decode_value(raw.value, raw.encoding, raw.key)
-        return Entry(_key_tuple(key), value, raw.versionstamp.hex())
+        return _new_entry(key_tuple(key), value, raw.versionstamp.hex())
 
     def get_many(
         self, keys: Iterable[Sequence[Any]], *, consistency: str = "strong"
@@ -279,9 +297,9 @@ class Kv:
             if found:
                 raw = found[0]
                 value = decode_value(raw.value, raw.encoding, raw.key)
-                out.append(Entry(_key_tuple(key), value, raw.versionstamp.hex()))
+                out.append(_new_entry(key_tuple(key), value, raw.versionstamp.hex()))
             else:
-                out.append(Entry(_key_tuple(key), None, None))
+                out.append(_new_entry(key_tuple(key), None, None))
         return out
 
     def list_state(
@@ -468,7 +486,7 @@ class Kv:
                 limit=MAX_WATCH_KEYS,
                 actual=len(keys),
             )
-        return [self.read_key(k) for k in keys], [_key_tuple(k) for k in keys]
+        return [self.read_key(k) for k in keys], [key_tuple(k) for k in keys]
 
     # -- expiry ------------------------------------------------------------------
 

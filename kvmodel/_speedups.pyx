@@ -511,3 +511,67 @@ def load_tracked(info, docs, list out, session):
             obj, source, baseline = load(form, key)
         track(_tracked(obj, info, key[1:], form, raw.versionstamp.hex(), source, baseline, key))
         out.append(obj)
+
+
+# -- point reads ---------------------------------------------------------------
+
+
+def checked_point(key, tuple row):
+    """``checked_entry(key, *row)`` for SQLite's (value, encoding, version, expiry) row of
+    a point read: :func:`kvmodel.engines._sqlite_rows.checked_point`."""
+    cdef object value = <object>PyTuple_GET_ITEM(row, 0)
+    cdef object encoding = <object>PyTuple_GET_ITEM(row, 1)
+    cdef object version = <object>PyTuple_GET_ITEM(row, 2)
+    cdef object expiry = <object>PyTuple_GET_ITEM(row, 3)
+    cdef uint64_t counter
+    cdef unsigned char stamp[10]
+    if not (
+        type(value) is bytes
+        and PyBytes_GET_SIZE(value) <= _max_value_size
+        and type(encoding) is int
+        and encoding in _value_encodings
+        and type(version) is int
+        and version >= 0
+        and version <= 0xFFFFFFFFFFFFFFFF
+        and (expiry is None or type(expiry) is int)
+        and type(key) is bytes
+        and PyBytes_GET_SIZE(key) <= _max_read_key_size
+    ):
+        return _checked_entry_py(key, *row)  # raises the reference's DecodeError
+    counter = version
+    _put_uint(stamp, 0, counter, 8)
+    stamp[8] = 0
+    stamp[9] = 0
+    e = _object_new(_raw_entry)
+    _raw_set_key(e, key)
+    _raw_set_value(e, value)
+    _raw_set_encoding(e, encoding)
+    _raw_set_stamp(e, PyBytes_FromStringAndSize(<char*>stamp, 10))
+    return e
+
+
+def new_entry(key, value, versionstamp):
+    """``Entry(key, value, versionstamp)``, without the attrs ``__init__``'s setattr calls."""
+    return _new_entry(key, value, versionstamp)
+
+
+def key_tuple(key):
+    """:func:`kvmodel._kv.key_tuple`, compiled: the key as a read gives it back."""
+    cdef Py_ssize_t i, count
+    if type(key) is tuple:
+        count = PyTuple_GET_SIZE(key)
+        for i in range(count):
+            t = type(<object>PyTuple_GET_ITEM(key, i))
+            if not (t is str or t is int or t is bytes or t is float or t is bool):
+                return _key_tuple_py(key)
+        return key
+    return _key_tuple_py(key)
+
+
+cdef object _key_tuple_py = None
+
+
+def install_key_tuple(*, key_tuple):
+    """Gives key_tuple its reference (kvmodel._kv calls it)."""
+    global _key_tuple_py
+    _key_tuple_py = key_tuple

@@ -500,3 +500,61 @@ def test_load_tracked_agrees_with_the_reference(
         assert _same(compiled[1], reference[1]), (compiled, reference)
     else:
         assert compiled[1] == reference[1]
+
+
+# -- pure-Python shortcuts against the general code ------------------------------
+
+
+class IntKeyed(km.Model, prefix="users"):
+    id: int = km.field(primary_key=True)
+
+
+@given(st.one_of(_key_bytes(), _key_bytes().map(lambda b: keys.encode_key_py(("users",)) + b)))
+@example(keys.encode_key_py(("users",)) + b"\x15\x00")  # a leading zero byte
+@example(keys.encode_key_py(("users",)) + b"\x16\x01")  # cut short
+@example(keys.encode_key_py(("users", 2**64 - 1)))
+def test_decode_doc_key_agrees_with_decode_key(data: bytes) -> None:
+    """ModelInfo.decode_doc_key's str and int shortcuts give decode_key's answer or error."""
+    from kvmodel.orm.model import model_info
+
+    _agree(model_info(IntKeyed).decode_doc_key, keys.decode_key_py, data)
+
+
+@st.composite
+def _point_rows(draw: st.DrawFn) -> tuple[Any, tuple[Any, ...]]:
+    """A point read's key and (value, encoding, version, expiry) row, some columns damaged."""
+    key = draw(st.one_of(st.binary(min_size=1, max_size=12), st.just(b"k" * 3000)))
+    row = [
+        draw(st.binary(max_size=20)),
+        draw(st.sampled_from([1, 2, 3, 4])),
+        draw(st.integers(0, 2**64 - 1)),
+        draw(st.one_of(st.none(), st.integers(0, 2**40))),
+    ]
+    if draw(st.integers(0, 2)) == 0:
+        row[draw(st.integers(0, 3))] = draw(_column)
+    return key, tuple(row)
+
+
+@needs_accelerator
+@given(_point_rows())
+def test_checked_point_agrees_with_the_reference(case: tuple[Any, tuple[Any, ...]]) -> None:
+    _agree(_sqlite_rows.checked_point, _sqlite_rows.checked_point_py, *case)
+
+
+@needs_accelerator
+@given(_any_keys)
+def test_key_tuple_agrees_with_the_reference(key: Any) -> None:
+    from kvmodel import _kv
+
+    _agree(_kv.key_tuple, _kv.key_tuple_py, key)
+
+
+@needs_accelerator
+@given(st.tuples(st.tuples(key_parts()), values(max_leaves=3), st.none() | st.text(max_size=20)))
+def test_new_entry_builds_what_entry_builds(fields: tuple[Any, Any, Any]) -> None:
+    from kvmodel import _kv
+
+    made = _kv._new_entry(*fields)
+    assert type(made) is km.Entry
+    assert _same(made, km.Entry(*fields))
+    assert repr(made) == repr(km.Entry(*fields))

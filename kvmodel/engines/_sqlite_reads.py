@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from kvmodel.engines._sqlite_connections import SqliteConnections
-from kvmodel.engines._sqlite_rows import checked_entries, checked_entry, damaged_row
+from kvmodel.engines._sqlite_rows import checked_entries, checked_entry, checked_point
 from kvmodel.engines._sqlite_schema import (
     BEGIN_READ,
     COMMIT,
@@ -21,21 +21,55 @@ from kvmodel.engines._sqlite_schema import (
     is_busy,
 )
 from kvmodel.engines.base import (
-    VALUE_ENCODINGS,
     Consistency,
     RawEntry,
     ReadRange,
     SnapshotEntry,
-    versionstamp_from_counter,
 )
 from kvmodel.errors import KvClosedError
-from kvmodel.limits import (
-    MAX_VALUE_SIZE,
-)
 
 
 class SqliteReads(SqliteConnections):
     """Reads at one consistent point on pooled connections, hiding expired keys."""
+
+    def read_point(self, key: bytes) -> RawEntry | None:
+        """The live entry at one encoded key (a strong read), or None.
+
+        The hot path of ``Kv.get``: one primary-key lookup on a pooled
+        connection, with the expiry test in Python so the clock is only read
+        for keys that can expire.
+        """
+        if self._closed:
+            self._raise_if_closed()
+        pool = self._pool
+        try:
+            conn = pool.pop()
+        except IndexError:  # (not "if pool": another thread may empty it meanwhile)
+            conn = self._acquire()
+        try:
+            row = conn.execute(SELECT_POINT, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            try:
+                if not is_busy(exc):
+                    raise self._wrap(exc, "reading") from exc
+                point = ReadRange(key, key + b"\x00", 1)
+                found = self._retry_busy(conn, lambda c: self._read_range(c, point), "reading", exc)
+            finally:
+                self._release(conn)
+            return found[0] if found else None
+        except BaseException:
+            self._release(conn)
+            raise
+        if self._closed:
+            self._discard(conn)
+        else:
+            pool.append(conn)
+        if row is None:
+            return None
+        entry = checked_point(key, row)  # every column checked (DecodeError names the key)
+        if row[3] is not None and row[3] <= self._now_ms():
+            return None
+        return entry
 
     def snapshot_read(
         self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
@@ -47,56 +81,12 @@ class SqliteReads(SqliteConnections):
         """
         if self._closed:
             self._raise_if_closed()
-        pool = self._pool
-        try:
-            conn = pool.pop()
-        except IndexError:  # (not "if pool": another thread may empty it meanwhile)
-            conn = self._acquire()
-        try:
-            if len(ranges) == 1:
-                r = ranges[0]
-                start = r.start
-                if r.end == start + b"\x00" and r.limit > 0:
-                    # The hot path, inlined: a point read by primary key, with
-                    # the expiry test in Python so the clock is only read for
-                    # keys that can expire.
-                    row = conn.execute(SELECT_POINT, (start,)).fetchone()
-                    if row is not None and not (
-                        type(row[0]) is bytes
-                        and len(row[0]) <= MAX_VALUE_SIZE
-                        and type(row[1]) is int
-                        and row[1] in VALUE_ENCODINGS
-                        and type(row[2]) is int
-                        and row[2] >= 0
-                        and (row[3] is None or type(row[3]) is int)
-                    ):
-                        raise damaged_row(start, *row)
-                    if row is None or (row[3] is not None and row[3] <= self._now_ms()):
-                        result: list[list[RawEntry]] = [[]]
-                    else:
-                        stamp = versionstamp_from_counter(row[2])
-                        result = [[RawEntry(start, row[0], row[1], stamp)]]
-                    if self._closed:
-                        self._discard(conn)
-                    else:
-                        pool.append(conn)
-                    return result
-            result = self._read_ranges(conn, ranges)
-        except sqlite3.Error as exc:
-            try:
-                if not is_busy(exc):
-                    raise self._wrap(exc, "reading") from exc
-                result = self._retry_busy(
-                    conn, lambda c: self._read_ranges(c, ranges), "reading", exc
-                )
-            finally:
-                self._release(conn)
-            return result
-        except BaseException:
-            self._release(conn)
-            raise
-        self._release(conn)
-        return result
+        if len(ranges) == 1:
+            r = ranges[0]
+            if r.end == r.start + b"\x00" and r.limit > 0:
+                entry = self.read_point(r.start)
+                return [[] if entry is None else [entry]]
+        return self._run(lambda conn: self._read_ranges(conn, ranges), "reading")
 
     def snapshot_read_linked(
         self, read: ReadRange, *, consistency: Consistency = Consistency.STRONG
@@ -132,23 +122,19 @@ class SqliteReads(SqliteConnections):
         """get_many's case: every range is one key, read with a single IN query."""
         keys = [r.start for r in ranges]
         sql = SELECT_POINTS.format(",".join("?" * len(keys)))
-        found = {row[0]: row for row in conn.execute(sql, keys)}
-        now_ms: int | None = None
+        rows = conn.execute(sql, keys).fetchall()
+        # Checked once, as a batch (the accelerator's loop when it is there).
+        found = {e.key: e for e in checked_entries(rows)}
+        deadlines = {row[0]: row[4] for row in rows if row[4] is not None}
+        if deadlines:
+            now_ms = self._now_ms()
+            for key, deadline in deadlines.items():
+                if deadline <= now_ms:
+                    del found[key]
         out: list[list[RawEntry]] = []
         for key in keys:
-            row = found.get(key)
-            if row is not None:
-                checked_entry(*row)
-            if row is not None and row[4] is not None:
-                if now_ms is None:
-                    now_ms = self._now_ms()
-                if row[4] <= now_ms:
-                    row = None
-            out.append(
-                []
-                if row is None
-                else [RawEntry(key, row[1], row[2], versionstamp_from_counter(row[3]))]
-            )
+            entry = found.get(key)
+            out.append([] if entry is None else [entry])
         return out
 
     def _read_ranges(

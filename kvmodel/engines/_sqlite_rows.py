@@ -95,7 +95,16 @@ def checked_entries(rows: list[tuple[bytes, object, object, object, object]]) ->
     return [checked_entry(*row) for row in rows]
 
 
+def checked_point(key: bytes, row: tuple[object, object, object, object]) -> RawEntry:
+    """``checked_entry(key, *row)`` for a point read's (value, encoding, version, expiry) row.
+
+    The pure-Python reference of the accelerator's twin of the same name.
+    """
+    return checked_entry(key, *row)
+
+
 checked_entries_py = checked_entries
+checked_point_py = checked_point
 if speedups is not None:
     speedups.install_row_checks(
         checked_entry=checked_entry,
@@ -105,6 +114,7 @@ if speedups is not None:
         max_read_key_size=MAX_READ_KEY_SIZE,
     )
     checked_entries = speedups.checked_entries
+    checked_point = speedups.checked_point
 
 
 def damaged_row(

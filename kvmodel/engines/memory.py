@@ -154,6 +154,13 @@ class MemoryEngine:
         entry = self._live(key, now_ms)
         return None if entry is None else entry.versionstamp
 
+    def read_point(self, key: bytes) -> RawEntry | None:
+        """The live entry at one encoded key, or None (``Kv.get``'s hot path)."""
+        with self._lock:
+            if self._closed:
+                self._check_open()
+            return self._live(key, self._now_ms() if self._expire_at else 0)
+
     def snapshot_read(
         self, ranges: Sequence[ReadRange], *, consistency: Consistency = Consistency.STRONG
     ) -> list[list[RawEntry]]:

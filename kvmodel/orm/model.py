@@ -426,18 +426,24 @@ class ModelInfo:
         """The key tuple of one of this model's documents, from its encoded form.
 
         Listings decode one key per document; a single str primary key without
-        NULs (the common ``new_id`` case) is sliced out instead of parsed.
+        NULs (the common ``new_id`` case) is sliced out instead of parsed, and a
+        single positive int one read with ``int.from_bytes``.
         """
         start = len(self._encoded_prefix)
-        if (
-            encoded.startswith(self._encoded_prefix)
-            and encoded[start : start + 1] == b"\x02"
-            and encoded.find(b"\x00", start) == len(encoded) - 1
-        ):
-            try:
-                return (self.prefix, encoded[start + 1 : -1].decode("utf-8"))
-            except UnicodeDecodeError:
-                pass  # decode_key says what is wrong
+        if encoded.startswith(self._encoded_prefix) and len(encoded) > start:
+            tag = encoded[start]
+            if tag == 0x02 and encoded.find(b"\x00", start) == len(encoded) - 1:
+                try:
+                    return (self.prefix, encoded[start + 1 : -1].decode("utf-8"))
+                except UnicodeDecodeError:
+                    pass  # decode_key says what is wrong
+            elif (
+                # One positive int part of 1..8 bytes, without a leading zero byte.
+                0x15 <= tag <= 0x1C
+                and len(encoded) == start + 1 + tag - 0x14
+                and encoded[start + 1] != 0
+            ):
+                return (self.prefix, int.from_bytes(encoded[start + 1 :], "big"))
         return decode_key(encoded)
 
     def key_for(self, pk: tuple[Any, ...]) -> Key:
@@ -568,7 +574,10 @@ class ModelInfo:
         Raises:
             DecodeError: the document does not fit the model (names key, field, reason).
         """
-        source = self.current_doc(doc, key)
+        if type(doc) is dict and doc.get(VERSION_FIELD, 1) == self.version:
+            source = doc  # current_doc's common case, without the call
+        else:
+            source = self.current_doc(doc, key)
         try:
             obj = self.structure(source)
         except Exception as exc:

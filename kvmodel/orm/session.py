@@ -508,7 +508,12 @@ class Session:
         if t is not None:
             return None if t.deleted else t.obj
         obj, source, baseline = info.load(value, key)
-        self._track(Tracked(obj, info, key[1:], value, versionstamp, source, baseline, key))
+        # _track, inlined: a listing loads every object through here.
+        t = Tracked(obj, info, key[1:], value, versionstamp, source, baseline, key)
+        self._identity[key] = t
+        self._by_id[id(obj)] = t
+        t.session = self._ref
+        object.__setattr__(obj, "_km_state", t)
         return obj
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -26,6 +27,8 @@ from kvmodel import (
     KvU64,
     LimitExceededError,
 )
+from kvmodel.engines.base import ReadRange
+from kvmodel.keys import encode_key
 from kvmodel.limits import (
     MAX_EXPIRE_IN_SECONDS,
     MAX_GET_MANY_KEYS,
@@ -745,3 +748,30 @@ def test_other_consistency_values_are_invalid(kv: Kv, consistency: Any) -> None:
         kv.get_many([("a",)], consistency=consistency)
     with pytest.raises(InvalidArgumentError):
         list(kv.list(prefix=(), consistency=consistency))
+
+
+def test_read_point_reads_what_snapshot_read_reads(kv: Kv) -> None:
+    """An engine's optional ``read_point`` (get's hot path) agrees with ``snapshot_read``:
+    present keys of every encoding, and missing, deleted and expired keys."""
+    read_point = getattr(kv.engine, "read_point", None)
+    if read_point is None:
+        pytest.skip("the engine has no read_point (get uses snapshot_read)")
+    kv.set(("rp", "doc"), {"a": [1, 2]})
+    kv.set(("rp", "raw"), b"\x00bytes")
+    kv.set(("rp", "u64"), KvU64(7))
+    kv.set(("rp", "gone"), 1)
+    kv.delete(("rp", "gone"))
+    kv.set(("rp", "expired"), 1, expire_in=0.05)
+    time.sleep(0.1)
+    for key in [
+        ("rp", "doc"),
+        ("rp", "raw"),
+        ("rp", "u64"),
+        ("rp", "gone"),
+        ("rp", "expired"),
+        ("rp", "never"),
+    ]:
+        encoded = encode_key(key)
+        (want,) = kv.engine.snapshot_read([ReadRange(encoded, encoded + b"\x00", 1)])
+        got = read_point(encoded)
+        assert ([] if got is None else [got]) == want, key
