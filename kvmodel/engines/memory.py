@@ -209,14 +209,27 @@ class MemoryEngine:
         with self._lock:
             self._check_open()
             now_ms = self._now_ms() if self._expire_at else 0
-            failed = tuple(
-                i
-                for i, check in enumerate(write.checks)
-                if self._versionstamp(check.key, now_ms) != check.versionstamp
-            )
-            if failed:
-                return CommitOutcome(None, failed)
+            if write.checks:
+                failed = tuple(
+                    i
+                    for i, check in enumerate(write.checks)
+                    if self._versionstamp(check.key, now_ms) != check.versionstamp
+                )
+                if failed:
+                    return CommitOutcome(None, failed)
             versionstamp = versionstamp_from_counter(self._counter + 1)
+            mutations = write.mutations
+            if len(mutations) == 1 and not write.enqueues:
+                m = mutations[0]
+                if m.kind is MutationKind.SET and m.expire_at_ms is None:
+                    # Kv.set's case, without the staging a multi-key commit needs
+                    # (one plain set cannot fail half-way).
+                    self._counter += 1
+                    self._data[m.key] = RawEntry(m.key, m.value, m.encoding, versionstamp)
+                    if self._expire_at:
+                        self._expire_at.pop(m.key, None)
+                    self._signal.bump()
+                    return CommitOutcome(versionstamp)
             # Stage every change first: a KvTypeError from sum/min/max must leave
             # the store untouched (all-or-nothing, unlike Deno).
             staged: dict[bytes, tuple[RawEntry, int | None] | None] = {}
