@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Report, add_common_args, bench_header, median
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_MS = 150.0
+TARGET_MS = 100.0
 
 
 def wall_ms(code: str, reps: int) -> list[float]:

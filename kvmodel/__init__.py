@@ -11,6 +11,9 @@ True
 
 from __future__ import annotations
 
+import importlib as _importlib
+import typing as _typing
+
 from kvmodel._accel import accelerated
 from kvmodel._atomic import AtomicOperation
 from kvmodel._kv import Kv, open_kv
@@ -35,35 +38,89 @@ from kvmodel.errors import (
     UniqueViolationError,
     ValidationError,
 )
-from kvmodel.orm import (
-    BulkReport,
-    DocumentProblem,
-    DocumentReport,
-    Index,
-    IndexProblem,
-    IndexRepairs,
-    IndexReport,
-    MigrationReport,
-    Model,
-    Page,
-    Session,
-    Unique,
-    bulk_delete,
-    bulk_save,
-    check_documents,
-    check_indexes,
-    drop_index,
-    expires_at,
-    field,
-    migrate,
-    new_id,
-    rebuild_indexes,
-    register_type,
-    transaction,
-    upgrade,
-    utcnow,
-)
-from kvmodel.orm.watch import ModelWatch, ModelWatchMany
+
+if _typing.TYPE_CHECKING:
+    from kvmodel.orm import (
+        BulkReport,
+        DocumentProblem,
+        DocumentReport,
+        Index,
+        IndexProblem,
+        IndexRepairs,
+        IndexReport,
+        MigrationReport,
+        Model,
+        Page,
+        Session,
+        Unique,
+        bulk_delete,
+        bulk_save,
+        check_documents,
+        check_indexes,
+        drop_index,
+        expires_at,
+        field,
+        migrate,
+        new_id,
+        rebuild_indexes,
+        register_type,
+        transaction,
+        upgrade,
+        utcnow,
+    )
+    from kvmodel.orm.watch import ModelWatch, ModelWatchMany
+
+# The object mapper is imported on first use of one of its names (PEP 562), so
+# `import kvmodel` for the KV API alone does not pay for cattrs and the models'
+# machinery (about 40 ms of a 100 ms import).
+_LAZY = {
+    name: "kvmodel.orm"
+    for name in (
+        "BulkReport",
+        "DocumentProblem",
+        "DocumentReport",
+        "Index",
+        "IndexProblem",
+        "IndexRepairs",
+        "IndexReport",
+        "MigrationReport",
+        "Model",
+        "Page",
+        "Session",
+        "Unique",
+        "bulk_delete",
+        "bulk_save",
+        "check_documents",
+        "check_indexes",
+        "drop_index",
+        "expires_at",
+        "field",
+        "migrate",
+        "new_id",
+        "rebuild_indexes",
+        "register_type",
+        "transaction",
+        "upgrade",
+        "utcnow",
+    )
+}
+_LAZY.update({"ModelWatch": "kvmodel.orm.watch", "ModelWatchMany": "kvmodel.orm.watch"})
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvmodel' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    if isinstance(value, type) and name != "Model":  # see the loop at the end
+        value.__module__ = "kvmodel"
+    globals()[name] = value  # later lookups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -126,8 +183,10 @@ __all__ = [
 # Reprs and tracebacks read kvmodel.Kv, not kvmodel._kv.Kv. Model keeps its
 # module: typing.get_type_hints resolves a model's inherited annotations in the
 # namespace of the module each base class names.
+# (The object mapper's names get the same when they are first used.)
 for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj is not Model:
-        _obj.__module__ = "kvmodel"
+    if _name not in _LAZY:
+        _obj = globals()[_name]
+        if isinstance(_obj, type):
+            _obj.__module__ = "kvmodel"
 del _name, _obj

@@ -35,3 +35,20 @@ def test_reexported_classes_read_as_kvmodel() -> None:
         value = getattr(kvmodel, name)
         if isinstance(value, type) and value is not kvmodel.Model:
             assert value.__module__ == "kvmodel", name
+
+
+def test_the_object_mapper_is_imported_on_first_use() -> None:
+    """`import kvmodel` leaves kvmodel.orm (and cattrs) unimported until a name of it is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kvmodel as km; before = 'kvmodel.orm' in sys.modules; "
+        "km.Model; print(before, 'kvmodel.orm' in sys.modules, km.Session.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "True", "kvmodel"]
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        kvmodel.Nope  # noqa: B018
