@@ -12,6 +12,7 @@ skipped, and ``check_indexes`` reports the rest.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
@@ -210,14 +211,20 @@ def find(
         )
     kv, session = resolved
     require_ready(kv, index)
+    what = f"{index.info.name}.{index.name}.find"
     if index.unique and len(values) == len(index.fields) and start is None and end is None:
         # A full unique value is one key, which a prefix listing would exclude.
-        if cursor:
+        codec = _query_cursor(what, (index.key_prefix, *index.key_parts(values)), reverse)
+        if codec.unwrap(cursor):
             return Page([], "")
         sync_source = kv if session is None else session
         found = unique_get(cast("Unique[M]", index), sync_source, values)
         return Page([found] if found is not None else [], "")
     selector, _ = _selector(index, values, start, end)
+    codec = _query_cursor(
+        what, (selector.get("prefix"), selector.get("start"), selector.get("end")), reverse
+    )
+    cursor = codec.unwrap(cursor)
     state = kv.list_state(
         selector.get("prefix"),
         selector.get("start"),
@@ -232,7 +239,7 @@ def find(
     def fetch(read: ReadRange) -> list[tuple[RawEntry, RawEntry | None]]:
         return kv.read_linked(read, Consistency.STRONG)
 
-    return _collect(index.info, state, fetch, session, cursor, limit)
+    return _collect(index.info, state, fetch, session, cursor, limit, codec)
 
 
 def _peek_limit(limit: int | None) -> int | None:
@@ -319,6 +326,8 @@ def list_documents(
     lo = None if start is None else (*base, info.pk_part_at(len(parts), start))
     hi = None if end is None else (*base, info.pk_part_at(len(parts), end))
     batch_size = None if limit is not None else _LIST_BATCH
+    codec = _query_cursor(f"{info.name}.all", (base, lo, hi), reverse)
+    cursor = codec.unwrap(cursor)
     state = kv.list_state(
         None if lo is not None and hi is not None else base,
         lo,
@@ -333,7 +342,55 @@ def list_documents(
     def fetch(read: ReadRange) -> list[tuple[RawEntry, RawEntry | None]]:
         return [(doc, doc) for doc in kv.read_range(read, Consistency.STRONG)]
 
-    return _collect(info, state, fetch, session, cursor, limit)
+    return _collect(info, state, fetch, session, cursor, limit, codec)
+
+
+def _query_cursor(what: str, parts: tuple[Any, ...], reverse: bool) -> _QueryCursor:
+    """The cursor codec of one query: ``what`` names it, ``parts`` are its key bounds."""
+    digest = hashlib.blake2b(repr((what, parts, reverse)).encode(), digest_size=6).hexdigest()
+    return _QueryCursor(what, digest)
+
+
+class _QueryCursor:
+    """Tags a page's cursor with a fingerprint of its query, and checks it on the way back.
+
+    A page's cursor is Deno's cursor for its last key, relative to the query's
+    key range; given to another query it would name a position in a different
+    range and silently return that query's entries from there. The cursor a
+    page hands out is ``<Deno cursor>.<fingerprint>`` ("." is outside the
+    cursor's base64url alphabet), and a cursor whose fingerprint is not this
+    query's is refused.
+    """
+
+    __slots__ = ("digest", "what")
+
+    def __init__(self, what: str, digest: str) -> None:
+        self.what = what
+        self.digest = digest
+
+    def wrap(self, cursor: str) -> str:
+        return f"{cursor}.{self.digest}" if cursor else ""
+
+    def unwrap(self, cursor: str | None) -> str | None:
+        """The listing cursor inside a page cursor of this query (None and "" pass through).
+
+        Raises:
+            InvalidArgumentError: the cursor was made by another query, or is
+                not a page cursor at all.
+        """
+        if not cursor:
+            return cursor
+        if not isinstance(cursor, str):
+            raise InvalidArgumentError(f"cursor must be a str, not {brief_repr(cursor)}.")
+        inner, dot, digest = cursor.rpartition(".")
+        if not dot or digest != self.digest:
+            raise InvalidArgumentError(
+                f"The cursor {brief_repr(cursor, 60)} was not made by this query "
+                f"({self.what} with these values and bounds); a cursor resumes only the "
+                "query whose Page gave it (the same index or listing, values, start, end "
+                "and order)."
+            )
+        return inner
 
 
 def _collect(
@@ -343,6 +400,7 @@ def _collect(
     session: Session | None,
     cursor: str | None,
     limit: int | None,
+    codec: _QueryCursor,
 ) -> Page[Any]:
     """Reads a listing batch by batch: ``fetch`` gives each ``(listed entry, document)``.
 
@@ -362,14 +420,14 @@ def _collect(
                 last = batch[-1][0].key
             load_documents(info, [doc for _, doc in batch], items, session)
             assert last is not None  # limit >= 1, so the page holds an entry
-            return Page(items, state.cursor_for(last))
+            return Page(items, codec.wrap(state.cursor_for(last)))
         if batch:
             last = batch[-1][0].key
         listed += len(batch)
         load_documents(info, [doc for _, doc in batch], items, session)
     if limit is not None:
         return Page(items, "")  # the entry past the limit was not there
-    return Page(items, state.cursor_after(last, cursor))
+    return Page(items, codec.wrap(state.cursor_after(last, cursor)))
 
 
 @overload
