@@ -157,7 +157,7 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for name in best["compiled"]:
             base = best["baseline"].get(name)
-            cells = ["–" if base is None else f"{base:,.0f}"] + [
+            cells = ["-" if base is None else f"{base:,.0f}"] + [
                 f"{best[b][name]:,.0f}"
                 + ("" if base is None else f" ({best[b][name] / base:.2f}x)")
                 for b in ("pure", "compiled")
