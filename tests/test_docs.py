@@ -343,3 +343,23 @@ def test_the_built_site_works_from_files(tmp_path: Path) -> None:
                 broken.append(f"{page.relative_to(site)} -> {href}")
     assert not broken, "links that need a web server:\n" + "\n".join(broken[:20])
     assert any(site.joinpath("search").glob("*.js")), "search has no offline index"
+
+
+def test_doctests_indented_under_a_paragraph_are_fenced_at_its_margin() -> None:
+    """An rST-style indented doctest becomes a pycon fence at the paragraph's margin, so the
+    API pages show code, not the fence markers inside an indented code block."""
+    pytest.importorskip("griffe")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "griffe_docstrings", ROOT / "docs/hooks/griffe_docstrings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    text = "Build it:\n\n    >>> 1 + 1\n    2\n\nAfter."
+    assert hook.markdown_docstring(text) == "Build it:\n\n```pycon\n>>> 1 + 1\n2\n```\n\nAfter."
+    nested = "Args:\n    x: a value\n\n        >>> x\n        1"
+    assert "    ```pycon\n    >>> x\n    1\n    ```" in hook.markdown_docstring(nested)
+    plain = ">>> 1\n1"
+    assert hook.markdown_docstring(plain) == "```pycon\n>>> 1\n1\n```"

@@ -18,6 +18,10 @@ _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|ref):`~?([^`]+)`"
 _LITERAL_INTRO = re.compile(r"(\S)::$", re.MULTILINE)
 
 
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
 def _fence_doctests(text: str) -> str:
     out: list[str] = []
     lines = text.split("\n")
@@ -25,11 +29,18 @@ def _fence_doctests(text: str) -> str:
     while i < len(lines):
         line = lines[i]
         if line.lstrip().startswith(">>>"):
-            indent = line[: len(line) - len(line.lstrip())]
+            indent = _indent(line)
+            # A doctest indented under its paragraph (the rST habit) would be a
+            # Markdown indented code block, showing the fences as text: fence
+            # it at the paragraph's indentation instead, dedented to match.
+            previous = next((p for p in reversed(out) if p.strip()), None)
+            if previous is not None and len(_indent(previous)) < len(indent):
+                indent = _indent(previous)
             out.append(f"{indent}```pycon")
             # A doctest runs until the first blank line, as doctest reads it.
+            cut = len(_indent(line)) - len(indent)
             while i < len(lines) and lines[i].strip():
-                out.append(lines[i])
+                out.append(indent + lines[i][len(indent) + cut :])
                 i += 1
             out.append(f"{indent}```")
             continue
