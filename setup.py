@@ -18,6 +18,8 @@ from setuptools.command.build_ext import build_ext
 class OptionalBuildExt(build_ext):
     """build_ext that warns and goes on when the accelerator cannot be compiled."""
 
+    skipped = False
+
     def run(self) -> None:
         try:
             super().run()
@@ -30,7 +32,14 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             self._skip(exc)
 
+    def copy_extensions_to_source(self) -> None:
+        if not self.skipped:  # an in-place build that failed has nothing to copy
+            super().copy_extensions_to_source()
+
     def _skip(self, exc: Exception) -> None:
+        if self.skipped:
+            return  # said once
+        self.skipped = True
         print(
             f"kvmodel: the compiled accelerator was not built ({exc}); "
             "kvmodel runs its pure-Python code.",
