@@ -314,44 +314,50 @@ def decode_key(data):
 # -- records -------------------------------------------------------------------
 
 
+cdef object _checked(object key, object value, object encoding, object version, object expiry):
+    """The RawEntry of a ``kv`` row whose columns have the types kvmodel writes, or None
+    (the caller then asks the reference, which raises its DecodeError)."""
+    cdef uint64_t counter
+    cdef unsigned char stamp[10]
+    if not (
+        type(value) is bytes
+        and PyBytes_GET_SIZE(value) <= _max_value_size
+        and type(encoding) is int
+        and encoding in _value_encodings
+        and type(version) is int
+        and version >= 0
+        and version <= 0xFFFFFFFFFFFFFFFF
+        and (expiry is None or type(expiry) is int)
+        and type(key) is bytes
+        and PyBytes_GET_SIZE(key) <= _max_read_key_size
+    ):
+        return None
+    counter = version
+    _put_uint(stamp, 0, counter, 8)
+    stamp[8] = 0
+    stamp[9] = 0
+    e = _object_new(_raw_entry)  # a frozen slotted attrs class: see _new_entry
+    _raw_set_key(e, key)
+    _raw_set_value(e, value)
+    _raw_set_encoding(e, encoding)
+    _raw_set_stamp(e, PyBytes_FromStringAndSize(<char*>stamp, 10))
+    return e
+
+
 def checked_entries(list rows):
     """``[checked_entry(*row) for row in rows]`` for SQLite's (key, value, encoding,
     version, expiry) rows: :func:`kvmodel.engines._sqlite_rows.checked_entry`."""
     cdef list out = []
     cdef tuple row
-    cdef object key, value, encoding, version, expiry
-    cdef uint64_t counter
-    cdef unsigned char stamp[10]
     for row in rows:
-        key = <object>PyTuple_GET_ITEM(row, 0)
-        value = <object>PyTuple_GET_ITEM(row, 1)
-        encoding = <object>PyTuple_GET_ITEM(row, 2)
-        version = <object>PyTuple_GET_ITEM(row, 3)
-        expiry = <object>PyTuple_GET_ITEM(row, 4)
-        if not (
-            type(value) is bytes
-            and PyBytes_GET_SIZE(value) <= _max_value_size
-            and type(encoding) is int
-            and encoding in _value_encodings
-            and type(version) is int
-            and version >= 0
-            and version <= 0xFFFFFFFFFFFFFFFF
-            and (expiry is None or type(expiry) is int)
-            and type(key) is bytes
-            and PyBytes_GET_SIZE(key) <= _max_read_key_size
-        ):
-            out.append(_checked_entry_py(*row))  # raises the reference's DecodeError
-            continue
-        counter = version
-        _put_uint(stamp, 0, counter, 8)
-        stamp[8] = 0
-        stamp[9] = 0
-        e = _object_new(_raw_entry)  # a frozen slotted attrs class: see _new_entry
-        _raw_set_key(e, key)
-        _raw_set_value(e, value)
-        _raw_set_encoding(e, encoding)
-        _raw_set_stamp(e, PyBytes_FromStringAndSize(<char*>stamp, 10))
-        out.append(e)
+        e = _checked(
+            <object>PyTuple_GET_ITEM(row, 0),
+            <object>PyTuple_GET_ITEM(row, 1),
+            <object>PyTuple_GET_ITEM(row, 2),
+            <object>PyTuple_GET_ITEM(row, 3),
+            <object>PyTuple_GET_ITEM(row, 4),
+        )
+        out.append(_checked_entry_py(*row) if e is None else e)  # the reference raises
     return out
 
 
@@ -519,35 +525,14 @@ def load_tracked(info, docs, list out, session):
 def checked_point(key, tuple row):
     """``checked_entry(key, *row)`` for SQLite's (value, encoding, version, expiry) row of
     a point read: :func:`kvmodel.engines._sqlite_rows.checked_point`."""
-    cdef object value = <object>PyTuple_GET_ITEM(row, 0)
-    cdef object encoding = <object>PyTuple_GET_ITEM(row, 1)
-    cdef object version = <object>PyTuple_GET_ITEM(row, 2)
-    cdef object expiry = <object>PyTuple_GET_ITEM(row, 3)
-    cdef uint64_t counter
-    cdef unsigned char stamp[10]
-    if not (
-        type(value) is bytes
-        and PyBytes_GET_SIZE(value) <= _max_value_size
-        and type(encoding) is int
-        and encoding in _value_encodings
-        and type(version) is int
-        and version >= 0
-        and version <= 0xFFFFFFFFFFFFFFFF
-        and (expiry is None or type(expiry) is int)
-        and type(key) is bytes
-        and PyBytes_GET_SIZE(key) <= _max_read_key_size
-    ):
-        return _checked_entry_py(key, *row)  # raises the reference's DecodeError
-    counter = version
-    _put_uint(stamp, 0, counter, 8)
-    stamp[8] = 0
-    stamp[9] = 0
-    e = _object_new(_raw_entry)
-    _raw_set_key(e, key)
-    _raw_set_value(e, value)
-    _raw_set_encoding(e, encoding)
-    _raw_set_stamp(e, PyBytes_FromStringAndSize(<char*>stamp, 10))
-    return e
+    e = _checked(
+        key,
+        <object>PyTuple_GET_ITEM(row, 0),
+        <object>PyTuple_GET_ITEM(row, 1),
+        <object>PyTuple_GET_ITEM(row, 2),
+        <object>PyTuple_GET_ITEM(row, 3),
+    )
+    return _checked_entry_py(key, *row) if e is None else e  # the reference raises
 
 
 def new_entry(key, value, versionstamp):
