@@ -29,9 +29,10 @@ from kvmodel.errors import (
     ValidationError,
 )
 from kvmodel.keys import decode_key, encode_key
-from kvmodel.orm import _convert, _validate
+from kvmodel.orm import _convert, _validate, refs
 from kvmodel.orm._convert import Key, KeyPart, query_part_converter
 from kvmodel.orm.index import IndexBase
+from kvmodel.orm.refs import ON_DELETE_METADATA, OnDelete
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -79,11 +80,18 @@ def field(
     eq: bool = True,
     metadata: dict[Any, Any] | None = None,
     alias: str | None = None,
+    on_delete: OnDelete | None = None,
 ) -> Any:
-    """Declares a model field: :func:`attrs.field` plus ``primary_key``.
+    """Declares a model field: :func:`attrs.field` plus ``primary_key`` and ``on_delete``.
 
     Primary key fields form the document's key ``(prefix, *pk)`` in declaration
     order; a model needs at least one.
+
+    ``on_delete`` is for a reference field (``km.Ref[Target]``): when a
+    session deletes the target, the same commit deletes the referring object
+    too (``"cascade"``), refuses the delete (``"restrict"``) or sets the field
+    to None (``"nullify"``, for an Optional field). The model must declare an
+    index whose first field is this one, through which the referrers are found.
 
     >>> import kvmodel as km
     >>> class Tag(km.Model):
@@ -95,6 +103,8 @@ def field(
     md = dict(metadata or {})
     if primary_key:
         md[PRIMARY_KEY_METADATA] = True
+    if on_delete is not None:
+        md[ON_DELETE_METADATA] = on_delete
     return attrs.field(
         default=default,
         factory=factory,
@@ -353,6 +363,7 @@ class ModelInfo:
         self._checkers = tuple(checkers)
         cls: Any = self.cls
         self._has_validators = any(a.validator is not None for a in attrs.fields(cls))
+        refs.prepare_model(self, types)
 
     def validate(self, obj: Any, key: Key) -> bool:
         """Checks every field of ``obj`` against its declared type, then the attrs validators.
@@ -698,6 +709,7 @@ class ModelMeta(type):
                     f"The index {name}.{attr} is already bound to {index.model.__qualname__}; "
                     "declare a new Index for each model."
                 )
+        refs.declare(name, cls, fields, declared.values())
         model_prefix = prefix if prefix is not None else snake_case(name)
         info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()), version, expire_in)
         for index in declared.values():
@@ -941,8 +953,8 @@ def _has_nested_defaults(tp: Any, seen: set[Any]) -> bool:
     A default made by a factory differs each time, so such fields cannot be
     compared against a re-conversion of the stored document later.
     """
-    if tp in seen:
-        return False
+    if tp in seen or refs.is_ref_type(tp):
+        return False  # a reference holds a key, not the target's fields
     seen.add(tp)
     if isinstance(tp, type) and attrs.has(tp):
         attrs.resolve_types(tp)
