@@ -245,6 +245,7 @@ class ModelInfo:
         "field_set",
         "indexes",
         "name",
+        "on_delete_refs",
         "pk_fields",
         "plain_fields",
         "prefix",
@@ -284,6 +285,9 @@ class ModelInfo:
         self._pk_converters: tuple[Callable[[Any], KeyPart], ...] = ()
         self._field_hooks: dict[str, Callable[[Any], Any]] = {}
         self.eager_baseline = False
+        # The reference fields with on_delete (kvmodel.orm.refs.RefField), set
+        # when the field types resolve: a commit saving this model checks their targets.
+        self.on_delete_refs: tuple[Any, ...] = ()
         # Set by prepare() for models of scalar fields only (see _convert.plain_fields).
         self.plain_fields: tuple[tuple[str, tuple[type, ...]], ...] | None = None
         self._pk_is_str = False

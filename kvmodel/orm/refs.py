@@ -519,6 +519,7 @@ def prepare_model(info: ModelInfo, types: dict[str, Any]) -> None:
         )
     if out:
         _fields[cls] = tuple(out)
+        info.on_delete_refs = tuple(rf for rf in out if rf.on_delete is not None)
 
 
 def fields_of(cls: type[Model]) -> tuple[RefField, ...]:
@@ -637,6 +638,8 @@ class _Cascade:
             for t in session._by_id.values()
             if t.deleted and t.stored is not None and incoming(t.info.cls)
         ]
+        if not queue:
+            return
         self.origin = list(queue)
         done: set[Key] = set()
         while queue:
@@ -720,6 +723,9 @@ class _Cascade:
         target checks and guard sets of the referrers it saves."""
         from kvmodel.orm._planner import PlannedCheck, PlannedMutation
 
+        savers = [(t, t.info.on_delete_refs) for t, _ in plan.written if t.info.on_delete_refs]
+        if not savers and not self.guards:
+            return plan  # the common commit: nothing refers to anything
         session = self.session
         checks = list(plan.checks)
         mutations = list(plan.mutations)
@@ -731,14 +737,9 @@ class _Cascade:
         removed = {t.key for t in plan.removed}
         guarded: set[Key] = set()
         to_read: dict[Key, tuple[Tracked, RefField]] = {}
-        for t, _doc in plan.written:
-            fields = _fields.get(t.info.cls)
-            if not fields:
-                continue
+        for t, fields in savers:
             old = t.indexed_form() if t.stored is not None else None
             for rf in fields:
-                if rf.on_delete is None:
-                    continue
                 ref = getattr(t.obj, rf.name)
                 if ref is None:
                     continue
@@ -813,9 +814,10 @@ def commit(session: Session) -> CommitResult | None:
         plan = work.extend(session.plan())
         result = session._commit_plan(plan)
     except LimitExceededError as exc:
+        error = work.too_large(exc) if work.deleted else None
         work.undo()
-        if work.deleted:
-            raise work.too_large(exc) from exc
+        if error is not None:
+            raise error from exc
         raise
     except BaseException:
         work.undo()
