@@ -570,3 +570,20 @@ def test_cascade_matches_a_reference_model(
     )
     assert {c.id for c in Comment.all(kv)} == kept_comments
     assert km.check_indexes(kv, Post, Comment).ok
+
+
+def test_bulk_writes_keep_references_whole_commit_by_commit(kv: Kv) -> None:
+    """bulk_delete cascades in each of its commits; a broken reference is reported."""
+    blog(kv)
+    report = km.bulk_save(
+        kv, [Post(id="p3", author=km.Ref(User, "bob")), Post(id="p4", author=km.Ref(User, "zed"))]
+    )
+    assert report.saved == 1 and [k for k, _ in report.conflicts] == [("ref_posts", "p4")]
+    assert "does not exist" in report.conflicts[0][1]
+    with km.Session(kv) as s:
+        s.add(Badge(id="b", owner=km.Ref(User, "bob")))
+    report = km.bulk_delete(kv, [User(id="ada"), User(id="bob")])
+    assert report.deleted == 1 and [k for k, _ in report.conflicts] == [("ref_users", "bob")]
+    assert "Badge('b') refers to it" in report.conflicts[0][1]
+    assert [p.id for p in Post.all(kv)] == ["p2", "p3"]
+    assert not Comment.by_post.exists(kv, "p1")

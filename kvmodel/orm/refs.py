@@ -28,6 +28,10 @@ does not exist is refused), and sets a *guard* key of the target,
 the referrers and checks it at commit: a referrer saved in between moved it,
 so the delete conflicts and a retry (``km.transaction``) sees the new
 referrer. The guard is deleted with its target.
+
+Only the object mapper's commits do this (bulk writes commit through
+sessions, so each of their commits does too); plain Kv writes, other
+programs and expiring targets can still leave a reference dangling.
 """
 
 from __future__ import annotations
