@@ -587,3 +587,33 @@ def test_bulk_writes_keep_references_whole_commit_by_commit(kv: Kv) -> None:
     assert "Badge('b') refers to it" in report.conflicts[0][1]
     assert [p.id for p in Post.all(kv)] == ["p2", "p3"]
     assert not Comment.by_post.exists(kv, "p1")
+
+
+def test_a_referrer_that_cannot_resolve_is_named_by_a_delete() -> None:
+    """A model declaring on_delete whose types never resolve fails each delete loudly,
+    naming itself, and stops counting once it is gone."""
+    import gc
+
+    from kvmodel.orm import refs
+
+    class Stray(km.Model, prefix="ref_stray"):
+        id: str = km.field(primary_key=True)
+        owner: km.Ref[Nowhere] = km.field(on_delete="cascade")  # type: ignore[name-defined]  # noqa: F821
+        by_owner = km.Index("owner")
+
+    kv = Kv(MemoryEngine())
+    with km.Session(kv) as s:
+        s.add(User(id="ada"))
+    try:
+        for _ in range(2):
+            s = km.Session(kv)
+            s.delete(s.get(User, "ada"))  # type: ignore[arg-type]
+            with pytest.raises(km.ModelDefinitionError, match=r"Stray .*cannot be prepared"):
+                s.commit()
+    finally:
+        del Stray
+        gc.collect()
+    assert not [c for c in refs._referrers if c.__name__ == "Stray"]
+    s = km.Session(kv)
+    s.delete(s.get(User, "ada"))  # type: ignore[arg-type]
+    s.commit()

@@ -250,6 +250,7 @@ class ModelInfo:
         "plain_fields",
         "prefix",
         "qualified_name",
+        "ref_fields",
         "structure",
         "unique_indexes",
         "unstructure",
@@ -285,8 +286,10 @@ class ModelInfo:
         self._pk_converters: tuple[Callable[[Any], KeyPart], ...] = ()
         self._field_hooks: dict[str, Callable[[Any], Any]] = {}
         self.eager_baseline = False
-        # The reference fields with on_delete (kvmodel.orm.refs.RefField), set
-        # when the field types resolve: a commit saving this model checks their targets.
+        # The reference fields (kvmodel.orm.refs.RefField), and those with
+        # on_delete, set when the field types resolve: a commit saving this
+        # model checks the targets of the latter.
+        self.ref_fields: tuple[Any, ...] = ()
         self.on_delete_refs: tuple[Any, ...] = ()
         # Set by prepare() for models of scalar fields only (see _convert.plain_fields).
         self.plain_fields: tuple[tuple[str, tuple[type, ...]], ...] | None = None
@@ -364,10 +367,10 @@ class ModelInfo:
                     "kvmodel cannot read back; register its conversion with "
                     "km.register_type(cls, unstructure=..., structure=...)."
                 ) from None
+        refs.prepare_model(self, types)  # before _checkers: a refused model stays refused
         self._checkers = tuple(checkers)
         cls: Any = self.cls
         self._has_validators = any(a.validator is not None for a in attrs.fields(cls))
-        refs.prepare_model(self, types)
 
     def validate(self, obj: Any, key: Key) -> bool:
         """Checks every field of ``obj`` against its declared type, then the attrs validators.
@@ -713,7 +716,7 @@ class ModelMeta(type):
                     f"The index {name}.{attr} is already bound to {index.model.__qualname__}; "
                     "declare a new Index for each model."
                 )
-        refs.declare(name, cls, fields, declared.values())
+        has_on_delete = refs.declare(name, fields, declared.values())
         model_prefix = prefix if prefix is not None else snake_case(name)
         info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()), version, expire_in)
         for index in declared.values():
@@ -729,6 +732,8 @@ class ModelMeta(type):
             info.check_types(types)
             for index in declared.values():
                 index._prepare(types)
+        if has_on_delete:
+            refs.register(cls)  # only a class that was created without error
         return cls  # type: ignore[no-any-return]
 
 

@@ -444,17 +444,17 @@ class RefField:
 
 # Models that declare an on_delete reference, registered when they are created
 # (before their types resolve): a delete asks each of them whether it refers
-# to the deleted model. Weak, so models defined in a function go away.
+# to the deleted model. Weak, so models defined in a function go away; the
+# fields themselves live on each model's ModelInfo.
 _referrers: weakref.WeakSet[type] = weakref.WeakSet()
-_fields: weakref.WeakKeyDictionary[type, tuple[RefField, ...]] = weakref.WeakKeyDictionary()
-_incoming: dict[int, tuple[int, tuple[RefField, ...]]] = {}
-_generation = [0]
 
 
-def declare(
-    name: str, cls: type[Model], fields: Iterable[Any], indexes: Iterable[IndexBase[Any]]
-) -> None:
-    """Checks the ``on_delete`` declarations of a new model class and registers it.
+def declare(name: str, fields: Iterable[Any], indexes: Iterable[IndexBase[Any]]) -> bool:
+    """Checks the ``on_delete`` declarations of a new model class.
+
+    Returns:
+        Whether it declares one (the metaclass then registers the finished
+        class with :func:`register`).
 
     Raises:
         ModelDefinitionError: an unknown on_delete, or no index on the field.
@@ -477,9 +477,12 @@ def declare(
                 f"by_{a.name} = km.Index({a.name!r})."
             )
         found = True
-    if found:
-        _referrers.add(cls)
-        _generation[0] += 1
+    return found
+
+
+def register(cls: type[Model]) -> None:
+    """Registers a finished model class that declares on_delete references."""
+    _referrers.add(cls)
 
 
 def _index_on(field: str, indexes: Iterable[IndexBase[Any]]) -> IndexBase[Any] | None:
@@ -521,32 +524,39 @@ def prepare_model(info: ModelInfo, types: dict[str, Any]) -> None:
                 cls, a.name, ref_target(tp, what), mode, optional, _index_on(a.name, info.indexes)
             )
         )
-    if out:
-        _fields[cls] = tuple(out)
-        info.on_delete_refs = tuple(rf for rf in out if rf.on_delete is not None)
+    info.ref_fields = tuple(out)
+    info.on_delete_refs = tuple(rf for rf in out if rf.on_delete is not None)
 
 
 def fields_of(cls: type[Model]) -> tuple[RefField, ...]:
     """The reference fields of a model (prepared), in declaration order."""
     from kvmodel.orm.model import model_info
 
-    model_info(cls)
-    return _fields.get(cls, ())
+    fields: tuple[RefField, ...] = model_info(cls).ref_fields
+    return fields
 
 
 def incoming(cls: type[Model]) -> tuple[RefField, ...]:
-    """The on_delete reference fields, of every model, whose target is ``cls``."""
-    cached = _incoming.get(id(cls))
-    if cached is not None and cached[0] == _generation[0]:
-        return cached[1]
-    found = tuple(
-        rf
-        for referrer in list(_referrers)
-        for rf in fields_of(referrer)
-        if rf.target is cls and rf.on_delete is not None
-    )
-    _incoming[id(cls)] = (_generation[0], found)
-    return found
+    """The on_delete reference fields, of every model, whose target is ``cls``.
+
+    Asked once per deleted object; the registered referrers are few (the
+    models declaring on_delete), so this is a short scan, not a cache that
+    would have to follow models being defined and collected.
+    """
+    from kvmodel.orm.model import model_info
+
+    found: list[RefField] = []
+    for referrer in list(_referrers):
+        try:
+            info = model_info(referrer)
+        except ModelDefinitionError as exc:
+            raise ModelDefinitionError(
+                f"Deleting a {cls.__qualname__} needs to know which models refer to it, "
+                f"and {referrer.__qualname__} (which declares on_delete) cannot be "
+                f"prepared: {exc}"
+            ) from exc
+        found.extend(rf for rf in info.on_delete_refs if rf.target is cls)
+    return tuple(found)
 
 
 def active() -> bool:
