@@ -617,3 +617,14 @@ def test_a_referrer_that_cannot_resolve_is_named_by_a_delete() -> None:
     s = km.Session(kv)
     s.delete(s.get(User, "ada"))  # type: ignore[arg-type]
     s.commit()
+
+
+def test_reference_checks_that_overflow_a_commit_say_so(kv: Kv) -> None:
+    """60 posts of 60 authors need 120 checks: the error says the references did it."""
+    with km.Session(kv) as s:
+        s.add_all(User(id=f"u{i:02}") for i in range(60))
+    s = km.Session(kv)
+    s.add_all(Post(id=f"p{i:02}", author=km.Ref(User, f"u{i:02}")) for i in range(60))
+    with pytest.raises(km.LimitExceededError, match=r"checked against 60 target\(s\)"):
+        s.commit()
+    assert not list(Post.all(kv))

@@ -314,7 +314,10 @@ def _unstructure(value: Any) -> Any:
     # field on the value's class, so the declared target is not known here: the
     # value carries its own model, and validation checks it is the right one.
     if type(value) is not Ref:
-        raise TypeError(f"{brief_repr(value, 60)} is not a km.Ref")
+        raise TypeError(
+            f"{brief_repr(value, 60)} is not a km.Ref; build one with km.Ref(target) or "
+            "km.Ref(Model, *pk)"
+        )
     hooks = _hooks_of(value.model)
     if len(hooks) == 1:
         return hooks[0][2](value.pk[0])
@@ -642,6 +645,7 @@ class _Cascade:
         self.guards: list[tuple[Key, str | None, Tracked]] = []  # deleted targets' guards
         self.restricted: list[tuple[RefField, Tracked, Tracked]] = []
         self.origin: list[Tracked] = []  # the objects deleted by the caller
+        self.target_checks = 0  # checks of the targets of saved references
         self._pending: dict[RefField, dict[Key, list[Tracked]]] = {}
 
     def run(self) -> None:
@@ -778,6 +782,7 @@ class _Cascade:
                 if tracked is not None and tracked.stored is not None:
                     checks.append(PlannedCheck(target, tracked.versionstamp, t))
                     planned.add(target)
+                    self.target_checks += 1
                 else:
                     to_read.setdefault(target, (t, rf))
         keys = list(to_read)
@@ -797,10 +802,23 @@ class _Cascade:
                         target=key,
                     )
                 checks.append(PlannedCheck(key, entry.versionstamp, t))
+                self.target_checks += 1
         return attrs.evolve(plan, checks=tuple(checks), mutations=tuple(mutations))
 
     def too_large(self, exc: LimitExceededError) -> LimitExceededError:
-        """A limit error that says the cascade made the commit too large."""
+        """A limit error that says the cascade, or the reference checks, made the commit
+        too large (the same error when neither did)."""
+        if not self.deleted:
+            if not self.target_checks:
+                return exc
+            return LimitExceededError(
+                f"The commit saves references checked against {self.target_checks} target(s) "
+                f"(one check each, with on_delete), and does not fit in one atomic commit: "
+                f"{exc} Commit the session in smaller batches, or open the Kv with "
+                "limits='embedded' (SQLite and memory).",
+                limit=exc.limit,
+                actual=exc.actual,
+            )
         counts: dict[str, int] = {}
         for t in self.deleted:
             counts[t.info.name] = counts.get(t.info.name, 0) + 1
@@ -828,11 +846,11 @@ def commit(session: Session) -> CommitResult | None:
         plan = work.extend(session.plan())
         result = session._commit_plan(plan)
     except LimitExceededError as exc:
-        error = work.too_large(exc) if work.deleted else None
+        error = work.too_large(exc)
         work.undo()
-        if error is not None:
-            raise error from exc
-        raise
+        if error is exc:
+            raise
+        raise error from exc
     except BaseException:
         work.undo()
         raise
