@@ -485,7 +485,9 @@ def declare(name: str, fields: Iterable[Any], indexes: Iterable[IndexBase[Any]])
 
 def register(cls: type[Model]) -> None:
     """Registers a finished model class that declares on_delete references."""
+    global ACTIVE
     _referrers.add(cls)
+    ACTIVE = True
 
 
 def _index_on(field: str, indexes: Iterable[IndexBase[Any]]) -> IndexBase[Any] | None:
@@ -562,9 +564,9 @@ def incoming(cls: type[Model]) -> tuple[RefField, ...]:
     return tuple(found)
 
 
-def active() -> bool:
-    """Whether any model declares an on_delete reference (else commits skip this module)."""
-    return bool(_referrers)
+ACTIVE = False
+"""True once a model declaring an on_delete reference exists: until then commits skip
+this module (one attribute read; it stays True, which costs a commit little)."""
 
 
 # ---------------------------------------------------------------------------

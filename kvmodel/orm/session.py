@@ -594,7 +594,7 @@ class Session:
         """
         if self._closed:
             self._check_open()
-        if refs.active():
+        if refs.ACTIVE:
             return refs.commit(self)  # on_delete and reference checks join the commit
         return self._commit_plan(self.plan())
 
