@@ -628,3 +628,18 @@ def test_reference_checks_that_overflow_a_commit_say_so(kv: Kv) -> None:
     with pytest.raises(km.LimitExceededError, match=r"checked against 60 target\(s\)"):
         s.commit()
     assert not list(Post.all(kv))
+
+
+def test_building_a_ref_wrongly_raises_naming_what_to_give() -> None:
+    """km.Ref needs a model object, or a model class with one value per key field."""
+    with pytest.raises(km.KvTypeError, match="takes a model object or a model class"):
+        km.Ref(int)  # type: ignore[type-var]
+    with pytest.raises(km.KvTypeError, match="one value per field"):
+        km.Ref(User)
+    with pytest.raises(km.KvTypeError, match="takes the target object alone"):
+        km.Ref(User(id="ada"), "bob")  # type: ignore[call-overload]
+    with pytest.raises(km.InvalidArgumentError, match="is a str field"):
+        km.Ref(User, 5)
+    with pytest.raises(km.InvalidKeyError, match="is None"):
+        km.Ref(User(id=None))  # type: ignore[arg-type]
+    assert km.Ref(Thread, "f", 2.0).pk == ("f", 2)  # an integral float for an int key field
