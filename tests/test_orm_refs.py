@@ -643,3 +643,42 @@ def test_building_a_ref_wrongly_raises_naming_what_to_give() -> None:
     with pytest.raises(km.InvalidKeyError, match="is None"):
         km.Ref(User(id=None))  # type: ignore[arg-type]
     assert km.Ref(Thread, "f", 2.0).pk == ("f", 2)  # an integral float for an int key field
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parents=st.lists(st.one_of(st.none(), st.integers(0, 7)), min_size=1, max_size=8),
+    doomed=st.sets(st.integers(0, 7), min_size=1, max_size=3),
+)
+def test_cascades_through_any_graph_of_self_references_end(
+    parents: list[int | None], doomed: set[int]
+) -> None:
+    """Random parent links (cycles and self links included): a delete removes exactly the
+    nodes from which a chain of parents reaches a deleted node."""
+    kv = Kv(MemoryEngine())
+    n = len(parents)
+    links = [p if p is None or p < n else p % n for p in parents]
+    doomed = {d % n for d in doomed}
+    with km.Session(kv) as s:
+        nodes = [Node(id=f"n{i}") for i in range(n)]
+        s.add_all(nodes)
+    with km.Session(kv) as s:
+        for i, p in enumerate(links):
+            node = s.get(Node, f"n{i}")
+            assert node is not None
+            node.parent = None if p is None else km.Ref(Node, f"n{p}")
+    gone = set(doomed)
+    while True:  # the reference model: children of gone nodes go, to a fixed point
+        more = {i for i, p in enumerate(links) if p is not None and p in gone} - gone
+        if not more:
+            break
+        gone |= more
+    s = km.Session(kv)
+    for d in doomed:
+        s.delete(s.get(Node, f"n{d}"))  # type: ignore[arg-type]
+    s.commit()
+    assert {node.id for node in Node.all(kv)} == {f"n{i}" for i in range(n)} - {
+        f"n{i}" for i in gone
+    }
+    assert km.check_indexes(kv, Node).ok
+    assert not [k for k in everything(kv) if k[0] == "kvmodel_refs" and int(k[2][1:]) in gone]
