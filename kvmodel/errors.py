@@ -16,6 +16,7 @@ working for callers that do not know kvmodel::
     ├── ConflictError(KvError)                    a checked versionstamp moved (.keys)
     │   └── UniqueViolationError(ConflictError)   a unique index value is taken
     ├── ValidationError(KvError, ValueError)      a field value does not fit its declared type
+    ├── ReferentialIntegrityError(KvError)        a reference's on_delete or target refuses a commit
     ├── IndexNotReadyError(KvError)               a query on an index that is still being built
     └── ModelDefinitionError(KvError)             a Model class is declared wrongly
 """
@@ -38,6 +39,7 @@ __all__ = [
     "KvTypeError",
     "LimitExceededError",
     "ModelDefinitionError",
+    "ReferentialIntegrityError",
     "UniqueViolationError",
     "ValidationError",
 ]
@@ -171,3 +173,23 @@ class IndexNotReadyError(KvError):
     def __init__(self, message: str, *, index: str) -> None:
         super().__init__(message)
         self.index = index
+
+
+class ReferentialIntegrityError(KvError):
+    """A commit would break a reference declared with ``on_delete``: it deletes a target
+    that an ``on_delete="restrict"`` reference still points at, or it saves a
+    reference to a target that does not exist. Nothing was written.
+
+    Attributes:
+        model: the referring model's name (``"Post"``).
+        key: the referring object's key, ``(prefix, *pk)``.
+        field: the reference field (``"author"``).
+        target: the key of the target document.
+    """
+
+    def __init__(self, message: str, *, model: str, key: Any, field: str, target: Any) -> None:
+        super().__init__(message)
+        self.model = model
+        self.key = key
+        self.field = field
+        self.target = target

@@ -19,6 +19,7 @@ from kvmodel.orm._transaction import check_retries, retry_delay
 from kvmodel.orm.index import IndexBase
 from kvmodel.orm.model import Model
 from kvmodel.orm.query import Page
+from kvmodel.orm.refs import Ref
 from kvmodel.orm.session import Session
 
 __all__ = ["AsyncSession", "transaction"]
@@ -107,6 +108,14 @@ class AsyncSession:
     async def get_many(self, model: type[M], pks: Iterable[Any]) -> list[M | None]:
         """See :meth:`kvmodel.Session.get_many`."""
         return await self._kv.run(self._session.get_many, model, list(pks))
+
+    async def load(self, ref: Ref[M] | None) -> M | None:
+        """See :meth:`kvmodel.Session.load`."""
+        return await self._kv.run(self._session.load, ref)
+
+    async def load_refs(self, objs: Iterable[Model], *fields: str) -> int:
+        """See :meth:`kvmodel.Session.load_refs`."""
+        return await self._kv.run(self._session.load_refs, list(objs), *fields)
 
     async def refresh(self, obj: Model) -> None:
         """See :meth:`kvmodel.Session.refresh`."""

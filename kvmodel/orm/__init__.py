@@ -27,6 +27,7 @@ from kvmodel.orm.evolve import (
 from kvmodel.orm.index import Index, Unique
 from kvmodel.orm.model import Model, field, new_id, upgrade, utcnow
 from kvmodel.orm.query import Page
+from kvmodel.orm.refs import Ref
 from kvmodel.orm.session import Session, expires_at
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "MigrationReport",
     "Model",
     "Page",
+    "Ref",
     "Session",
     "Unique",
     "bulk_delete",

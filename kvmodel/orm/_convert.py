@@ -132,6 +132,11 @@ def plain_type(tp: Any) -> Any:
     return tp
 
 
+def _is_ref(tp: Any) -> bool:
+    """Whether ``tp`` is ``km.Ref[X]`` (kvmodel.orm.refs converts those)."""
+    return getattr(typing.get_origin(tp) or tp, "__km_ref__", False) is True
+
+
 def form_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
     """The function turning a field's *form* value (never None) into its key part.
 
@@ -146,6 +151,10 @@ def form_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
     tp = _strip_optional(tp)
     while hasattr(tp, "__supertype__"):  # typing.NewType
         tp = tp.__supertype__
+    if _is_ref(tp):
+        from kvmodel.orm import refs
+
+        return refs.form_part_converter(tp, what)
     if tp is float:
         # Documents written around the session may hold an int here; the key
         # part must be the float a query for the same number builds.
@@ -201,6 +210,10 @@ def query_part_converter(tp: Any, what: str) -> Callable[[Any], KeyPart]:
     tp = _strip_optional(tp)
     while hasattr(tp, "__supertype__"):  # typing.NewType
         tp = tp.__supertype__
+    if _is_ref(tp):
+        from kvmodel.orm import refs
+
+        return refs.query_part_converter(tp, what)
     form_part = form_part_converter(tp, what)  # rejects types with no key form
 
     def wrong(value: Any, expected: str) -> InvalidArgumentError:
@@ -390,5 +403,10 @@ def resolve_types(cls: type) -> dict[str, Any]:
     Raises:
         NameError: a string annotation cannot be resolved yet.
     """
-    attrs.resolve_types(cls)
+    try:
+        attrs.resolve_types(cls)
+    except NameError:
+        # A model that refers to itself (``parent: km.Ref["Comment"] | None``)
+        # resolves even while its name is not bound yet, or not in the module.
+        attrs.resolve_types(cls, localns={cls.__name__: cls})
     return {a.name: a.type for a in attrs.fields(cls)}

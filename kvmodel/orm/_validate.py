@@ -376,6 +376,10 @@ def checker_for(tp: Any, what: str) -> Checker:
         return _mapping(checker_for(args[0], what), checker_for(args[1], what), name)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _plain(tp, name)
+    if getattr(origin or tp, "__km_ref__", False) is True:
+        from kvmodel.orm import refs
+
+        return refs.checker(tp, what)
     if isinstance(tp, type) and attrs.has(tp):
         return _attrs_class(tp, what)
     raise ModelDefinitionError(

@@ -37,6 +37,7 @@ from kvmodel.errors import (
     EncodeError,
     KvTypeError,
     LimitExceededError,
+    ReferentialIntegrityError,
     ValidationError,
 )
 from kvmodel.keys import encode_key
@@ -216,9 +217,10 @@ class _Packer:
             return
         try:
             _session_of(self.kv, batch).commit()
-        except ConflictError:
-            # One object's conflict must not fail its neighbours: the failed
-            # commit wrote nothing and left every Tracked as it was.
+        except (ConflictError, ReferentialIntegrityError):
+            # One object's conflict (or broken reference) must not fail its
+            # neighbours: the failed commit wrote nothing and left every
+            # Tracked as it was.
             for t in batch:
                 self._commit_one(t)
             return
@@ -237,7 +239,7 @@ class _Packer:
                 return
             try:
                 _session_of(self.kv, [t]).commit()
-            except LimitExceededError as exc:
+            except (LimitExceededError, ReferentialIntegrityError) as exc:
                 self.conflicts.append((t.key, str(exc)))
                 return
             except ConflictError as exc:

@@ -29,9 +29,10 @@ from kvmodel.errors import (
     ValidationError,
 )
 from kvmodel.keys import decode_key, encode_key
-from kvmodel.orm import _convert, _validate
+from kvmodel.orm import _convert, _validate, refs
 from kvmodel.orm._convert import Key, KeyPart, query_part_converter
 from kvmodel.orm.index import IndexBase
+from kvmodel.orm.refs import ON_DELETE_METADATA, OnDelete
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -79,11 +80,18 @@ def field(
     eq: bool = True,
     metadata: dict[Any, Any] | None = None,
     alias: str | None = None,
+    on_delete: OnDelete | None = None,
 ) -> Any:
-    """Declares a model field: :func:`attrs.field` plus ``primary_key``.
+    """Declares a model field: :func:`attrs.field` plus ``primary_key`` and ``on_delete``.
 
     Primary key fields form the document's key ``(prefix, *pk)`` in declaration
     order; a model needs at least one.
+
+    ``on_delete`` is for a reference field (``km.Ref[Target]``): when a
+    session deletes the target, the same commit deletes the referring object
+    too (``"cascade"``), refuses the delete (``"restrict"``) or sets the field
+    to None (``"nullify"``, for an Optional field). The model must declare an
+    index whose first field is this one, through which the referrers are found.
 
     >>> import kvmodel as km
     >>> class Tag(km.Model):
@@ -95,6 +103,8 @@ def field(
     md = dict(metadata or {})
     if primary_key:
         md[PRIMARY_KEY_METADATA] = True
+    if on_delete is not None:
+        md[ON_DELETE_METADATA] = on_delete
     return attrs.field(
         default=default,
         factory=factory,
@@ -235,10 +245,12 @@ class ModelInfo:
         "field_set",
         "indexes",
         "name",
+        "on_delete_refs",
         "pk_fields",
         "plain_fields",
         "prefix",
         "qualified_name",
+        "ref_fields",
         "structure",
         "unique_indexes",
         "unstructure",
@@ -274,6 +286,11 @@ class ModelInfo:
         self._pk_converters: tuple[Callable[[Any], KeyPart], ...] = ()
         self._field_hooks: dict[str, Callable[[Any], Any]] = {}
         self.eager_baseline = False
+        # The reference fields (kvmodel.orm.refs.RefField), and those with
+        # on_delete, set when the field types resolve: a commit saving this
+        # model checks the targets of the latter.
+        self.ref_fields: tuple[Any, ...] = ()
+        self.on_delete_refs: tuple[Any, ...] = ()
         # Set by prepare() for models of scalar fields only (see _convert.plain_fields).
         self.plain_fields: tuple[tuple[str, tuple[type, ...]], ...] | None = None
         self._pk_is_str = False
@@ -350,6 +367,7 @@ class ModelInfo:
                     "kvmodel cannot read back; register its conversion with "
                     "km.register_type(cls, unstructure=..., structure=...)."
                 ) from None
+        refs.prepare_model(self, types)  # before _checkers: a refused model stays refused
         self._checkers = tuple(checkers)
         cls: Any = self.cls
         self._has_validators = any(a.validator is not None for a in attrs.fields(cls))
@@ -698,6 +716,7 @@ class ModelMeta(type):
                     f"The index {name}.{attr} is already bound to {index.model.__qualname__}; "
                     "declare a new Index for each model."
                 )
+        has_on_delete = refs.declare(name, fields, declared.values())
         model_prefix = prefix if prefix is not None else snake_case(name)
         info = ModelInfo(cls, model_prefix, pk, names, tuple(declared.values()), version, expire_in)
         for index in declared.values():
@@ -713,6 +732,8 @@ class ModelMeta(type):
             info.check_types(types)
             for index in declared.values():
                 index._prepare(types)
+        if has_on_delete:
+            refs.register(cls)  # only a class that was created without error
         return cls  # type: ignore[no-any-return]
 
 
@@ -941,8 +962,8 @@ def _has_nested_defaults(tp: Any, seen: set[Any]) -> bool:
     A default made by a factory differs each time, so such fields cannot be
     compared against a re-conversion of the stored document later.
     """
-    if tp in seen:
-        return False
+    if tp in seen or refs.is_ref_type(tp):
+        return False  # a reference holds a key, not the target's fields
     seen.add(tp)
     if isinstance(tp, type) and attrs.has(tp):
         attrs.resolve_types(tp)

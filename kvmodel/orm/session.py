@@ -27,6 +27,7 @@ from kvmodel.errors import (
     UniqueViolationError,
 )
 from kvmodel.limits import MAX_EXPIRE_IN_SECONDS, MAX_GET_MANY_KEYS
+from kvmodel.orm import refs
 from kvmodel.orm._catalog import attach
 from kvmodel.orm._convert import Key
 from kvmodel.orm._planner import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from kvmodel.engines.base import RawEntry
     from kvmodel.orm.index import IndexBase
     from kvmodel.orm.query import Page
+    from kvmodel.orm.refs import Ref
 
 __all__ = ["Session", "expires_at"]
 
@@ -432,6 +434,49 @@ class Session:
                     out[i] = self._load(info, keys[i], entry.value, entry.versionstamp)
         return out
 
+    def load(self, ref: Ref[M] | None) -> M | None:
+        """The target of a reference, through the identity map; None for None or a
+        missing target.
+
+        >>> import kvmodel as km
+        >>> class Author(km.Model, prefix="authors_load_doc"):
+        ...     id: str = km.field(primary_key=True)
+        >>> class Book(km.Model, prefix="books_load_doc"):
+        ...     id: str = km.field(primary_key=True)
+        ...     author: km.Ref[Author]
+        >>> kv = km.open_kv()
+        >>> with km.Session(kv) as s:
+        ...     ada = Author(id="ada")
+        ...     s.add_all([ada, Book(id="b1", author=km.Ref(ada))])
+        >>> s = km.Session(kv)
+        >>> s.load(s.get(Book, "b1").author) is s.get(Author, "ada")
+        True
+
+        Raises:
+            InvalidArgumentError: ``ref`` is not a km.Ref or None.
+        """
+        if self._closed:
+            self._check_open()
+        return refs.load(self, ref)
+
+    def load_refs(self, objs: Iterable[Model], *fields: str) -> int:
+        """Loads the targets of the reference ``fields`` of many objects in batched reads.
+
+        Eager loading: after it, :meth:`load` of those references answers from
+        the identity map without a read. Targets the session holds already are
+        not read again; the others are read ten keys per ``get_many`` (each
+        batch at one consistent point), not one read per object.
+
+        Returns:
+            How many targets were read (missing ones included).
+
+        Raises:
+            InvalidArgumentError: an object's model has no reference field of that name.
+        """
+        if self._closed:
+            self._check_open()
+        return refs.load_refs(self, objs, fields)
+
     def refresh(self, obj: Model) -> None:
         """Re-reads an object from the Kv, dropping its uncommitted changes.
 
@@ -536,14 +581,25 @@ class Session:
         On failure nothing is written, and the session and its objects keep
         their state, so the caller can refresh and retry.
 
+        Deleting an object that ``on_delete`` references point at deletes,
+        refuses or updates the referring objects in the same commit (see
+        :class:`kvmodel.Ref`).
+
         Raises:
             ConflictError: a checked versionstamp moved (``.keys`` names the keys).
             UniqueViolationError: a unique value is taken (index, value, owner key).
+            ReferentialIntegrityError: an ``on_delete="restrict"`` reference points
+                at a deleted object, or a saved reference names a missing target.
             LimitExceededError: the commit is too large; the message names the object.
         """
         if self._closed:
             self._check_open()
-        plan = self.plan()
+        if refs.ACTIVE:
+            return refs.commit(self)  # on_delete and reference checks join the commit
+        return self._commit_plan(self.plan())
+
+    def _commit_plan(self, plan: Plan) -> CommitResult | None:
+        """Sends one planned commit and records its outcome (see :meth:`commit`)."""
         if plan.empty:
             return None
         op = self._kv.atomic()
