@@ -238,12 +238,25 @@ def test_without_the_extra_the_script_says_how_to_install_it(tmp_path: Path) -> 
         ("hypercorn", ["serve", ":memory:", "--port", "0", "--token", "t"], "connect"),
         ("google.protobuf", ["serve", ":memory:", "--port", "0", "--token", "t"], "connect"),
         ("httpx", ["ls", "http://127.0.0.1:9", ""], "connect"),
+        ("rich", ["ls", ":memory:", ""], "cli"),
+        (
+            "v8serialize",
+            ["serve", ":memory:", "--port", "0", "--token", "t", "--values", "v8"],
+            "deno",
+        ),
+        ("v8serialize", ["get", "deno:{v8_file}", "a"], "deno"),
+        ("v8serialize", ["set", "deno:{v8_file}", "b", "2"], "deno"),
     ],
 )
 def test_a_command_without_its_extra_names_the_extra(
-    blocked: str, args: list[str], extra: str
+    blocked: str, args: list[str], extra: str, tmp_path: Path
 ) -> None:
-    """serve and KV Connect stores without the connect extra say what to install."""
+    """serve and KV Connect stores without the connect extra, a Deno file's V8 values
+    or V8 serving without the deno extra, say what to install."""
+    v8_file = tmp_path / "deno.sqlite3"
+    with km.open_kv(f"deno:{v8_file}") as kv:
+        kv.set(("a",), {"x": 1})  # a V8 value, as Deno stores it
+    args = [a.format(v8_file=v8_file) for a in args]
     code = textwrap.dedent(
         f"""
         import sys

@@ -933,6 +933,9 @@ def serve(ctx: click.Context, store: str, host: str, port: int, token: str, valu
     """
     from kvmodel.connect import serve as serve_store
 
+    if values == "v8":
+        # Checked before serving: otherwise the first Deno request would fail.
+        importlib.import_module("v8serialize")
     with open_store(ctx, store, create=True) as kv:
         serve_store(
             kv,
