@@ -728,3 +728,24 @@ def test_keys_that_do_not_fit_their_description_print_as_stored(db: str) -> None
     assert 'elsewhere,1714564800000000\t"plain"' in lines
     assert 'visits_by_at,"not a time",date("0001-01-01"),x"78"\tx"00206e6f742061206b6579"' in lines
     assert 'visits_by_at,5\tx""' in lines
+
+
+def test_descriptions_that_cannot_be_read_leave_keys_as_stored() -> None:
+    """A store that refuses kvmodel's reserved range, or a damaged description, gives
+    no decoding: keys and values print in the plain text form."""
+    from kvmodel.cli._described import Descriptions
+    from kvmodel.engines.base import AtomicWrite, Mutation, MutationKind
+    from kvmodel.orm._catalog import description_key
+
+    class Refusing:
+        def read_range(self, *args: Any) -> Any:
+            raise km.EngineError("The server refused the range.")
+
+    assert not Descriptions.read(Refusing())  # type: ignore[arg-type]
+    with km.open_kv() as kv:
+        data, encoding = kv.encode_value(["not", "a", "description"])
+        damaged = Mutation(description_key("visits"), MutationKind.SET, data, encoding)
+        kv.commit_write(AtomicWrite((), (damaged,), ()), [])
+        described = Descriptions.read(kv)
+        assert not described
+        assert described.format_key(("visits", b"\x00" * 16)) == 'visits,x"' + "00" * 16 + '"'

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmodel.cli._text import format_part, format_value
 from kvmodel.engines.base import Consistency, ReadRange
-from kvmodel.errors import DecodeError
+from kvmodel.errors import DecodeError, EngineError
 from kvmodel.keys import decode_key, encode_key
 
 if TYPE_CHECKING:
@@ -68,7 +68,12 @@ class Descriptions:
         start, end = base, base + b"\xff"
         spaces: dict[str, _Space] = {}
         while True:
-            rows = kv.read_range(ReadRange(start, end, _BATCH), Consistency.STRONG)
+            try:
+                rows = kv.read_range(ReadRange(start, end, _BATCH), Consistency.STRONG)
+            except EngineError:
+                # A store that cannot hold kvmodel's reserved keys (a remote that
+                # refuses the 0xFF range) has no descriptions: keys print as stored.
+                return cls({})
             for row in rows:
                 _add(spaces, row.key, row.value, row.encoding)
             if len(rows) < _BATCH:
