@@ -405,3 +405,28 @@ def test_migrate_resumes_after_a_crash(kv: Kv) -> None:
     half = km.migrate(kv, Article, batch_size=10)
     assert (half.scanned, half.upgraded, half.current) == (30, 20, 10)
     assert all(e.value.get("$v") == 3 for e in kv.list(prefix=("articles",)))
+
+
+def test_completing_a_description_is_skipped_where_the_client_may_not_write(
+    kv: Kv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding the part forms to an earlier release's description is a convenience: a
+    client whose write is refused still uses the model, and the description stays."""
+    from kvmodel.orm import _catalog
+
+    earlier = {
+        "model": "tests.test_orm_evolve.Article",
+        "version": 3,
+        "fields": ["id", "title", "views", "tags"],
+        "primary_key": ["id"],
+        "indexes": {"by_title": {"fields": ["title"], "unique": False, "state": "ready"}},
+    }
+    assert _catalog._write_description(kv, "articles", earlier, None)
+
+    def refused(*args: Any) -> bool:
+        raise km.EngineError("permission denied")
+
+    monkeypatch.setattr(_catalog, "_write_description", refused)
+    assert list(Article.by_title.find(kv, "t")) == []
+    monkeypatch.undo()
+    assert "parts" not in _description(kv, "articles")["indexes"]["by_title"]

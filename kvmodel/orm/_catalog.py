@@ -33,7 +33,7 @@ from uuid import UUID
 
 from kvmodel._values import decode_value
 from kvmodel.engines.base import AtomicWrite, Check, Consistency, Mutation, MutationKind, ReadRange
-from kvmodel.errors import DecodeError, IndexNotReadyError, ModelDefinitionError
+from kvmodel.errors import DecodeError, EngineError, IndexNotReadyError, ModelDefinitionError
 from kvmodel.keys import encode_key
 from kvmodel.orm._convert import plain_type, resolve_types
 
@@ -241,10 +241,19 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
         indexes: dict[str, Any] = dict(stored["indexes"]) if stored is not None else {}
         has_documents: bool | None = None
         changed = stored is None
+        # Only the forms of the key parts to add (a description an earlier
+        # release wrote): a convenience for readers, never worth failing for.
+        completes = False
+        # A newer release's description keeps its own forms, as it keeps its fields.
+        newer = (
+            stored is not None
+            and isinstance(stored.get("version"), int)
+            and stored["version"] > info.version
+        )
         types = _field_types(info)
         pk_parts = [key_part_kind(types[name]) for name in info.pk_fields]
-        if stored is not None and stored.get("primary_key_parts") != pk_parts:
-            changed = True
+        if stored is not None and not newer and stored.get("primary_key_parts") != pk_parts:
+            completes = True
         for index in info.indexes:
             known = indexes.get(index.name)
             parts = _index_parts(index, types, pk_parts)
@@ -255,10 +264,9 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
                 and known.get("each", False) == index.each
                 and known.get("state") in (READY, BUILDING)
             ):
-                if known.get("parts") != parts:
-                    # A description written before it named the parts' forms.
+                if known.get("parts") != parts and not newer:
                     indexes[index.name] = {**known, "parts": parts}
-                    changed = True
+                    completes = True
                 continue
             if has_documents is None:
                 has_documents = _has_keys(kv, info.prefix)
@@ -277,16 +285,24 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
                 fields = stored.get("fields", fields)
             elif stored["version"] < version or stored.get("fields") != fields:
                 changed = True
-        if changed:
+        if changed or completes:
             description = {
                 "model": info.qualified_name,
                 "version": version,
                 "fields": fields,
                 "primary_key": list(info.pk_fields),
-                "primary_key_parts": pk_parts,
+                "primary_key_parts": stored.get("primary_key_parts", pk_parts)
+                if newer and stored is not None
+                else pk_parts,
                 "indexes": indexes,
             }
-            if not _write_description(kv, info.prefix, description, versionstamp):
+            try:
+                written = _write_description(kv, info.prefix, description, versionstamp)
+            except EngineError:
+                if changed:
+                    raise
+                written = True  # a client that may not write reads on without the forms
+            if not written:
                 continue  # another process wrote it meanwhile: read it again
         return {ix.name: indexes[ix.name]["state"] for ix in info.indexes}
     raise ModelDefinitionError(
