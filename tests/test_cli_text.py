@@ -243,3 +243,23 @@ def test_key_value_literal_is_an_encoded_key() -> None:
     assert parse_value("key()") == b""
     with pytest.raises(InvalidArgumentError):
         parse_value("key(a,null)")
+
+
+@given(
+    when=st.datetimes(timezones=st.just(UTC)),
+    day=st.dates(),
+    ident=st.uuids(),
+    word=st.text(max_size=8),
+)
+def test_described_keys_print_and_parse_back_to_the_stored_parts(
+    when: datetime, day: Any, ident: Any, word: str
+) -> None:
+    """A key printed with its description's typed literals reads back as the same parts."""
+    from kvmodel.cli._described import Descriptions, _Space
+    from kvmodel.orm._convert import to_key_part
+
+    described = Descriptions({"ix": _Space(["datetime", "date", "uuid", "str"], "docs")})
+    key = ("ix", to_key_part(when), to_key_part(day), to_key_part(ident), word)
+    text = described.format_key(key)
+    assert same(parse_key(text), key)
+    assert text.startswith('ix,datetime("')
