@@ -749,3 +749,24 @@ def test_descriptions_that_cannot_be_read_leave_keys_as_stored() -> None:
         described = Descriptions.read(kv)
         assert not described
         assert described.format_key(("visits", b"\x00" * 16)) == 'visits,x"' + "00" * 16 + '"'
+
+
+def test_watch_shows_an_index_entry_as_its_description_explains(db: str) -> None:
+    """watch prints a watched index entry's key and value with the typed literals ls uses."""
+    import signal
+
+    with km.open_kv(db) as kv, km.Session(kv) as s:
+        s.add(Visit(id=_VISIT, at=datetime(2024, 5, 1, 12, tzinfo=UTC)))
+    key_text = 'visits_by_tier,gold,datetime("2024-05-01T12:00:00+00:00")'
+    exe = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "kvmodel"]
+    proc = subprocess.Popen(
+        [*exe, "watch", db, key_text], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.rstrip().endswith(f"\t{key_text}\tkey(visits,{_VISIT_TEXT})")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 130
