@@ -7,6 +7,7 @@ pipelines between SQLite and etcd.
 
 from __future__ import annotations
 
+import enum
 import io
 import json
 import os
@@ -14,7 +15,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,12 +238,25 @@ def test_without_the_extra_the_script_says_how_to_install_it(tmp_path: Path) -> 
         ("hypercorn", ["serve", ":memory:", "--port", "0", "--token", "t"], "connect"),
         ("google.protobuf", ["serve", ":memory:", "--port", "0", "--token", "t"], "connect"),
         ("httpx", ["ls", "http://127.0.0.1:9", ""], "connect"),
+        ("rich", ["ls", ":memory:", ""], "cli"),
+        (
+            "v8serialize",
+            ["serve", ":memory:", "--port", "0", "--token", "t", "--values", "v8"],
+            "deno",
+        ),
+        ("v8serialize", ["get", "deno:{v8_file}", "a"], "deno"),
+        ("v8serialize", ["set", "deno:{v8_file}", "b", "2"], "deno"),
     ],
 )
 def test_a_command_without_its_extra_names_the_extra(
-    blocked: str, args: list[str], extra: str
+    blocked: str, args: list[str], extra: str, tmp_path: Path
 ) -> None:
-    """serve and KV Connect stores without the connect extra say what to install."""
+    """serve and KV Connect stores without the connect extra, a Deno file's V8 values
+    or V8 serving without the deno extra, say what to install."""
+    v8_file = tmp_path / "deno.sqlite3"
+    with km.open_kv(f"deno:{v8_file}") as kv:
+        kv.set(("a",), {"x": 1})  # a V8 value, as Deno stores it
+    args = [a.format(v8_file=v8_file) for a in args]
     code = textwrap.dedent(
         f"""
         import sys
@@ -636,3 +652,121 @@ def test_watch_prints_changes_until_interrupted(db: str) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------
+# Keys of the object mapper's models, as their stored descriptions explain them
+
+
+class _Tier(enum.Enum):
+    GOLD = "gold"
+
+
+class Visit(km.Model, prefix="visits"):
+    """Index key parts of every converted form: datetime, date, UUID, Enum."""
+
+    id: uuid.UUID = km.field(primary_key=True)
+    at: datetime
+    day: date | None = None
+    tier: _Tier = _Tier.GOLD
+
+    by_at = km.Index("at", "day")
+    by_tier = km.Unique("tier", "at")
+
+
+_VISIT = uuid.UUID("00000000-0000-0000-0000-000000000007")
+_VISIT_TEXT = 'uuid("00000000-0000-0000-0000-000000000007")'
+
+
+def test_ls_and_get_show_index_key_parts_and_values_readably(db: str) -> None:
+    """ls of an index keyspace shows datetimes, dates and UUIDs as typed literals and
+    each entry's value as the key of its document, and what it prints pastes back."""
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    with km.open_kv(db) as kv, km.Session(kv) as s:
+        s.add(Visit(id=_VISIT, at=at, day=date(2024, 5, 1)))
+    pointer = f"key(visits,{_VISIT_TEXT})"
+    listing = invoke("ls", db, "visits_by_at")
+    assert listing.exit_code == 0, listing.output
+    noon = 'datetime("2024-05-01T12:00:00+00:00")'
+    key_text = f'visits_by_at,{noon},date("2024-05-01"),{_VISIT_TEXT}'
+    assert listing.output.splitlines() == [f"{key_text}\t{pointer}"]
+    assert invoke("ls", db, "visits_by_tier").output.splitlines() == [
+        f'visits_by_tier,gold,datetime("2024-05-01T12:00:00+00:00")\t{pointer}'
+    ]
+    assert invoke("get", db, key_text).output.strip() == pointer
+    assert invoke("ls", db, "visits", "--keys-only").output.splitlines() == [
+        f"visits,{_VISIT_TEXT}"
+    ]
+    # A bound written the same way: the visits of May 1st from noon on.
+    ranged = invoke(
+        "ls", db, "--start", 'visits_by_at,datetime("2024-05-01T14:00:00+02:00")',
+        "--end", 'visits_by_at,datetime("2024-05-02T00:00:00+00:00")', "--keys-only",
+    )  # fmt: skip
+    assert ranged.output.splitlines() == [key_text]
+    # --json keeps the stored form exactly: the int, the ordinal, the bytes.
+    [line] = invoke("ls", db, "visits_by_at", "--json").output.splitlines()
+    stored = json.loads(line)
+    assert stored["key"] == [
+        "visits_by_at",
+        1_714_564_800_000_000,
+        739_007,
+        {"$bytes": "AAAAAAAAAAAAAAAAAAAABw=="},
+    ]
+    assert stored["value"]["$bytes"]
+
+
+def test_keys_that_do_not_fit_their_description_print_as_stored(db: str) -> None:
+    """A part of another type than described, another length, or an undescribed
+    keyspace prints raw, so ls never hides what is stored."""
+    with km.open_kv(db) as kv:
+        with km.Session(kv) as s:
+            s.add(Visit(id=_VISIT, at=datetime(2024, 5, 1, tzinfo=UTC)))
+        kv.set(("visits_by_at", "not a time", 1, b"x"), b"\x00 not a key")
+        kv.set(("visits_by_at", 5), b"")
+        kv.set(("elsewhere", 1_714_564_800_000_000), "plain")
+    lines = invoke("ls", db).output.splitlines()
+    assert 'elsewhere,1714564800000000\t"plain"' in lines
+    assert 'visits_by_at,"not a time",date("0001-01-01"),x"78"\tx"00206e6f742061206b6579"' in lines
+    assert 'visits_by_at,5\tx""' in lines
+
+
+def test_descriptions_that_cannot_be_read_leave_keys_as_stored() -> None:
+    """A store that refuses kvmodel's reserved range, or a damaged description, gives
+    no decoding: keys and values print in the plain text form."""
+    from kvmodel.cli._described import Descriptions
+    from kvmodel.engines.base import AtomicWrite, Mutation, MutationKind
+    from kvmodel.orm._catalog import description_key
+
+    class Refusing:
+        def read_range(self, *args: Any) -> Any:
+            raise km.EngineError("The server refused the range.")
+
+    assert not Descriptions.read(Refusing())  # type: ignore[arg-type]
+    with km.open_kv() as kv:
+        data, encoding = kv.encode_value(["not", "a", "description"])
+        damaged = Mutation(description_key("visits"), MutationKind.SET, data, encoding)
+        kv.commit_write(AtomicWrite((), (damaged,), ()), [])
+        described = Descriptions.read(kv)
+        assert not described
+        assert described.format_key(("visits", b"\x00" * 16)) == 'visits,x"' + "00" * 16 + '"'
+
+
+def test_watch_shows_an_index_entry_as_its_description_explains(db: str) -> None:
+    """watch prints a watched index entry's key and value with the typed literals ls uses."""
+    import signal
+
+    with km.open_kv(db) as kv, km.Session(kv) as s:
+        s.add(Visit(id=_VISIT, at=datetime(2024, 5, 1, 12, tzinfo=UTC)))
+    key_text = 'visits_by_tier,gold,datetime("2024-05-01T12:00:00+00:00")'
+    exe = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "kvmodel"]
+    proc = subprocess.Popen(
+        [*exe, "watch", db, key_text], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.rstrip().endswith(f"\t{key_text}\tkey(visits,{_VISIT_TEXT})")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 130

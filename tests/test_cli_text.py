@@ -205,3 +205,61 @@ def test_typed_json_refuses_unknown_tags() -> None:
         value_from_json({"$nope": 1})
     with pytest.raises(InvalidArgumentError):
         key_from_json([None])
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('t,datetime("2024-05-01T12:00:00+00:00")', ("t", 1_714_564_800_000_000)),
+        ('t,datetime("2024-05-01T14:00:00.000001+02:00")', ("t", 1_714_564_800_000_001)),
+        ('t,date("2024-05-01")', ("t", 739_007)),
+        ('t,uuid("00000000-0000-0000-0000-000000000007")', ("t", b"\x00" * 15 + b"\x07")),
+        ("datetime,date,uuid", ("datetime", "date", "uuid")),  # bare words stay words
+    ],
+)
+def test_typed_key_literals_are_the_parts_indexes_store(text: str, key: tuple[Any, ...]) -> None:
+    """datetime(), date() and uuid() in a key read as UTC microseconds, the ordinal and
+    the 16 bytes an index stores for those values."""
+    assert same(parse_key(text), key)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['t,datetime("2024-05-01T12:00:00")', 't,date("May 1")', 't,uuid("123")', "t,uuid(7)"],
+)
+def test_bad_typed_key_literals_are_one_sentence_errors(text: str) -> None:
+    """A naive datetime (no instant), a malformed date or UUID, a non-string is refused."""
+    with pytest.raises(InvalidArgumentError, match="Cannot read the key"):
+        parse_key(text)
+
+
+def test_key_value_literal_is_an_encoded_key() -> None:
+    """key(...) in a value is the encoded key an index entry holds."""
+    from kvmodel.keys import encode_key
+
+    assert parse_value('key(orders,01HX,uuid("00000000-0000-0000-0000-000000000007"))') == (
+        encode_key(("orders", "01HX", b"\x00" * 15 + b"\x07"))
+    )
+    assert parse_value("key()") == b""
+    with pytest.raises(InvalidArgumentError):
+        parse_value("key(a,null)")
+
+
+@given(
+    when=st.datetimes(timezones=st.just(UTC)),
+    day=st.dates(),
+    ident=st.uuids(),
+    word=st.text(max_size=8),
+)
+def test_described_keys_print_and_parse_back_to_the_stored_parts(
+    when: datetime, day: Any, ident: Any, word: str
+) -> None:
+    """A key printed with its description's typed literals reads back as the same parts."""
+    from kvmodel.cli._described import Descriptions, _Space
+    from kvmodel.orm._convert import to_key_part
+
+    described = Descriptions({"ix": _Space(["datetime", "date", "uuid", "str"], "docs")})
+    key = ("ix", to_key_part(when), to_key_part(day), to_key_part(ident), word)
+    text = described.format_key(key)
+    assert same(parse_key(text), key)
+    assert text.startswith('ix,datetime("')

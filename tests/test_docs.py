@@ -25,6 +25,7 @@ The doctests of every module of the kvmodel package run too (``doctest.testmod``
 from __future__ import annotations
 
 import ast
+import codeop
 import doctest
 import importlib
 import inspect
@@ -208,6 +209,55 @@ def test_no_run_blocks_still_parse() -> None:
         for line, code, mode in python_blocks(text):
             if mode != "run":
                 ast.parse(code, filename=f"{page}:{line}")
+
+
+# The tutorials' snippets are meant to be pasted into an interactive Python: the
+# 3.11 REPL compiles each statement as it is typed, so a blank line inside a
+# class or a block ends it early, and a statement at the margin right after an
+# indented block (no blank line between) is refused.
+REPL_PAGES = ["docs/tutorial/kv.md", "docs/tutorial/models.md"]
+
+
+def repl_problems(code: str) -> list[str]:
+    """Where pasting ``code`` line by line into the REPL fails, as the REPL reads it.
+
+    Each line is added to the pending input and compiled as one interactive
+    statement (``codeop``, as ``code.InteractiveConsole.push`` does): None means
+    the REPL asks for more, a code object means it runs the input and starts over.
+    """
+    problems: list[str] = []
+    pending: list[str] = []
+    for number, line in enumerate(code.split("\n"), 1):
+        pending.append(line)
+        try:
+            compiled = codeop.compile_command("\n".join(pending), "<stdin>", "single")
+        except SyntaxError as exc:
+            problems.append(f"line {number} {line.strip()!r}: {exc.msg}")
+            pending = []
+            continue
+        if compiled is not None:
+            pending = []
+    return problems
+
+
+@pytest.mark.parametrize("page", REPL_PAGES)
+def test_tutorial_snippets_paste_into_a_repl(page: str) -> None:
+    """Every python block of a tutorial not marked file= pastes into a 3.11 REPL as it is."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    found = [
+        f"{page}:{line}: {problem}"
+        for line, code, mode in python_blocks(text)
+        if not mode.startswith("file=")
+        for problem in repl_problems(code)
+    ]
+    assert found == [], "\n".join(found)
+
+
+def test_the_repl_checker_catches_blank_lines_in_blocks() -> None:
+    """A blank line inside a class, and a margin statement right after a block, are caught."""
+    assert repl_problems("class A:\n    x = 1\n\n    y = 2\n") != []
+    assert repl_problems("for i in (1, 2):\n    i\nz = 3\n") != []
+    assert repl_problems("class A:\n    x = 1\n    y = 2\n\nz = A()\n") == []
 
 
 def test_the_snippet_checker_catches_wrong_comments() -> None:

@@ -215,17 +215,45 @@ def test_web_bad_listing_parameters_answer_422(client: Any, params: dict[str, st
         assert error == f"'limit' must be a whole number from 1 to 1000, not {params['limit']!r}."
 
 
-def test_web_ids_longer_than_a_key_may_be_answer_422(client: Any) -> None:
-    """A 3,000-character customer or order id is a 422 sentence, not a 500 traceback."""
+def test_web_overlong_ids_answer_a_short_4xx_sentence(client: Any) -> None:
+    """A 3,000-character customer, product or order id is a short 4xx sentence, never a
+    500 traceback nor the id echoed back: 422 in a body or a listing, 404 for an order."""
     long_id = "c" * 3000
-    created = client.post("/orders", json={"customer_id": long_id, "items": [_ITEM]})
-    assert created.status_code == 422
-    assert "key" in created.json()["error"]
+    for body in (
+        {"customer_id": long_id, "items": [_ITEM]},
+        {"customer_id": "c1", "items": [{**_ITEM, "product_id": long_id}]},
+    ):
+        created = client.post("/orders", json=body)
+        assert created.status_code == 422
+        assert "of 3,000 characters; ids are at most 256." in created.json()["error"]
+        assert len(created.text) < 200
     assert list(client.kv.list(prefix=("orders",))) == []
-    for url in (f"/orders/{long_id}", f"/customers/{long_id}/orders"):
-        response = client.get(url)
-        assert response.status_code == 422, url
-        assert response.json()["error"]
+    listing = client.get(f"/customers/{long_id}/orders")
+    assert listing.status_code == 422
+    assert listing.json()["error"] == (
+        "The customer id in the path has 3,000 characters; ids are at most 256."
+    )
+    no_order = (
+        "There is no such order: order ids are at most 256 characters, and this one has 3,000."
+    )
+    for method, url in (
+        ("GET", f"/orders/{long_id}"),
+        ("PATCH", f"/orders/{long_id}"),
+        ("GET", f"/orders/{long_id}/events"),  # refused before the stream starts
+    ):
+        response = client.request(method, url, json={"status": "shipped"})
+        assert response.status_code == 404, url
+        assert response.json()["error"] == no_order
+
+
+def test_web_order_too_large_for_a_value_answers_413(client: Any) -> None:
+    """An order whose items make its document larger than a stored value may be answers
+    413 with kvmodel's sentence, and nothing is written."""
+    items = [{**_ITEM, "product_id": "p" * 200} for _ in range(400)]
+    response = client.post("/orders", json={"customer_id": "c1", "items": items})
+    assert response.status_code == 413
+    assert "values are limited to 65536 bytes" in response.json()["error"]
+    assert list(client.kv.list(prefix=("orders",))) == []
 
 
 def test_web_app_is_a_uvicorn_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

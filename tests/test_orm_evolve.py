@@ -4,7 +4,10 @@ orphaned indexes and drop_index, on every engine."""
 
 from __future__ import annotations
 
+import enum
 import threading
+import uuid
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -294,10 +297,78 @@ def test_the_description_lives_in_the_reserved_keyspace(kv: Kv) -> None:
     desc = decode_value(raw.value, raw.encoding)
     assert desc["version"] == 3
     assert desc["fields"] == ["id", "title", "views", "tags"]
-    by_title = {"fields": ["title"], "unique": False, "state": "ready"}
+    by_title = {"fields": ["title"], "unique": False, "state": "ready", "parts": ["str", "str"]}
     assert desc["indexes"] == {"by_title": by_title}
+    assert desc["primary_key_parts"] == ["str"]
     keys = [e.key for e in kv.list(prefix=())]
     assert keys == [("articles", "d"), ("articles_by_title", "t", "d")]
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Visit(km.Model, prefix="visits"):
+    """Key parts of every form: the description names each."""
+
+    id: uuid.UUID = km.field(primary_key=True)
+    at: datetime
+    day: date | None = None
+    kind: Colour = Colour.RED
+    tags: list[str] = km.field(factory=list)
+
+    by_at = km.Index("at", "day")
+    by_kind = km.Unique("kind", "at")
+    by_tag = km.Index("tags", each=True)
+
+
+def _description(kv: Kv, prefix: str) -> dict[str, Any]:
+    from kvmodel._values import decode_value
+
+    key = description_key(prefix)
+    [raw] = kv.read_range(ReadRange(key, key + b"\x00", 1), Consistency.STRONG)
+    desc: dict[str, Any] = decode_value(raw.value, raw.encoding)
+    return desc
+
+
+def test_the_description_names_the_form_of_every_key_part(kv: Kv) -> None:
+    """Each index lists its key parts' forms (values, then the primary key of a
+    non-unique index), and the primary key its own, so a reader without the model
+    can decode UTC microseconds, ordinals and UUID bytes."""
+    with km.Session(kv) as s:
+        s.add(Visit(id=uuid.uuid4(), at=datetime(2024, 5, 1, tzinfo=UTC)))
+    desc = _description(kv, "visits")
+    assert desc["primary_key_parts"] == ["uuid"]
+    parts = {name: ix["parts"] for name, ix in desc["indexes"].items()}
+    assert parts == {
+        "by_at": ["datetime", "date", "uuid"],
+        "by_kind": ["enum", "datetime"],
+        "by_tag": ["str", "uuid"],
+    }
+
+
+def test_a_description_without_part_forms_gets_them_and_keeps_its_index_states(kv: Kv) -> None:
+    """A description an earlier release wrote (no "parts") is completed on first use;
+    a building index stays building."""
+    from kvmodel.orm._catalog import _write_description
+
+    kv.set(("articles", "old"), {"id": "old", "title": "t"})
+    earlier = {
+        "model": "tests.test_orm_evolve.Article",
+        "version": 3,
+        "fields": ["id", "title", "views", "tags"],
+        "primary_key": ["id"],
+        "indexes": {"by_title": {"fields": ["title"], "unique": False, "state": "building"}},
+    }
+    assert _write_description(kv, "articles", earlier, None)
+    with pytest.raises(km.IndexNotReadyError):
+        Article.by_title.find(kv, "t")
+    desc = _description(kv, "articles")
+    assert desc["indexes"]["by_title"] == {
+        **earlier["indexes"]["by_title"],
+        "parts": ["str", "str"],
+    }
+    assert desc["primary_key_parts"] == ["str"]
 
 
 def test_an_index_on_a_new_field_with_a_default_is_built_from_loaded_documents(kv: Kv) -> None:
@@ -334,3 +405,28 @@ def test_migrate_resumes_after_a_crash(kv: Kv) -> None:
     half = km.migrate(kv, Article, batch_size=10)
     assert (half.scanned, half.upgraded, half.current) == (30, 20, 10)
     assert all(e.value.get("$v") == 3 for e in kv.list(prefix=("articles",)))
+
+
+def test_completing_a_description_is_skipped_where_the_client_may_not_write(
+    kv: Kv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding the part forms to an earlier release's description is a convenience: a
+    client whose write is refused still uses the model, and the description stays."""
+    from kvmodel.orm import _catalog
+
+    earlier = {
+        "model": "tests.test_orm_evolve.Article",
+        "version": 3,
+        "fields": ["id", "title", "views", "tags"],
+        "primary_key": ["id"],
+        "indexes": {"by_title": {"fields": ["title"], "unique": False, "state": "ready"}},
+    }
+    assert _catalog._write_description(kv, "articles", earlier, None)
+
+    def refused(*args: Any) -> bool:
+        raise km.EngineError("permission denied")
+
+    monkeypatch.setattr(_catalog, "_write_description", refused)
+    assert list(Article.by_title.find(kv, "t")) == []
+    monkeypatch.undo()
+    assert "parts" not in _description(kv, "articles")["indexes"]["by_title"]

@@ -44,6 +44,7 @@ from rich.text import Text
 import kvmodel as km
 from kvmodel.cli import _dump as _cli_dump
 from kvmodel.cli import _engine as _cli_engine
+from kvmodel.cli._described import Descriptions
 from kvmodel.cli._text import (
     format_key,
     format_value,
@@ -63,6 +64,12 @@ true / false (bool), x"00ff" (bytes as hex). "" is the empty key. A bare word
 may start with a digit when it is not a number, so ids need no quotes:
 orders,01M95P6WMWB0WFC90HRV3ZTRFC is two strings; quote "42" for the string.
 A key may also be the JSON array that --json prints: '["users", "ada", 42]'.
+In a key, datetime("2024-05-01T12:00:00+00:00"), date("2024-05-01") and
+uuid("...") are the parts an index stores for those values (UTC microseconds,
+the ordinal, 16 bytes); ls and get print the keys of the object mapper's
+models and indexes that way, and an index entry's value, its document's
+encoded key, as key(orders,01M95P6WMWB0WFC90HRV3ZTRFC). --json prints keys
+and values as stored.
 
 Values are literals: null, true, 42, 1.5, "text", x"00ff", u64(5) (KvU64),
 datetime("2024-05-01T12:00:00+02:00", zone="Europe/Paris"), lists [1, 2]
@@ -403,6 +410,7 @@ def ls(
             reverse=reverse,
             cursor=cursor,
         )
+        described = None if as_json else Descriptions.read(kv)
         table = None
         if not as_json and _is_terminal(sys.stdout):
             table = Table(box=None, header_style="bold")
@@ -413,17 +421,22 @@ def ls(
         count = 0
         for entry in it:
             count += 1
-            if as_json:
+            if described is None:
                 _out(_entry_json(entry))
-            elif table is not None:
-                row = [format_key(entry.key)]
+                continue
+            shown_key = described.format_key(entry.key)
+            if table is not None:
+                row = [shown_key]
                 if not keys_only:
-                    row += [format_value(entry.value), entry.versionstamp or ""]
+                    row += [
+                        described.format_value(entry.key, entry.value),
+                        entry.versionstamp or "",
+                    ]
                 table.add_row(*(Text(c) for c in row))
             elif keys_only:
-                _out(format_key(entry.key))
+                _out(shown_key)
             else:
-                _out(f"{format_key(entry.key)}\t{format_value(entry.value)}")
+                _out(f"{shown_key}\t{described.format_value(entry.key, entry.value)}")
         if table is not None:
             _print(Console(), table)
         if limit is not None and count == limit and it.cursor:
@@ -443,7 +456,10 @@ def get(ctx: click.Context, store: str, key: str, as_json: bool) -> int:
         if entry.versionstamp is None:
             click.echo(f"kvmodel: the key {format_key(entry.key)} is not in the store.", err=True)
             return 1
-        _out(_entry_json(entry) if as_json else format_value(entry.value))
+        if as_json:
+            _out(_entry_json(entry))
+        else:
+            _out(Descriptions.read(kv).format_value(entry.key, entry.value))
     return 0
 
 
@@ -521,6 +537,7 @@ def watch(ctx: click.Context, store: str, keys: tuple[str, ...], as_json: bool) 
     """Print KEYS now and again after every change, until Ctrl-C (at most 10 keys)."""
     with open_store(ctx, store) as kv:
         parsed = [_key_arg(k) for k in keys]
+        described = Descriptions.read(kv)
         with kv.watch(parsed) as stream:
             for entries in stream:
                 stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -528,8 +545,12 @@ def watch(ctx: click.Context, store: str, keys: tuple[str, ...], as_json: bool) 
                     if as_json:
                         _out(_entry_json(e))
                     else:
-                        shown = "(absent)" if e.versionstamp is None else format_value(e.value)
-                        _out(f"{stamp}\t{format_key(e.key)}\t{shown}")
+                        shown = (
+                            "(absent)"
+                            if e.versionstamp is None
+                            else described.format_value(e.key, e.value)
+                        )
+                        _out(f"{stamp}\t{described.format_key(e.key)}\t{shown}")
                 try:
                     sys.stdout.flush()
                 except BrokenPipeError as exc:
@@ -912,6 +933,9 @@ def serve(ctx: click.Context, store: str, host: str, port: int, token: str, valu
     """
     from kvmodel.connect import serve as serve_store
 
+    if values == "v8":
+        # Checked before serving: otherwise the first Deno request would fail.
+        importlib.import_module("v8serialize")
     with open_store(ctx, store, create=True) as kv:
         serve_store(
             kv,

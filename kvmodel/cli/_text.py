@@ -29,6 +29,12 @@ the same types, NaN and -0.0 included):
                    ``zoneinfo`` zone adds ``zone="Europe/Paris"``, a named
                    ``datetime.timezone`` adds ``name="EST"``, fold 1 adds
                    ``fold=1`` (values only)
+  index parts      ``datetime("2024-05-01T12:00:00+00:00")``, ``date("2024-05-01")``,
+                   ``uuid("...")`` in a key: the int of UTC microseconds, the
+                   ordinal, the 16 bytes an index stores for that value (keys
+                   only; :mod:`kvmodel.cli._described` prints them)
+  encoded key      ``key(orders,01HX)``: the bytes of an encoded key, an index
+                   entry's value (values only)
   list             ``[1, "a", [true]]`` (a tuple prints as a list)
   map              ``{"a": 1, 2: x"00"}``: keys are any literal (values only)
   ===============  =============================================================
@@ -52,15 +58,18 @@ import binascii
 import json
 import math
 import re
+import uuid
 import zoneinfo
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from kvmodel._values import KvU64
 from kvmodel.errors import InvalidArgumentError
+from kvmodel.keys import encode_key
 
 __all__ = [
     "format_key",
+    "format_part",
     "format_value",
     "key_from_json",
     "key_to_json",
@@ -76,6 +85,8 @@ _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 # stamp); it is a str unless the whole word is a number.
 _ID_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _WORDS = frozenset(("true", "false", "null", "nan", "inf"))
+# The typed literals a key part may be written as (kvmodel.cli._described prints them).
+_KEY_FORMS = frozenset(("datetime", "date", "uuid"))
 _NUMBER = re.compile(r"-?(?:inf|nan|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)")
 
 
@@ -85,10 +96,11 @@ _NUMBER = re.compile(r"-?(?:inf|nan|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][
 
 def format_key(key: tuple[Any, ...] | list[Any]) -> str:
     """The text form of a key: its parts separated by commas."""
-    return ",".join(_format_part(p) for p in key)
+    return ",".join(format_part(p) for p in key)
 
 
-def _format_part(part: object) -> str:
+def format_part(part: object) -> str:
+    """The text form of one key part."""
     if isinstance(part, str) and _is_bare_key_word(part):
         return part
     return _format(part, key_part=True)
@@ -276,6 +288,8 @@ class _Parser:
         if key_part:
             if name == "null":
                 raise self.fail("null is not a key part")
+            if name in _KEY_FORMS and self.peek("("):
+                return self.key_form(name)
             return name
         if name == "null":
             return None
@@ -291,6 +305,16 @@ class _Parser:
                 return KvU64(int(digits.group()))
             except ValueError as exc:
                 raise self.fail(str(exc)) from exc
+        if name == "key" and self.peek("("):
+            # An index entry's value: the encoded key of its document.
+            self.expect("(")
+            parts: list[Any] = []
+            while not self.peek(")"):
+                parts.append(self.literal(key_part=True))
+                if not self.peek(")"):
+                    self.expect(",")
+            self.expect(")")
+            return encode_key(parts)
         if name == "datetime" and self.peek("("):
             self.expect("(")
             self.skip_space()
@@ -308,6 +332,33 @@ class _Parser:
             self.expect(")")
             return _make_datetime(iso, extras)
         raise self.fail(f'{name!r} is not a value (quote a string: "{name}")')
+
+    def key_form(self, name: str) -> Any:
+        """``datetime("...")``, ``date("...")`` or ``uuid("...")`` in a key: the key part
+        an index stores for that value (UTC microseconds, the ordinal, 16 bytes)."""
+        self.expect("(")
+        self.skip_space()
+        if not self.peek('"'):
+            raise self.fail(f"{name}() in a key takes a string")
+        text = self.string()
+        self.expect(")")
+        try:
+            if name == "datetime":
+                when = datetime.fromisoformat(text)
+                if when.utcoffset() is None:
+                    raise self.fail(
+                        f"datetime({text!r}) has no UTC offset, so it is no instant an index "
+                        'holds; add one, e.g. "+00:00"'
+                    )
+                delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+                return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            if name == "date":
+                return date.fromisoformat(text).toordinal()
+            return uuid.UUID(text).bytes
+        except ValueError as exc:
+            if isinstance(exc, InvalidArgumentError):
+                raise
+            raise self.fail(f"{text!r} is not a {name} ({exc})") from None
 
     def value(self) -> Any:
         if self.peek("["):

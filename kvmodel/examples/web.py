@@ -22,8 +22,9 @@ Routes:
 
 Bad input (a body that is not JSON, a missing field, a quantity that is not a
 positive integer, an unknown status, a bad cursor or ``limit``, an id longer
-than a key may be) answers 422 with ``{"error": "<a sentence saying what to
-fix>"}``; an unknown order answers 404.
+than :data:`MAX_ID_LENGTH`) answers 422 with ``{"error": "<a sentence saying
+what to fix>"}``; an unknown order answers 404, and so does an order id longer
+than any order's; an order too large for one stored value answers 413.
 Ctrl-C stops the server at once, even with event streams open.
 """
 
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import reprlib
 import sys
 from collections.abc import AsyncIterator
 from types import FrameType
@@ -73,6 +75,10 @@ T = TypeVar("T")
 
 # The page size bound of GET /customers/{id}/orders.
 MAX_PAGE = 1000
+# The longest customer, product or order id taken, in characters: far below what
+# a key holds (2 KiB), so an id is refused with a short sentence before any key
+# is built from it, and a 3,000-character id is never echoed back.
+MAX_ID_LENGTH = 256
 
 
 class BadInputError(Exception):
@@ -104,8 +110,40 @@ async def _json_object(request: Request) -> dict[str, Any]:
 def _text(data: dict[str, Any], name: str, where: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
-        raise BadInputError(f"{where} needs {name!r} as a non-empty string, not {value!r}.")
+        raise BadInputError(
+            f"{where} needs {name!r} as a non-empty string, not {reprlib.repr(value)}."
+        )
+    if len(value) > MAX_ID_LENGTH:
+        raise BadInputError(
+            f"{where} has a {name!r} of {len(value):,} characters; ids are at most {MAX_ID_LENGTH}."
+        )
     return value
+
+
+class NoSuchOrderError(Exception):
+    """The order asked for does not exist (answered with 404)."""
+
+
+def order_id_of(request: Request) -> str:
+    """The order id in the path; one longer than any order's names no order."""
+    order_id: str = request.path_params["order_id"]
+    if len(order_id) > MAX_ID_LENGTH:
+        raise NoSuchOrderError(
+            f"There is no such order: order ids are at most {MAX_ID_LENGTH} characters, "
+            f"and this one has {len(order_id):,}."
+        )
+    return order_id
+
+
+def customer_id_of(request: Request) -> str:
+    """The customer id in the path of a listing, at most :data:`MAX_ID_LENGTH` characters."""
+    customer_id: str = request.path_params["customer_id"]
+    if len(customer_id) > MAX_ID_LENGTH:
+        raise BadInputError(
+            f"The customer id in the path has {len(customer_id):,} characters; ids are at "
+            f"most {MAX_ID_LENGTH}."
+        )
+    return customer_id
 
 
 def _whole_number(data: dict[str, Any], name: str, where: str, *, minimum: int) -> int:
@@ -201,7 +239,7 @@ def create_app(kv: km.Kv | None = None) -> Starlette:
         return JSONResponse(order_json(order), status_code=201)
 
     async def get_one(request: Request) -> Response:
-        order = await akv.run(get_order, kv, request.path_params["order_id"])
+        order = await akv.run(get_order, kv, order_id_of(request))
         if order is None:
             return JSONResponse({"error": "There is no such order."}, status_code=404)
         return JSONResponse(order_json(order))
@@ -209,7 +247,7 @@ def create_app(kv: km.Kv | None = None) -> Starlette:
     async def patch_one(request: Request) -> Response:
         status = parse_status(await _json_object(request))
         try:
-            order = await akv.run(update_order_status, kv, request.path_params["order_id"], status)
+            order = await akv.run(update_order_status, kv, order_id_of(request), status)
         except KeyError:
             return JSONResponse({"error": "There is no such order."}, status_code=404)
         return JSONResponse(order_json(order))
@@ -220,7 +258,7 @@ def create_app(kv: km.Kv | None = None) -> Starlette:
             orders, cursor = await akv.run(
                 list_customer_orders,
                 kv,
-                request.path_params["customer_id"],
+                customer_id_of(request),
                 limit=limit,
                 cursor=request.query_params.get("cursor") or None,
             )
@@ -229,7 +267,8 @@ def create_app(kv: km.Kv | None = None) -> Starlette:
         return JSONResponse({"orders": [order_json(o) for o in orders], "cursor": cursor})
 
     async def events(request: Request) -> Response:
-        order_id = request.path_params["order_id"]
+        # Checked before the stream starts: once it has, an error can only cut it off.
+        order_id = order_id_of(request)
         until = request.query_params.get("until")
 
         async def stream() -> AsyncIterator[str]:
@@ -245,9 +284,17 @@ def create_app(kv: km.Kv | None = None) -> Starlette:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     async def bad_input(request: Request, exc: Exception) -> Response:
-        # kvmodel's bad-input errors (a key or value over the limits, a key
-        # part it cannot store) are one sentence naming what to fix, too.
+        # kvmodel's bad-input errors (a key part it cannot store, a bad
+        # cursor) are one sentence naming what to fix, too.
         return JSONResponse({"error": str(exc)}, status_code=422)
+
+    async def too_large(request: Request, exc: Exception) -> Response:
+        # A store limit the request's data passes: an order whose items make
+        # its document larger than one value may be.
+        return JSONResponse({"error": str(exc)}, status_code=413)
+
+    async def no_such_order(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=404)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -266,7 +313,8 @@ def create_app(kv: km.Kv | None = None) -> Starlette:
         ],
         exception_handlers={
             BadInputError: bad_input,
-            km.LimitExceededError: bad_input,
+            NoSuchOrderError: no_such_order,
+            km.LimitExceededError: too_large,
             km.InvalidKeyError: bad_input,
             km.InvalidArgumentError: bad_input,
         },

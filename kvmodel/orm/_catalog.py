@@ -9,7 +9,10 @@ Two things happen the first time a model is used with a Kv (:func:`attach`):
 * **The stored description.** The database keeps, per model prefix, the
   model's fields, version and indexes with their states, under a reserved
   keyspace: keys starting with the byte 0xFF, which no encoded tuple key starts
-  with, so ``kv.list(prefix=())`` and every model listing pass them by. An
+  with, so ``kv.list(prefix=())`` and every model listing pass them by. It also
+  names the form of each key part (:func:`key_part_kind`: ``"datetime"`` for
+  the UTC microseconds an indexed datetime becomes, ``"uuid"`` for 16 bytes, ...),
+  so tools such as ``kvmodel ls`` can show keys readably without the model. An
   index the description does not know yet is *ready* when the model's keyspace
   is empty and *building* otherwise: documents written before it was declared
   have no entries, so a query on it would return partial results.
@@ -22,13 +25,17 @@ reads it again before refusing, since another process may have built it.
 
 from __future__ import annotations
 
+import enum
 import threading
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from kvmodel._values import decode_value
 from kvmodel.engines.base import AtomicWrite, Check, Consistency, Mutation, MutationKind, ReadRange
-from kvmodel.errors import DecodeError, IndexNotReadyError, ModelDefinitionError
+from kvmodel.errors import DecodeError, EngineError, IndexNotReadyError, ModelDefinitionError
 from kvmodel.keys import encode_key
+from kvmodel.orm._convert import plain_type, resolve_types
 
 if TYPE_CHECKING:
     from kvmodel._kv import Kv
@@ -39,6 +46,7 @@ __all__ = [
     "ModelState",
     "attach",
     "description_key",
+    "key_part_kind",
     "mark_ready",
     "remove_index",
     "require_ready",
@@ -173,10 +181,56 @@ def _has_keys(kv: Kv, prefix: str) -> bool:
     return bool(kv.read_range(ReadRange(base + b"\x00", base + b"\xff", 1), Consistency.STRONG))
 
 
-def _index_description(index: IndexBase[Any], state: str) -> dict[str, Any]:
+def key_part_kind(tp: Any) -> str:
+    """The name of the key-part form that values of the declared type ``tp`` take.
+
+    ``"datetime"`` (an int of UTC microseconds), ``"date"`` (an int, its
+    ordinal), ``"uuid"`` (its 16 bytes), ``"enum"`` (the member's value),
+    ``"str"``, ``"int"``, ``"float"``, ``"bool"`` or ``"bytes"`` (as they are),
+    or ``"any"`` (a Literal, ``Any``: whatever the value is). The stored
+    description lists one per key part, so a reader without the model class
+    can turn the parts back into the values they came from.
+    """
+    tp = plain_type(tp)
+    if tp is datetime:
+        return "datetime"
+    if tp is date:
+        return "date"
+    if tp is UUID:
+        return "uuid"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "enum"
+    if tp in (str, int, float, bool, bytes):
+        return str(tp.__name__)
+    return "any"
+
+
+def _field_types(info: ModelInfo) -> dict[str, Any]:
+    info.prepare()  # resolves the annotations, or raises ModelDefinitionError naming them
+    return resolve_types(info.cls)
+
+
+def _index_parts(index: IndexBase[Any], types: dict[str, Any], pk: list[str]) -> list[str]:
+    """The kinds of an index entry's key parts after its prefix: the indexed values,
+    then (non-unique indexes) the primary key."""
+    from kvmodel.orm.index import _element_type
+
+    kinds = []
+    for n, name in enumerate(index.fields):
+        tp = types[name]
+        if n == 0 and index.each:
+            tp = _element_type(tp, index.qualname)
+        kinds.append(key_part_kind(tp))
+    if not index.unique:
+        kinds += pk
+    return kinds
+
+
+def _index_description(index: IndexBase[Any], state: str, parts: list[str]) -> dict[str, Any]:
     described = {"fields": list(index.fields), "unique": index.unique, "state": state}
     if index.each:
         described["each"] = True
+    described["parts"] = parts
     return described
 
 
@@ -187,8 +241,22 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
         indexes: dict[str, Any] = dict(stored["indexes"]) if stored is not None else {}
         has_documents: bool | None = None
         changed = stored is None
+        # Only the forms of the key parts to add (a description an earlier
+        # release wrote): a convenience for readers, never worth failing for.
+        completes = False
+        # A newer release's description keeps its own forms, as it keeps its fields.
+        newer = (
+            stored is not None
+            and isinstance(stored.get("version"), int)
+            and stored["version"] > info.version
+        )
+        types = _field_types(info)
+        pk_parts = [key_part_kind(types[name]) for name in info.pk_fields]
+        if stored is not None and not newer and stored.get("primary_key_parts") != pk_parts:
+            completes = True
         for index in info.indexes:
             known = indexes.get(index.name)
+            parts = _index_parts(index, types, pk_parts)
             if (
                 isinstance(known, dict)
                 and known.get("fields") == list(index.fields)
@@ -196,6 +264,9 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
                 and known.get("each", False) == index.each
                 and known.get("state") in (READY, BUILDING)
             ):
+                if known.get("parts") != parts and not newer:
+                    indexes[index.name] = {**known, "parts": parts}
+                    completes = True
                 continue
             if has_documents is None:
                 has_documents = _has_keys(kv, info.prefix)
@@ -203,7 +274,7 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
             # it. A database that predates descriptions gets the benefit of the
             # doubt for an index that already has entries.
             ready = not has_documents or (stored is None and _has_keys(kv, index.key_prefix))
-            indexes[index.name] = _index_description(index, READY if ready else BUILDING)
+            indexes[index.name] = _index_description(index, READY if ready else BUILDING, parts)
             changed = True
         version = info.version
         fields = list(info.field_names)
@@ -214,15 +285,24 @@ def _settle_description(kv: Kv, info: ModelInfo) -> dict[str, str]:
                 fields = stored.get("fields", fields)
             elif stored["version"] < version or stored.get("fields") != fields:
                 changed = True
-        if changed:
+        if changed or completes:
             description = {
                 "model": info.qualified_name,
                 "version": version,
                 "fields": fields,
                 "primary_key": list(info.pk_fields),
+                "primary_key_parts": stored.get("primary_key_parts", pk_parts)
+                if newer and stored is not None
+                else pk_parts,
                 "indexes": indexes,
             }
-            if not _write_description(kv, info.prefix, description, versionstamp):
+            try:
+                written = _write_description(kv, info.prefix, description, versionstamp)
+            except EngineError:
+                if changed:
+                    raise
+                written = True  # a client that may not write reads on without the forms
+            if not written:
                 continue  # another process wrote it meanwhile: read it again
         return {ix.name: indexes[ix.name]["state"] for ix in info.indexes}
     raise ModelDefinitionError(
