@@ -20,7 +20,7 @@ PURE_TESTS := tests/test_keys.py tests/test_values.py tests/test_kv_facade.py \
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,web,cli,docs,deno,connect]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[test,web,cli,docs,deno,connect,browse]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # The compiled accelerator, rebuilt in place whenever its source changes (the

@@ -1,0 +1,23 @@
+// kvmodel browse: live regions. An element with data-live="URL" receives
+// server-sent events from URL; each event's data is an HTML fragment the
+// server rendered with autoescaping, which replaces the element's content.
+"use strict";
+document.addEventListener("DOMContentLoaded", function () {
+  var badge = document.getElementById("live");
+  document.querySelectorAll("[data-live]").forEach(function (el) {
+    var source = new EventSource(el.getAttribute("data-live"));
+    source.onopen = function () {
+      if (badge) { badge.className = "live on"; badge.textContent = "live"; }
+    };
+    source.onerror = function () {
+      if (badge) { badge.className = "live off"; badge.textContent = "reconnecting"; }
+    };
+    source.onmessage = function (event) {
+      if (event.data.trim() === "") { return; }  // a heartbeat
+      el.innerHTML = event.data;
+      el.setAttribute("data-updated", String(Date.now()));
+      el.classList.add("flash");
+      setTimeout(function () { el.classList.remove("flash"); }, 800);
+    };
+  });
+});
