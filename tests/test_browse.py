@@ -151,12 +151,12 @@ def test_read_only_refuses_writes_and_shows_no_forms(kv: km.Kv) -> None:
 
 
 def test_pages_carry_a_strict_content_security_policy(kv: km.Kv) -> None:
-    """Every page forbids inline script, framing and referrers."""
+    """Every page forbids inline script, framing and referrers to other sites."""
     c = client(kv)
     headers = c.get("/tree").headers
     assert "script-src 'self'" in headers["content-security-policy"]
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
     assert headers["cache-control"] == "no-store"
 
 

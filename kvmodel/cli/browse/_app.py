@@ -195,7 +195,7 @@ def _headers() -> dict[str, str]:
     return {
         "Content-Security-Policy": _CSP,
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
         "X-Frame-Options": "DENY",
     }

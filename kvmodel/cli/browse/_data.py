@@ -202,6 +202,7 @@ class Row:
     short_text: str
     versionstamp: str
     expires: str
+    expiry_known: bool
     undecodable: bool = False
 
 
@@ -229,7 +230,7 @@ def _value_text(value: object) -> str:
         return repr(value)  # a V8 value with no text form (a JS Map, a class instance, ...)
 
 
-def _row(raw: RawEntry, expire_at_ms: int | None) -> Row:
+def _row(raw: RawEntry, expire_at_ms: int | None, expiry_known: bool) -> Row:
     key = decode_key(raw.key)
     try:
         value = decode_value(raw.value, raw.encoding, key)
@@ -243,6 +244,7 @@ def _row(raw: RawEntry, expire_at_ms: int | None) -> Row:
             text,
             raw.versionstamp.hex(),
             _when(expire_at_ms),
+            expiry_known,
             True,
         )
     text = _value_text(value)
@@ -255,6 +257,7 @@ def _row(raw: RawEntry, expire_at_ms: int | None) -> Row:
         short,
         raw.versionstamp.hex(),
         _when(expire_at_ms),
+        expiry_known,
     )
 
 
@@ -299,7 +302,7 @@ def entries_page(
                 f"The page position {after!r} is not the hex of a key; start from the first page."
             ) from exc
     found, known = _read_with_expiry(kv, lo, hi, limit + 1)
-    rows = tuple(_row(raw, deadline) for raw, deadline in found[:limit])
+    rows = tuple(_row(raw, deadline, known) for raw, deadline in found[:limit])
     next_after = found[limit - 1][0].key.hex() if len(found) > limit else ""
     return Page(rows, next_after, known)
 
@@ -307,10 +310,10 @@ def entries_page(
 def entry_row(kv: Kv, key: tuple[Any, ...]) -> Row | None:
     """One key's entry, or None when it is absent."""
     encoded = kv.read_key(key)
-    found, _ = _read_with_expiry(kv, encoded, encoded + b"\x00", 1)
+    found, known = _read_with_expiry(kv, encoded, encoded + b"\x00", 1)
     if not found:
         return None
-    return _row(*found[0])
+    return _row(*found[0], known)
 
 
 def count_keys(kv: Kv, prefix: tuple[Any, ...], limit: int) -> tuple[int, bool]:

@@ -64,6 +64,13 @@ def _config(host: str, port: int, token: str) -> Any:
     return config
 
 
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: a live page's stream cancelled at shutdown is no error."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 def _bound_port(sockets: Any) -> int:
     port: int = sockets.insecure_sockets[0].getsockname()[1]
     return port
@@ -86,6 +93,7 @@ def serve_app(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_cancellations)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         sockets = config.create_sockets()
@@ -129,6 +137,7 @@ class ThreadedServer:
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
+            self._loop.set_exception_handler(_quiet_cancellations)
             self._stop = asyncio.Event()
             sockets = config.create_sockets()
             self.port = _bound_port(sockets)
