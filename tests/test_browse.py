@@ -542,3 +542,50 @@ def test_help_describes_the_command() -> None:
     assert result.exit_code == 0
     for words in ("--write", "--host", "--port", "token", "kvmodel[browse]", "--models"):
         assert words in result.output
+
+
+def test_a_level_stops_at_the_byte_budget_too(kv: km.Kv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large values end a scan early (partial) even below the key limit."""
+    op = kv.atomic()
+    for i in range(250):
+        op.set(("big", i), "x" * 100)
+    op.commit()
+    monkeypatch.setattr(_data, "MAX_SCAN_BYTES", 5000)
+    level = _data.tree_level(kv, ("big",), scan_limit=1000)
+    assert level.partial and level.scanned < 250
+    assert [c.part_text for c in level.children] == [str(i) for i in range(250)]
+    assert _data.count_keys(kv, ("big",), 1000) == (level.scanned, False)
+
+
+def test_the_error_log_filter_removes_the_token() -> None:
+    """A log record that would carry the token carries <token> instead."""
+    import logging
+
+    from kvmodel.cli.browse._server import RedactToken
+
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "GET /?token=%s failed", (TOKEN,), None
+    )
+    assert RedactToken(TOKEN).filter(record)
+    assert record.getMessage() == "GET /?token=<token> failed"
+
+
+def test_a_port_in_use_is_a_sentence(tmp_path: Path) -> None:
+    """Starting on a taken port fails with status 1 and says to pick another --port."""
+    import socket
+
+    path = tmp_path / "app.db"
+    km.open_kv(str(path)).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "kvmodel", "browse", str(path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port 0" in result.stderr

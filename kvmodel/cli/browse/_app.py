@@ -142,7 +142,7 @@ class Browser:
                 )
             rest = [(k, v) for k, v in parse_qsl(request.url.query) if k != "token"]
             target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
-            answer = RedirectResponse(target, status_code=303)
+            answer = RedirectResponse(target, status_code=303, headers=_headers())
             answer.set_cookie(
                 self.cookie_name(request),
                 self.token,
@@ -458,7 +458,7 @@ async def _stream(request: Request, produce: AsyncIterator[str]) -> AsyncIterato
 
 async def entry_events(browser: Browser, request: Request) -> Response:
     key = _key(request.query_params.get("key", ""), "key")
-    watch = browser.kv.watch([key])
+    watch = await run_in_threadpool(browser.kv.watch, [key])  # a network engine may block
 
     async def produce() -> AsyncIterator[str]:
         idle = 0.0

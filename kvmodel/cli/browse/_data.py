@@ -9,7 +9,9 @@ returns plain records the templates render. Every read is bounded:
   of one key per child, at most :data:`MAX_CHILDREN` children) and show no
   count;
 * a page of entries reads at most :data:`MAX_PAGE` entries;
-* a model's document count stops at ``scan_limit`` ("at least").
+* a model's document count stops at ``scan_limit`` ("at least");
+* a level or a count also stops after :data:`MAX_SCAN_BYTES` of keys and
+  values, so large values do not make a bounded scan a large read.
 
 Writes go through the Kv API (``kv.atomic()``), so every limit and check of
 the library applies; an edit carries the versionstamp the user saw, checked in
@@ -34,6 +36,7 @@ from kvmodel.keys import decode_key, encode_key, prefix_range
 __all__ = [
     "MAX_CHILDREN",
     "MAX_PAGE",
+    "MAX_SCAN_BYTES",
     "Child",
     "Level",
     "ModelView",
@@ -56,9 +59,13 @@ MAX_PAGE = 200
 MAX_CHILDREN = 500
 """The most children one level of the tree lists."""
 
+MAX_SCAN_BYTES = 32 * 1024 * 1024
+"""Bytes (keys plus values) one tree level or one count reads at most, whatever its key count."""
+
 SHORT_VALUE = 240
 """Characters of a value the table shows before cutting it (the entry page shows all)."""
 
+_SCAN_PAGE = 100  # entries per read of a scan, so the byte budget is checked often
 _STRONG = Consistency.STRONG
 _SYSTEM = b"\xff"
 _MODELS = _SYSTEM + encode_key(("kvmodel", "models"))
@@ -121,9 +128,10 @@ def tree_level(kv: Kv, prefix: tuple[Any, ...], *, scan_limit: int) -> Level:
     pos = lo
     partial = False
     last_key: tuple[Any, ...] | None = None
+    read_bytes = 0
     while True:
-        want = min(1000, scan_limit - scanned)
-        if want <= 0:
+        want = min(_SCAN_PAGE, scan_limit - scanned)
+        if want <= 0 or read_bytes >= MAX_SCAN_BYTES:
             partial = bool(_read(kv, pos, hi, 1))
             break
         page = _read(kv, pos, hi, want)
@@ -135,7 +143,9 @@ def tree_level(kv: Kv, prefix: tuple[Any, ...], *, scan_limit: int) -> Level:
                 row = counts[part] = [0, 0]
                 order.append(part)
             row[0] += 1
-            row[1] += len(raw.key) + len(raw.value)
+            size = len(raw.key) + len(raw.value)
+            row[1] += size
+            read_bytes += size
             if len(key) == depth + 1:
                 own.add(part)
             else:
@@ -320,12 +330,14 @@ def count_keys(kv: Kv, prefix: tuple[Any, ...], limit: int) -> tuple[int, bool]:
     """How many keys lie under ``prefix``, counting at most ``limit``; and whether all were."""
     lo, hi = prefix_range(prefix)
     count = 0
+    read_bytes = 0
     while True:
-        want = min(1000, limit - count)
-        if want <= 0:
+        want = min(_SCAN_PAGE, limit - count)
+        if want <= 0 or read_bytes >= MAX_SCAN_BYTES:
             return count, not _read(kv, lo, hi, 1)
         page = _read(kv, lo, hi, want)
         count += len(page)
+        read_bytes += sum(len(r.key) + len(r.value) for r in page)
         if len(page) < want:
             return count, True
         lo = page[-1].key + b"\x00"

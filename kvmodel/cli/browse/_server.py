@@ -71,6 +71,19 @@ def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any
     loop.default_exception_handler(context)
 
 
+def _sockets(config: Any, host: str, port: int) -> Any:
+    """The listening sockets of ``config``; a port in use is a sentence, not an errno."""
+    from kvmodel.errors import InvalidArgumentError
+
+    try:
+        return config.create_sockets()
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Pass another --port, "
+            "or --port 0 for any free one."
+        ) from exc
+
+
 def _bound_port(sockets: Any) -> int:
     port: int = sockets.insecure_sockets[0].getsockname()[1]
     return port
@@ -96,7 +109,7 @@ def serve_app(
         loop.set_exception_handler(_quiet_cancellations)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        sockets = config.create_sockets()
+        sockets = _sockets(config, host, port)
         announce(_bound_port(sockets))
         await worker_serve(
             wrap_app(app, config.wsgi_max_body_size, "asgi"),
