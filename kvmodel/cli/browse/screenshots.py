@@ -58,7 +58,7 @@ def fill_demo_store(kv: km.Kv) -> str:
     return f"/entry?key=orders,{orders[1].id}"
 
 
-def take_screenshots(out: Path, *, width: int = 1200, height: int = 760) -> list[Path]:
+def take_screenshots(out: Path, *, width: int = 1200, height: int = 700) -> list[Path]:
     """Writes one PNG per page into ``out``; returns their paths."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -95,8 +95,16 @@ def take_screenshots(out: Path, *, width: int = 1200, height: int = 760) -> list
                     WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.ID, "error"))
                 else:
                     WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.TAG_NAME, "main"))
+                # The whole page, up to twice the window's height.
+                full, chrome = driver.execute_script(
+                    "return [document.documentElement.scrollHeight,"
+                    " window.outerHeight - window.innerHeight]"
+                )
+                page = min(max(height, int(full)), 2 * height)
+                driver.set_window_size(width, page + int(chrome))
                 target = out / name
                 driver.save_screenshot(str(target))
+                driver.set_window_size(width, height)
                 written.append(target)
         finally:
             driver.quit()
