@@ -589,3 +589,23 @@ def test_a_port_in_use_is_a_sentence(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--port 0" in result.stderr
+
+
+@pytest.mark.parametrize("blocked", ["jinja2", "starlette", "hypercorn"])
+def test_without_the_extra_the_command_names_it(blocked: str, tmp_path: Path) -> None:
+    """kvmodel browse without Starlette, Jinja2 or hypercorn says to install the browse extra."""
+    path = tmp_path / "app.db"
+    km.open_kv(str(path)).close()
+    code = (
+        f"import sys\nsys.modules[{blocked!r}] = None\n"
+        "from kvmodel.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "browse", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "pip install 'kvmodel[browse]'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,6 +1,6 @@
 """The browser's Starlette application: pages, live updates and checked writes.
 
-Every request passes :class:`_Guard` first:
+Every request passes :meth:`Browser.check` first:
 
 * **The token.** A request carrying ``?token=T`` with the right token gets an
   HttpOnly, SameSite=Strict cookie and a redirect to the same URL without the
@@ -129,7 +129,8 @@ class Browser:
 
     def check(self, request: Request, *, write: bool) -> Response | None:
         """None when the request may proceed; otherwise the answer to it."""
-        host = (request.headers.get("host") or "").rsplit(":", 1)[0]
+        host = request.headers.get("host") or ""
+        host = host[: host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]
         if self.loopback_only and host not in _LOOPBACK:
             return self.refusal(
                 421, f"This server answers requests for 127.0.0.1 or localhost, not {host!r}."

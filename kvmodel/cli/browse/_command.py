@@ -75,6 +75,8 @@ def browse(
     from kvmodel.cli._app import _all_models, open_store
 
     try:
+        import hypercorn  # noqa: F401  (imported by serve_app; missing, it is this extra's)
+
         from kvmodel.cli.browse._app import create_app
         from kvmodel.cli.browse._server import new_token, serve_app
     except ModuleNotFoundError as exc:
