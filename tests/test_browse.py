@@ -609,3 +609,19 @@ def test_without_the_extra_the_command_names_it(blocked: str, tmp_path: Path) ->
     assert result.returncode == 1
     assert "pip install 'kvmodel[browse]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_level_with_many_children_stops_reading_once_it_has_enough(
+    kv: km.Kv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_CHILDREN children the level shows those, counted whole, and says more follow."""
+    monkeypatch.setattr(_data, "MAX_CHILDREN", 5)
+    op = kv.atomic()
+    for i in range(40):
+        op.set(("c", i // 2, i % 2), i)
+    op.commit()
+    level = _data.tree_level(kv, ("c",), scan_limit=1000)
+    assert level.more_children and not level.partial
+    assert [(c.part_text, c.keys) for c in level.children] == [(str(i), 2) for i in range(5)]
+    assert level.scanned == 10
+    assert "more follow" in client(kv).get("/tree?prefix=c").text

@@ -152,6 +152,11 @@ def tree_level(kv: Kv, prefix: tuple[Any, ...], *, scan_limit: int) -> Level:
                 deeper.add(part)
             last_key = key
         scanned += len(page)
+        if len(order) > MAX_CHILDREN:
+            # Enough children to show: the first MAX_CHILDREN are counted whole
+            # (a key of a later child came after them), the rest is not read.
+            scanned = sum(counts[part][0] for part in order[:MAX_CHILDREN])
+            break
         if len(page) < want:
             break
         pos = page[-1].key + b"\x00"
