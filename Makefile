@@ -12,7 +12,7 @@ PURE_TESTS := tests/test_keys.py tests/test_values.py tests/test_kv_facade.py \
 	tests/test_kv_stateful.py tests/test_sqlite_hostile_rows.py tests/test_hostile_values.py \
 	tests/test_orm_listing.py
 
-.PHONY: demo test lint typecheck pytest pytest-pure docs docs-serve bench torture clean
+.PHONY: demo test lint typecheck pytest pytest-pure docs docs-serve browse-screenshots bench torture clean
 
 # The editable install is in setuptools' "compat" mode: a plain path entry for
 # the repository in site-packages, which mypy and other static tools follow
@@ -20,7 +20,7 @@ PURE_TESTS := tests/test_keys.py tests/test_values.py tests/test_kv_facade.py \
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,web,cli,docs,deno,connect]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[test,web,cli,docs,deno,connect,browse]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # The compiled accelerator, rebuilt in place whenever its source changes (the
@@ -55,6 +55,11 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
+
+# The screenshots of docs/how-to/browse-your-data.md, taken with headless Chromium
+# (Debian's chromium and chromium-driver packages) on a demo store.
+browse-screenshots: $(STAMP)
+	$(BIN)/python -m kvmodel.cli.browse.screenshots --out docs/img
 
 bench: $(STAMP) $(ACCEL)
 	$(BIN)/python benchmarks/kv_bench.py

@@ -69,6 +69,25 @@ def test_the_wheel_holds_every_module_the_typing_marker_and_the_examples(dist: P
     assert {"kvmodel/py.typed", "kvmodel/examples/orders.py", "kvmodel/examples/web.py"} <= names
 
 
+def test_the_wheel_and_the_sdist_hold_the_browsers_templates_and_static_files(
+    dist: Path,
+) -> None:
+    """kvmodel browse's Jinja2 templates, stylesheet and script ship in both archives."""
+    browse = ROOT / "kvmodel" / "cli" / "browse"
+    files = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("templates", "static")
+        for path in (browse / folder).iterdir()
+    }
+    assert "kvmodel/cli/browse/templates/base.html" in files
+    with _wheel(dist) as wheel:
+        assert files - set(wheel.namelist()) == set()
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert files - in_sdist == set()
+
+
 def test_the_metadata_says_typed_licence_and_python_version(dist: Path) -> None:
     """METADATA carries the classifiers (Typing :: Typed among them), the licence and Python."""
     with _wheel(dist) as wheel:

@@ -948,3 +948,9 @@ def serve(ctx: click.Context, store: str, host: str, port: int, token: str, valu
             ),
         )
     return 0
+
+
+# The data browser lives in its own package; its web dependencies load only when it runs.
+from kvmodel.cli.browse._command import browse as _browse  # noqa: E402
+
+cli.add_command(_browse)
