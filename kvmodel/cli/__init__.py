@@ -4,7 +4,9 @@
 the core package alone. Every other command (``ls``, ``get``, ``set``,
 ``dump``, ``load``, ``stats``, ...; see :mod:`kvmodel.cli._app`) needs the
 ``cli`` extra, ``pip install 'kvmodel[cli]'``, which brings click and rich;
-without it the script says so. ``import kvmodel`` never imports either.
+without it the script says so; ``kvmodel serve`` needs the ``connect`` extra
+and ``kvmodel browse`` the ``browse`` extra, and each names its extra when it
+is missing. ``import kvmodel`` never imports any of them.
 
 This module owns what every command shares: an error is one line on stderr
 and a non-zero status (a traceback only with ``--debug``), Ctrl-C ends a
@@ -91,6 +93,7 @@ _EXTRA_OF = {
     "h2": "connect",
     "anyio": "connect",
     "v8serialize": "deno",
+    "jinja2": "browse",
 }
 
 
