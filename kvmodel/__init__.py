@@ -38,6 +38,7 @@ from kvmodel.errors import (
     UniqueViolationError,
     ValidationError,
 )
+from kvmodel.limits import EngineLimits
 
 if _typing.TYPE_CHECKING:
     from kvmodel.orm import (
@@ -134,6 +135,7 @@ __all__ = [
     "DocumentReport",
     "EncodeError",
     "EngineError",
+    "EngineLimits",
     "Entry",
     "Index",
     "IndexNotReadyError",

@@ -48,6 +48,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from kvmodel.engines._group_commit import GroupCommitter
 from kvmodel.engines._sqlite_commit import SqliteCommits
 from kvmodel.engines._sqlite_connections import INHERITED_FILES, LIVE_ENGINES, file_identity
@@ -81,17 +83,7 @@ from kvmodel.engines.base import (
     RawEntry,
 )
 from kvmodel.errors import EngineError, InvalidArgumentError
-from kvmodel.limits import (
-    DEFAULT_LIMITS,
-    EngineLimits,
-)
-
-__all__ = [
-    "APPLICATION_ID",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "SqliteEngine",
-]
+from kvmodel.limits import EngineLimits
 
 __all__ = [
     "APPLICATION_ID",
@@ -169,7 +161,10 @@ class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
     """
 
     capabilities = EngineCapabilities(durable=True, cross_process=True)
-    limits: EngineLimits = DEFAULT_LIMITS
+    # The most one commit may hold: the embedded limits, which one SQLite
+    # transaction writes in well under a second (a Kv enforces Deno's unless
+    # it is opened with limits="embedded").
+    limits: EngineLimits = attrs.evolve(EngineLimits.embedded(), name="SQLite")
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from kvmodel._atomic import lift_hint
 from kvmodel.errors import (
     ConflictError,
     DecodeError,
@@ -173,7 +174,7 @@ class _Packer:
                         t.key,
                         f"{t.describe()} alone needs {checks} checks, {writes} mutations "
                         f"and about {payload} bytes, more than one commit on "
-                        f"{self.limits.name} allows.",
+                        f"{self.limits.name} allows." + self._lift(checks, writes, payload),
                     )
                 )
                 return
@@ -183,6 +184,18 @@ class _Packer:
         self.writes += writes
         self.payload += payload
         self.key_total += key_total
+
+    def _lift(self, checks: int, writes: int, payload: int) -> str:
+        """The sentence naming limits="embedded" when it would let one object fit."""
+        capacity = self.kv.engine.limits
+        for field, actual in (
+            ("max_checks", checks),
+            ("max_mutations", writes),
+            ("max_total_mutation_size", payload),
+        ):
+            if actual > getattr(self.limits, field):
+                return lift_hint(field, actual, self.limits, capacity)
+        return ""
 
     def _fits(self, checks: int, writes: int, payload: int, key_total: int) -> bool:
         limits = self.limits
