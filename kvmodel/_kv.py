@@ -699,7 +699,7 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
             ``values="v8"`` (V8's, as Deno stores values; the default on a
             ``deno:`` file; needs the ``deno`` extra); and ``limits="deno"``
             (Deno KV's limits, the default), ``limits="embedded"`` (commits of
-            up to 10,000 checks, 100,000 mutations and 64 MiB, on SQLite and
+            up to 50,000 checks, 100,000 mutations and 64 MiB, on SQLite and
             in memory; see :meth:`kvmodel.EngineLimits.embedded`) or an
             :class:`kvmodel.EngineLimits`.
 
