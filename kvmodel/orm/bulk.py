@@ -122,6 +122,7 @@ class _Packer:
     ) -> None:
         self.kv = kv
         self.limits = kv.limits
+        self.capacity = kv.engine.limits  # to name limits="embedded" where it lifts them
         self.progress = progress
         self.retry = retry
         self.saved = self.unchanged = self.deleted = self.skipped = self.commits = 0
@@ -145,7 +146,7 @@ class _Packer:
     def add(self, t: Tracked) -> None:
         """Plans ``t`` alone and adds it to the batch, committing the batch first if full."""
         try:
-            plan = plan_commit([t], [], self.limits)
+            plan = plan_commit([t], [], self.limits, self.capacity)
             if plan.empty:
                 self.unchanged += 1
                 return
@@ -187,7 +188,7 @@ class _Packer:
 
     def _lift(self, checks: int, writes: int, payload: int) -> str:
         """The sentence naming limits="embedded" when it would let one object fit."""
-        capacity = self.kv.engine.limits
+        capacity = self.capacity
         for field, actual in (
             ("max_checks", checks),
             ("max_mutations", writes),
