@@ -458,10 +458,10 @@ def session_advice(
             getattr(limits, f) < getattr(_EMBEDDED, f) <= getattr(capacity, f) for f in _COMMIT_WIDE
         )
     if lifts:
+        allows = _ALLOWS.get(field, _ALLOWS[""])
         return (
             "To commit it atomically, open the store with limits='embedded' "
-            "(kvmodel.open_kv(path, limits='embedded')), which allows up to "
-            f"{_EMBEDDED.max_checks:,} checks and {_EMBEDDED.max_mutations:,} mutations "
+            f"(kvmodel.open_kv(path, limits='embedded')), which allows up to {allows} "
             f"in one commit. Or {advice[0].lower()}{advice[1:]}"
         )
     return advice
@@ -469,6 +469,18 @@ def session_advice(
 
 _EMBEDDED = EngineLimits.embedded()
 _COMMIT_WIDE = ("max_checks", "max_mutations", "max_total_mutation_size", "max_total_key_size")
+_ALLOWS = {
+    "max_checks": f"{_EMBEDDED.max_checks:,} checks",
+    "max_mutations": f"{_EMBEDDED.max_mutations:,} mutations and enqueues",
+    "max_total_mutation_size": (
+        f"{_EMBEDDED.max_total_mutation_size >> 20} MiB of total mutation size"
+    ),
+    "max_total_key_size": f"{_EMBEDDED.max_total_key_size >> 20} MiB of total key size",
+    "": (
+        f"{_EMBEDDED.max_checks:,} checks, {_EMBEDDED.max_mutations:,} mutations and "
+        f"{_EMBEDDED.max_total_mutation_size >> 20} MiB"
+    ),
+}
 
 
 def _value(parts: tuple[KeyPart, ...]) -> Any:

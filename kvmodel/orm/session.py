@@ -549,8 +549,8 @@ class Session:
             # A commit of thousands of objects (limits="embedded") allocates
             # hundreds of thousands of records that all stay alive until it
             # returns, so each collection the allocations trigger walks them
-            # again for nothing: the cyclic collector paused, the commit of
-            # 10,000 objects takes about two thirds of the time. It runs again
+            # again for nothing: planning 10,000 objects took 0.17 to 0.42 s
+            # with it running, 0.09 s with it paused. It runs again
             # as soon as the commit returns (a concurrent pauser at worst
             # shortens another's pause; a collector the caller disabled stays so).
             gc.disable()
@@ -704,8 +704,7 @@ class Session:
                     op._checks[:n_checks],
                     op._mutations[:n_mutations],
                     op._enqueues,
-                    kv.limits,
-                    kv.engine.limits,
+                    kv.limits,  # no capacity: the advice below names limits="embedded"
                 )
             except LimitExceededError as crossed:
                 return crossed
