@@ -76,6 +76,7 @@ from kvmodel.engines._sqlite_schema import (
     is_busy,
 )
 from kvmodel.engines.base import (
+    AtomicWrite,
     ChangeSignal,
     Clock,
     EngineCapabilities,
@@ -123,6 +124,11 @@ class _SqliteWatchStream(PollingWatchStream):
 
 # ---------------------------------------------------------------------------
 # The engine.
+
+
+def _write_weight(write: AtomicWrite) -> int:
+    """The records of a write, for the group commit's budget."""
+    return len(write.checks) + len(write.mutations) + len(write.enqueues)
 
 
 class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
@@ -204,7 +210,7 @@ class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
         self._file_id: tuple[int, int] | None = None
         self._close_lock = threading.Lock()
         self._signal = ChangeSignal()
-        self._committer = GroupCommitter()
+        self._committer = GroupCommitter(weight=_write_weight)
         # Every open connection (pooled, in use, the poller's), so close() can
         # wait until all are closed and a forked child can disown them all.
         self._conns: set[sqlite3.Connection] = set()
