@@ -122,6 +122,14 @@ def enforced_limits(requested: EngineLimits, capacity: EngineLimits) -> EngineLi
             )
         tighter = tighter or want < most
         numbers[field] = want
+    for field in ("max_operations", "max_request_size"):
+        want = getattr(requested, field)
+        if want is not None and not (
+            isinstance(want, int) and not isinstance(want, bool) and want > 0
+        ):
+            raise InvalidArgumentError(
+                f"The limit {field}={want!r} of {requested.name} is not a positive int or None."
+            )
     operations = _smaller(requested.max_operations, capacity.max_operations)
     request_size = _smaller(requested.max_request_size, capacity.max_request_size)
     tighter = tighter or (

@@ -217,6 +217,12 @@ def test_limits_larger_than_the_engine_holds_are_refused() -> None:
         km.open_kv(limits=EngineLimits(max_value_size=1 << 20))
     with pytest.raises(km.InvalidArgumentError, match="not a positive int"):
         km.open_kv(limits=EngineLimits(max_checks=0))
+    with pytest.raises(km.InvalidArgumentError, match="max_operations=-1"):
+        km.open_kv(limits=EngineLimits(max_operations=-1))
+    with km.open_kv(limits=EngineLimits(max_operations=3)) as kv:
+        op = kv.atomic().check((("a",), None)).set(("a",), 1).set(("b",), 2).set(("c",), 3)
+        with pytest.raises(km.LimitExceededError, match="4 operations"):
+            op.commit()
 
 
 def test_a_refused_open_closes_the_engine(tmp_path: Path) -> None:
