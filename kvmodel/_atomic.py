@@ -286,6 +286,7 @@ def check_commit_limits(
                 engine,
                 "max_operations",
                 None,
+                limits.operations_advice,
             )
     payload = 0
     key_total = 0
@@ -331,11 +332,13 @@ def _too_many(
     engine: str,
     field: str,
     capacity: EngineLimits | None,
+    advice: str = "",
 ) -> None:
     limit = getattr(limits, field)
     raise LimitExceededError(
         f"The commit has {actual} {what}; {engine} allows at most {limit}."
-        + lift_hint(field, actual, limits, capacity),
+        + lift_hint(field, actual, limits, capacity)
+        + (f" {advice}" if advice else ""),
         limit=limit,
         actual=actual,
     )

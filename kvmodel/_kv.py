@@ -137,10 +137,12 @@ def enforced_limits(requested: EngineLimits, capacity: EngineLimits) -> EngineLi
     )
     # Errors name who imposes the limits: the request when it is the tighter
     # anywhere, else the engine (its numbers are all in force).
+    advice = capacity.operations_advice if operations == capacity.max_operations else ""
     return EngineLimits(
         name=requested.name if tighter else capacity.name,
         max_operations=operations,
         max_request_size=request_size,
+        operations_advice=advice or requested.operations_advice,
         **numbers,
     )
 

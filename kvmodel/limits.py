@@ -114,6 +114,9 @@ class EngineLimits:
     max_operations: int | None = None
     # Bytes of one engine request; None when unbounded.
     max_request_size: int | None = None
+    # A sentence telling how to raise ``max_operations`` on this engine (its
+    # own setting), appended to the error of a commit with too many; "" if none.
+    operations_advice: str = ""
 
     @classmethod
     def embedded(cls) -> EngineLimits:

@@ -252,6 +252,29 @@ def test_an_engine_that_declares_less_is_never_lifted() -> None:
     assert "embedded" not in str(info.value)
 
 
+def test_too_many_operations_on_etcd_name_max_txn_ops_not_embedded() -> None:
+    """etcd's operations limit names --max-txn-ops and max_txn_ops=, never limits='embedded'."""
+    from kvmodel.engines.etcd import etcd_limits
+
+    class SmallEtcd(MemoryEngine):  # etcd's declared limits, without a cluster
+        @property
+        def limits(self) -> EngineLimits:
+            return etcd_limits(16)
+
+    kv = km.Kv(SmallEtcd())
+    assert kv.limits.name == "etcd"
+    op = kv.atomic()
+    for i in range(15):
+        op.set(("k", i), i)
+    with pytest.raises(km.LimitExceededError) as info:
+        op.commit()
+    message = str(info.value)
+    assert "The commit has 15 operations" in message
+    assert "--max-txn-ops larger than 16" in message
+    assert "max_txn_ops=N" in message
+    assert "embedded" not in message
+
+
 def test_aio_open_kv_and_async_kv_take_limits(tmp_path: Path) -> None:
     """aio.open_kv(limits=...) and AsyncKv(engine, limits=...) lift the limits."""
 
