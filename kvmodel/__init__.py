@@ -39,6 +39,7 @@ from kvmodel.errors import (
     UniqueViolationError,
     ValidationError,
 )
+from kvmodel.limits import EngineLimits
 
 if _typing.TYPE_CHECKING:
     from kvmodel.orm import (
@@ -137,6 +138,7 @@ __all__ = [
     "DocumentReport",
     "EncodeError",
     "EngineError",
+    "EngineLimits",
     "Entry",
     "Index",
     "IndexNotReadyError",

@@ -47,7 +47,13 @@ if TYPE_CHECKING:
 
     from kvmodel._kv import Kv as KvCore
 
-__all__ = ["DEFAULT_BACKOFF_SCHEDULE_MS", "AtomicBuilder", "AtomicOperation"]
+__all__ = [
+    "DEFAULT_BACKOFF_SCHEDULE_MS",
+    "AtomicBuilder",
+    "AtomicOperation",
+    "check_commit_limits",
+    "lift_hint",
+]
 
 DEFAULT_BACKOFF_SCHEDULE_MS = (100, 1000, 5000, 30000, 60000)
 """Deno's default retry delays for a failing queue handler."""
@@ -211,7 +217,10 @@ class AtomicBuilder:
 
     def build(self) -> AtomicWrite:
         """The engine record of this commit, after checking the commit-wide limits."""
-        check_commit_limits(self._checks, self._mutations, self._enqueues, self._core.limits)
+        core = self._core
+        check_commit_limits(
+            self._checks, self._mutations, self._enqueues, core.limits, core.engine.limits
+        )
         return AtomicWrite(tuple(self._checks), tuple(self._mutations), tuple(self._enqueues))
 
     def check_keys(self) -> list[tuple[Any, ...]]:
@@ -251,25 +260,33 @@ def check_commit_limits(
     mutations: Sequence[Mutation],
     enqueues: Sequence[Enqueue],
     limits: EngineLimits,
+    capacity: EngineLimits | None = None,
 ) -> None:
     """Raises LimitExceededError if the commit breaks a count or size limit.
 
     Sizes follow Deno's ``ext/kv`` accounting: every checked and mutated key
     counts once, a valued mutation's key counts again with its value, and an
     enqueue counts its payload plus 4 bytes per backoff interval. The key total
-    counts the keys of valued mutations.
+    counts the keys of valued mutations. ``capacity``, the engine's own limits,
+    lets a message say when ``limits="embedded"`` would lift the one broken.
     """
     engine = limits.name
     if len(checks) > limits.max_checks:
-        _too_many("checks", len(checks), limits.max_checks, engine)
+        _too_many("checks", len(checks), limits, engine, "max_checks", capacity)
     n_writes = len(mutations) + len(enqueues)
     if n_writes > limits.max_mutations:
-        _too_many("mutations and enqueues", n_writes, limits.max_mutations, engine)
+        _too_many("mutations and enqueues", n_writes, limits, engine, "max_mutations", capacity)
     if limits.max_operations is not None:
         n_ops = len(checks) + n_writes
         if n_ops > limits.max_operations:
             _too_many(
-                "operations (checks, mutations and enqueues)", n_ops, limits.max_operations, engine
+                "operations (checks, mutations and enqueues)",
+                n_ops,
+                limits,
+                engine,
+                "max_operations",
+                None,
+                limits.operations_advice,
             )
     payload = 0
     key_total = 0
@@ -286,14 +303,16 @@ def check_commit_limits(
     if payload > limits.max_total_mutation_size:
         raise LimitExceededError(
             f"The commit's total mutation size is {payload} bytes; "
-            f"{engine} allows at most {limits.max_total_mutation_size}.",
+            f"{engine} allows at most {limits.max_total_mutation_size}."
+            + lift_hint("max_total_mutation_size", payload, limits, capacity),
             limit=limits.max_total_mutation_size,
             actual=payload,
         )
     if key_total > limits.max_total_key_size:
         raise LimitExceededError(
             f"The commit's total key size is {key_total} bytes; "
-            f"{engine} allows at most {limits.max_total_key_size}.",
+            f"{engine} allows at most {limits.max_total_key_size}."
+            + lift_hint("max_total_key_size", key_total, limits, capacity),
             limit=limits.max_total_key_size,
             actual=key_total,
         )
@@ -306,12 +325,44 @@ def check_commit_limits(
         )
 
 
-def _too_many(what: str, actual: int, limit: int, engine: str) -> None:
+def _too_many(
+    what: str,
+    actual: int,
+    limits: EngineLimits,
+    engine: str,
+    field: str,
+    capacity: EngineLimits | None,
+    advice: str = "",
+) -> None:
+    limit = getattr(limits, field)
     raise LimitExceededError(
-        f"The commit has {actual} {what}; {engine} allows at most {limit}.",
+        f"The commit has {actual} {what}; {engine} allows at most {limit}."
+        + lift_hint(field, actual, limits, capacity)
+        + (f" {advice}" if advice else ""),
         limit=limit,
         actual=actual,
     )
+
+
+_EMBEDDED = EngineLimits.embedded()
+
+
+def lift_hint(field: str, actual: int, limits: EngineLimits, capacity: EngineLimits | None) -> str:
+    """A sentence naming ``limits="embedded"`` when it would lift ``field`` to cover ``actual``.
+
+    Empty unless the engine (``capacity``) can hold the embedded limit and the
+    limits in force are lower: etcd, KV Connect and Deno's file get no advice
+    they cannot follow.
+    """
+    if capacity is None:
+        return ""
+    lifted = getattr(_EMBEDDED, field)
+    if getattr(limits, field) < lifted <= getattr(capacity, field) and actual <= lifted:
+        return (
+            f" Open the store with limits='embedded' (kvmodel.open_kv(path, "
+            f"limits='embedded')) to allow up to {lifted:,} in one commit."
+        )
+    return ""
 
 
 def validate_backoff_schedule(schedule: Sequence[object] | None) -> tuple[int, ...]:

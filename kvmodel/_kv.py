@@ -69,21 +69,88 @@ _VALUE_FORMATS: dict[str, tuple[Callable[[object], tuple[bytes, int]], ...]] = {
 _PLAIN_PARTS = frozenset((str, int, bytes, float, bool))
 
 
-def _tighter(engine: EngineLimits) -> EngineLimits:
-    """The tighter of Deno's limits and the engine's, named after the engine."""
-    d = DEFAULT_LIMITS
-    return EngineLimits(
-        name=engine.name,
-        max_key_size=min(d.max_key_size, engine.max_key_size),
-        max_value_size=min(d.max_value_size, engine.max_value_size),
-        max_checks=min(d.max_checks, engine.max_checks),
-        max_mutations=min(d.max_mutations, engine.max_mutations),
-        max_total_mutation_size=min(d.max_total_mutation_size, engine.max_total_mutation_size),
-        max_total_key_size=min(d.max_total_key_size, engine.max_total_key_size),
-        max_list_batch=min(d.max_list_batch, engine.max_list_batch),
-        max_operations=engine.max_operations,
-        max_request_size=engine.max_request_size,
+# The numeric limits a request may set, with the words errors use for them.
+_LIMIT_FIELDS = (
+    ("max_key_size", "bytes of a written key"),
+    ("max_value_size", "bytes of a value"),
+    ("max_checks", "checks per commit"),
+    ("max_mutations", "mutations and enqueues per commit"),
+    ("max_total_mutation_size", "bytes of total mutation size per commit"),
+    ("max_total_key_size", "bytes of total key size per commit"),
+    ("max_list_batch", "entries per list batch"),
+)
+
+
+def requested_limits(limits: object, where: str) -> EngineLimits:
+    """The EngineLimits that ``limits=`` names: None or "deno" (Deno's), "embedded", or one."""
+    if limits is None or limits == "deno":
+        return DEFAULT_LIMITS
+    if limits == "embedded":
+        return EngineLimits.embedded()
+    if isinstance(limits, EngineLimits):
+        return limits
+    raise InvalidArgumentError(
+        f"{where} takes limits='deno' (the default), limits='embedded' or a "
+        f"kvmodel.EngineLimits, not {brief_repr(limits)}."
     )
+
+
+def enforced_limits(requested: EngineLimits, capacity: EngineLimits) -> EngineLimits:
+    """The limits a Kv enforces: the requested ones, tightened by the engine's capacity.
+
+    Raises:
+        InvalidArgumentError: the request asks for more than the engine can
+            hold; the message names the limit and the engine's maximum.
+    """
+    tighter = False
+    numbers: dict[str, int] = {}
+    for field, words in _LIMIT_FIELDS:
+        want, most = getattr(requested, field), getattr(capacity, field)
+        if not (isinstance(want, int) and not isinstance(want, bool) and want > 0):
+            raise InvalidArgumentError(
+                f"The limit {field}={want!r} of {requested.name} is not a positive int."
+            )
+        if want > most:
+            also = ""
+            if capacity.max_operations is not None:
+                also = f" and {capacity.max_operations:,} operations per transaction"
+            raise InvalidArgumentError(
+                f"The engine ({capacity.name}) cannot lift the limit of {words} to "
+                f"{want:,} ({field}); "
+                f"it holds at most {most:,}{also}. Open it with the default limits, or "
+                "keep the data on an engine that can hold larger commits (SQLite or memory)."
+            )
+        tighter = tighter or want < most
+        numbers[field] = want
+    for field in ("max_operations", "max_request_size"):
+        want = getattr(requested, field)
+        if want is not None and not (
+            isinstance(want, int) and not isinstance(want, bool) and want > 0
+        ):
+            raise InvalidArgumentError(
+                f"The limit {field}={want!r} of {requested.name} is not a positive int or None."
+            )
+    operations = _smaller(requested.max_operations, capacity.max_operations)
+    request_size = _smaller(requested.max_request_size, capacity.max_request_size)
+    tighter = tighter or (
+        (operations, request_size) != (capacity.max_operations, capacity.max_request_size)
+    )
+    # Errors name who imposes the limits: the request when it is the tighter
+    # anywhere, else the engine (its numbers are all in force).
+    advice = capacity.operations_advice if operations == capacity.max_operations else ""
+    return EngineLimits(
+        name=requested.name if tighter else capacity.name,
+        max_operations=operations,
+        max_request_size=request_size,
+        operations_advice=advice or requested.operations_advice,
+        **numbers,
+    )
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def key_tuple(key: Sequence[Any]) -> tuple[Any, ...]:
@@ -123,7 +190,12 @@ class Kv:
         *,
         clock: Callable[[], float] | None = None,
         values: str | None = None,
+        limits: str | EngineLimits | None = None,
     ) -> None:
+        # limits: None or "deno" (Deno KV's, the default), "embedded" (see
+        # EngineLimits.embedded) or an EngineLimits; refused at once when the
+        # engine cannot hold them (Engine.limits is the most it holds).
+        enforced = enforced_limits(requested_limits(limits, "Kv"), engine.limits)
         # values: "msgpack" (kvmodel's format) or "v8" (Deno's); by default
         # the engine's preference (``default_values``, "v8" on a Deno file).
         if values is None:
@@ -140,7 +212,7 @@ class Kv:
             engine, "read_point", None
         )
         self._clock = clock or engine.clock
-        self.limits = _tighter(engine.limits)
+        self.limits: EngineLimits = enforced
         self._closed = False
         self._close_lock = threading.Lock()
         self._collector: _ExpiryCollector | None = None
@@ -635,15 +707,22 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
             ``clock=`` or ``lease_timeout=`` for any engine; and
             ``values="msgpack"`` (kvmodel's value format, the default) or
             ``values="v8"`` (V8's, as Deno stores values; the default on a
-            ``deno:`` file; needs the ``deno`` extra).
+            ``deno:`` file; needs the ``deno`` extra); and ``limits="deno"``
+            (Deno KV's limits, the default), ``limits="embedded"`` (commits of
+            up to 50,000 checks, 100,000 mutations and 64 MiB, on SQLite and
+            in memory; see :meth:`kvmodel.EngineLimits.embedded`) or an
+            :class:`kvmodel.EngineLimits`.
 
     Raises:
-        InvalidArgumentError: an option the engine does not take.
+        InvalidArgumentError: an option the engine does not take, or limits
+            the engine cannot hold (etcd, KV Connect and Deno's file hold
+            Deno's at most).
         EngineError: the file or the cluster cannot be used.
     """
     target = None if path is None else os.fspath(path)
     shown = target
     values = options.pop("values", None)
+    limits = options.pop("limits", None)
     factory: Callable[..., Engine]
     if target is None or target == ":memory:":
         from kvmodel.engines.memory import MemoryEngine
@@ -681,10 +760,16 @@ def open_kv(path: str | os.PathLike[str] | None = None, **options: Any) -> Kv:
         if name not in accepted:
             raise InvalidArgumentError(
                 f"open_kv({shown!r}) does not take the option {name!r}; "
-                f"it takes {', '.join(sorted(accepted | {'values'}))}."
+                f"it takes {', '.join(sorted(accepted | {'limits', 'values'}))}."
             )
     if values is not None and values not in _VALUE_FORMATS:
         raise InvalidArgumentError(
             f"open_kv({shown!r}) takes values='msgpack' or values='v8', not {values!r}."
         )
-    return Kv(factory(*args, **options), values=values)
+    requested = requested_limits(limits, f"open_kv({shown!r})")
+    engine = factory(*args, **options)
+    try:
+        return Kv(engine, values=values, limits=requested)
+    except BaseException:
+        engine.close()  # refused (limits the engine cannot hold): release it
+        raise

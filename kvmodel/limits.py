@@ -1,10 +1,12 @@
-"""The limits every Kv enforces, with Deno KV CLI's numbers.
+"""The limits every Kv enforces: Deno KV CLI's numbers by default.
 
-The same limits apply on every engine, so a test on the in-memory engine catches
-what production would reject. An engine with tighter limits declares them with
-an :class:`EngineLimits` of its own (see ``Engine.limits``); the Kv enforces the
-tighter of the two. Exceeding a limit raises :class:`kvmodel.LimitExceededError`
-before anything is written.
+By default the same limits apply on every engine, so a test on the in-memory
+engine catches what production would reject. An engine declares the most it
+can hold with an :class:`EngineLimits` of its own (see ``Engine.limits``); the
+Kv enforces the limits it was opened with (Deno's unless ``limits=`` asks for
+others, such as :meth:`EngineLimits.embedded`), tightened by the engine's, and
+refuses at open a request the engine cannot hold. Exceeding a limit raises
+:class:`kvmodel.LimitExceededError` before anything is written.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "MAX_WATCH_KEYS",
     "DEFAULT_LIMITS",
+    "EMBEDDED_MAX_CHECKS",
+    "EMBEDDED_MAX_MUTATIONS",
+    "EMBEDDED_MAX_TOTAL_KEY_SIZE",
+    "EMBEDDED_MAX_TOTAL_MUTATION_SIZE",
     "EngineLimits",
 ]
 
@@ -68,12 +74,31 @@ MAX_CURSOR_LENGTH = 4 * -(-MAX_READ_KEY_SIZE // 3)
 """Characters of a ``list`` cursor (2732): the padded base64url of a 2049-byte key."""
 
 
+EMBEDDED_MAX_CHECKS = 50_000
+"""Checks in one atomic commit under ``limits="embedded"``."""
+EMBEDDED_MAX_MUTATIONS = 100_000
+"""Mutations plus enqueues in one atomic commit under ``limits="embedded"``."""
+EMBEDDED_MAX_TOTAL_MUTATION_SIZE = 64 * 1024 * 1024
+"""Bytes of all mutations in one commit under ``limits="embedded"`` (64 MiB), as Deno counts."""
+EMBEDDED_MAX_TOTAL_KEY_SIZE = 8 * 1024 * 1024
+"""Bytes of the keys of all valued mutations in one commit under ``limits="embedded"`` (8 MiB)."""
+
+
 @attrs.frozen
 class EngineLimits:
-    """The limits an engine can hold; the Kv enforces the tighter of these and Deno's.
+    """A set of limits: the ones a Kv enforces, or the most an engine can hold.
 
-    An engine declares its own through ``Engine.limits``; ``name`` appears in the
-    error message so the user knows which engine imposed the limit.
+    ``Kv(engine, limits=...)`` and ``open_kv(path, limits=...)`` take one (Deno's,
+    :data:`DEFAULT_LIMITS`, unless told otherwise; :meth:`embedded` lifts the
+    commit-wide ones). An engine declares the most it can hold through
+    ``Engine.limits``; a Kv refuses at open limits larger than those. ``name``
+    appears in error messages so the user knows who imposed a limit.
+
+        >>> from kvmodel.limits import EngineLimits
+        >>> EngineLimits.embedded().max_checks
+        50000
+        >>> EngineLimits().max_checks
+        100
     """
 
     name: str = "Deno KV"
@@ -89,6 +114,28 @@ class EngineLimits:
     max_operations: int | None = None
     # Bytes of one engine request; None when unbounded.
     max_request_size: int | None = None
+    # A sentence telling how to raise ``max_operations`` on this engine (its
+    # own setting), appended to the error of a commit with too many; "" if none.
+    operations_advice: str = ""
+
+    @classmethod
+    def embedded(cls) -> EngineLimits:
+        """Limits for a store one process tree owns (SQLite, memory): large commits.
+
+        50,000 checks, 100,000 mutations and enqueues, 64 MiB of total
+        mutation size and 8 MiB of total key size per commit: a session of
+        10,000 new objects with a unique index and a few multi-value index
+        entries each fits, and SQLite commits it in one transaction. The
+        per-key and per-value limits stay Deno's, so the data itself stays
+        portable to every engine and to Deno.
+        """
+        return cls(
+            name="limits='embedded'",
+            max_checks=EMBEDDED_MAX_CHECKS,
+            max_mutations=EMBEDDED_MAX_MUTATIONS,
+            max_total_mutation_size=EMBEDDED_MAX_TOTAL_MUTATION_SIZE,
+            max_total_key_size=EMBEDDED_MAX_TOTAL_KEY_SIZE,
+        )
 
 
 DEFAULT_LIMITS = EngineLimits()

@@ -119,6 +119,66 @@ def test_commits_arriving_during_a_commit_form_the_next_group_in_order() -> None
     assert not committer._queue
 
 
+def test_a_group_stops_at_its_weight_budget_but_always_holds_its_leader() -> None:
+    """With a weight budget, the next leader takes only the queue's head that fits it."""
+    committer: GroupCommitter[int, int] = GroupCommitter(weight=lambda i: i, max_weight=100)
+    gate = Gate()
+    results: dict[int, object] = {}
+
+    def submit(i: int) -> None:
+        try:
+            results[i] = committer.submit(i, gate)
+        except ValueError as exc:
+            results[i] = str(exc)
+
+    first = threading.Thread(target=submit, args=(2,))
+    first.start()
+    gate.entered.wait(30)
+    # Queued behind the running commit: 40 + 50 fit 100, 60 starts a group of
+    # its own, and 200 (over the budget alone) still runs, as a group of one.
+    threads = []
+    for n, i in enumerate([40, 50, 60, 200, 10]):
+        t = threading.Thread(target=submit, args=(i,))
+        t.start()
+        threads.append(t)
+        wait_until(lambda n=n: len(committer._queue) == n + 2)  # type: ignore[misc]
+    gate.release.set()
+    for t in [first, *threads]:
+        t.join(30)
+    assert gate.groups == [[2], [40, 50], [60], [200], [10]]
+    assert results == {2: 20, 40: 400, 50: 500, 60: 600, 200: 2000, 10: 100}
+
+
+def test_small_commits_go_on_while_a_large_one_commits(tmp_path: Path) -> None:
+    """Threads' single sets around a 99,000-mutation commit all succeed, and all are stored."""
+    with km.open_kv(tmp_path / "g.db", limits="embedded") as kv:
+        engine = kv.engine
+        assert isinstance(engine, SqliteEngine)
+        stop = threading.Event()
+        done: list[int] = []
+
+        def writer(w: int) -> None:
+            n = 0
+            while not stop.is_set():
+                assert kv.set(("small", w, n), n).ok
+                n += 1
+            done.append(n)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        op = kv.atomic()
+        for i in range(99_000):
+            op.set(("big", i), i)
+        assert op.commit().ok
+        time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert sum(1 for _ in kv.list(prefix=("big",))) == 99_000
+        assert sum(1 for _ in kv.list(prefix=("small",))) == sum(done)
+
+
 def test_an_error_of_the_whole_group_reaches_every_caller() -> None:
     """When run_group raises, every commit of the group raises (each its own copy)."""
     committer: GroupCommitter[int, int] = GroupCommitter()

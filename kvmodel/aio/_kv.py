@@ -27,9 +27,10 @@ from kvmodel._queue import POLL_INTERVAL, LeaseKeeper, QueueDelivery, settle, ta
 from kvmodel._records import CommitResult, Entry
 from kvmodel._values import decode_value
 from kvmodel._watch import WatchIterator
-from kvmodel.engines.base import QueueMessage
+from kvmodel.engines.base import Engine, QueueMessage
 from kvmodel.engines.memory import MemoryEngine
 from kvmodel.errors import InvalidArgumentError, KvError
+from kvmodel.limits import EngineLimits
 
 __all__ = [
     "AsyncAtomicOperation",
@@ -48,9 +49,20 @@ ASYNC_WORKERS = 32
 
 
 class AsyncKv:
-    """The asyncio twin of :class:`kvmodel.Kv`; open it with ``await kvmodel.aio.open_kv()``."""
+    """The asyncio twin of :class:`kvmodel.Kv`; open it with ``await kvmodel.aio.open_kv()``.
 
-    def __init__(self, kv: Kv) -> None:
+    It wraps a sync :class:`kvmodel.Kv`, or an engine: ``AsyncKv(engine,
+    limits="embedded")`` is ``AsyncKv(Kv(engine, limits="embedded"))``.
+    """
+
+    def __init__(self, kv: Kv | Engine, *, limits: str | EngineLimits | None = None) -> None:
+        if not isinstance(kv, Kv):
+            kv = Kv(kv, limits=limits)
+        elif limits is not None:
+            raise InvalidArgumentError(
+                "AsyncKv(kv, limits=...) takes limits only with an engine; a Kv keeps "
+                "the limits it was opened with: pass them to Kv(engine, limits=...)."
+            )
         self._kv = kv
         self._inline = isinstance(kv.engine, MemoryEngine)
         # Several workers, so commits of concurrent tasks reach the engine side
@@ -66,6 +78,11 @@ class AsyncKv:
     def sync(self) -> Kv:
         """The sync Kv underneath (same data, same engine)."""
         return self._kv
+
+    @property
+    def limits(self) -> EngineLimits:
+        """The limits this Kv enforces (see :attr:`kvmodel.Kv.limits`)."""
+        return self._kv.limits
 
     @property
     def closed(self) -> bool:

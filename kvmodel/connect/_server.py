@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from kvmodel._atomic import DEFAULT_BACKOFF_SCHEDULE_MS, check_commit_limits
-from kvmodel._kv import Kv
+from kvmodel._kv import Kv, enforced_limits
 from kvmodel.connect._protocol import (
     DATA_PATH,
     DATABASE_ID_HEADER,
@@ -82,6 +82,7 @@ from kvmodel.engines.base import (
 from kvmodel.errors import DecodeError, KvClosedError, KvError, KvTypeError, LimitExceededError
 from kvmodel.keys import decode_key
 from kvmodel.limits import (
+    DEFAULT_LIMITS,
     MAX_BACKOFF_INTERVAL_SECONDS,
     MAX_BACKOFF_INTERVALS,
     MAX_KEY_SIZE,
@@ -169,6 +170,8 @@ class _Server:
         clock: Callable[[], float],
     ) -> None:
         self.engine = engine
+        # KV Connect clients expect Deno's limits, whatever more the engine holds.
+        self.limits = enforced_limits(DEFAULT_LIMITS, engine.limits)
         self.token = token.encode()
         self.values = values
         self.database_id = str(database_id)
@@ -372,7 +375,7 @@ class _Server:
         mutations = [self._mutation(m) for m in message.mutations]
         enqueues = [self._enqueue(q) for q in message.enqueues]
         try:
-            check_commit_limits(checks, mutations, enqueues, self.engine.limits)
+            check_commit_limits(checks, mutations, enqueues, self.limits)
         except LimitExceededError as exc:
             raise _Refused(400, str(exc)) from exc
         return AtomicWrite(tuple(checks), tuple(mutations), tuple(enqueues))
@@ -441,7 +444,7 @@ class _Server:
             raise _Refused(
                 400, f"The value encoding {encoding} is not V8 (1), LE64 (2) or BYTES (3)."
             )
-        limit = self.engine.limits.max_value_size
+        limit = self.limits.max_value_size
         if len(value) > limit:
             raise _Refused(400, f"A value of {len(value)} bytes is over the limit of {limit}.")
         if encoding == VALUE_ENCODING_LE64 and len(value) != 8:

@@ -71,6 +71,11 @@ def etcd_limits(max_txn_ops: int = MAX_TXN_OPS) -> EngineLimits:
         name="etcd",
         max_operations=max_txn_ops - 2,
         max_request_size=MAX_REQUEST_BYTES,
+        operations_advice=(
+            f"To allow more, start every etcd member with --max-txn-ops larger than "
+            f"{max_txn_ops} and open the store with the same number "
+            "(kvmodel.open_kv(url, max_txn_ops=N))."
+        ),
     )
 
 

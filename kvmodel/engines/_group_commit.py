@@ -14,6 +14,8 @@ The scheme is LevelDB's writer queue (``DBImpl::Write``):
 * A commit that finds others in the queue sleeps until it is either done (a
   leader committed it) or at the front of the queue (then it leads).
 * The leader takes the queue's first ``max_group`` commits (its own first),
+  fewer when their records pass ``max_weight`` (a large commit of
+  ``limits="embedded"`` then leads a group of its own, or nearly),
   runs them as one group, takes them off the queue, hands each follower its
   result and wakes the next commit in the queue, which leads the next group:
   commits that arrived while this group was being written.
@@ -41,13 +43,21 @@ from typing import Generic, TypeVar
 
 from kvmodel.errors import EngineError
 
-__all__ = ["MAX_GROUP", "GroupCommitter"]
+__all__ = ["MAX_GROUP", "MAX_GROUP_WEIGHT", "GroupCommitter"]
 
 _I = TypeVar("_I")
 _R = TypeVar("_R")
 
 MAX_GROUP = 128
 """Most commits served by one transaction, so one group's latency stays bounded."""
+MAX_GROUP_WEIGHT = 150_000
+"""Most records (checks, mutations, enqueues) of one group's commits, for the same reason.
+
+128 commits at Deno's limits weigh at most 140,800, so groups of ordinary
+commits are bounded by ``MAX_GROUP`` alone; a commit of ``limits="embedded"``
+(up to 150,000 records) shares a group only with small ones, never with
+another of its size. A commit heavier than the budget still runs, alone.
+"""
 
 
 class _Waiter(Generic[_I, _R]):
@@ -72,8 +82,17 @@ class GroupCommitter(Generic[_I, _R]):
     40
     """
 
-    def __init__(self, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self,
+        *,
+        max_group: int = MAX_GROUP,
+        weight: Callable[[_I], int] | None = None,
+        max_weight: int = MAX_GROUP_WEIGHT,
+    ) -> None:
+        # weight: the records of an item, for the group budget (None: no budget).
         self._max_group = max_group
+        self._weight = weight
+        self._max_weight = max_weight
         self._mutex = threading.Lock()
         self._queue: deque[_Waiter[_I, _R]] = deque()
         # Followers of the previous group, left for the current leader to wake.
@@ -150,6 +169,8 @@ class GroupCommitter(Generic[_I, _R]):
             queue = self._queue
             size = len(queue)
             group = [queue[0]] if size == 1 else list(itertools.islice(queue, self._max_group))
+            if self._weight is not None and len(group) > 1:
+                group = self._within_budget(group)
         try:
             try:
                 # The leader's own function runs the group (every caller passes
@@ -197,6 +218,17 @@ class GroupCommitter(Generic[_I, _R]):
                 self._handed = followers
                 assert following.wake is not None
                 following.wake.release()
+
+    def _within_budget(self, group: list[_Waiter[_I, _R]]) -> list[_Waiter[_I, _R]]:
+        """The longest head of ``group`` within the weight budget (at least its leader)."""
+        weight = self._weight
+        assert weight is not None
+        total = 0
+        for n, w in enumerate(group):
+            total += weight(w.item)
+            if total > self._max_weight and n > 0:
+                return group[:n]
+        return group
 
     def wake_previous(self) -> None:
         """Wakes the followers of the previous group, whose commits are durable already.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 
@@ -35,12 +36,14 @@ from kvmodel.engines._sqlite_schema import (
     SELECT_COUNTER,
     SELECT_VALUE,
     SELECT_VERSION,
+    SELECT_VERSIONS_IN,
     UPSERT,
     is_busy,
 )
 from kvmodel.engines.base import (
     AtomicWrite,
     CommitOutcome,
+    Mutation,
     MutationKind,
     apply_numeric_mutation,
     versionstamp_from_counter,
@@ -196,8 +199,11 @@ class SqliteCommits(SqliteConnections):
         conn: sqlite3.Connection, write: AtomicWrite, now_ms: int
     ) -> tuple[int, ...]:
         """The indexes of the write's checks that do not hold (an expired key is absent)."""
+        checks = write.checks
+        if len(checks) >= BATCH_FROM:
+            return _failed_checks_batched(conn, write, now_ms)
         failed: list[int] = []
-        for index, check in enumerate(write.checks):
+        for index, check in enumerate(checks):
             row = conn.execute(SELECT_VERSION, (check.key,)).fetchone()
             current = None
             if row is not None and not (
@@ -220,7 +226,10 @@ class SqliteCommits(SqliteConnections):
     ) -> None:
         """Writes the mutations and enqueues of one write, versionstamped by ``counter``."""
         execute = conn.execute
-        for m in write.mutations:
+        mutations: Sequence[Mutation] = write.mutations
+        if len(mutations) >= BATCH_FROM:
+            mutations = _apply_runs(conn, mutations, counter)
+        for m in mutations:
             kind = m.kind
             if kind is MutationKind.SET:
                 execute(UPSERT, (m.key, m.value, m.encoding, counter, m.expire_at_ms))
@@ -250,3 +259,76 @@ class SqliteCommits(SqliteConnections):
                     msgpack.packb(list(e.backoff_schedule_ms)),
                 ),
             )
+
+
+# A large write (limits="embedded" allows 100,000 mutations) is written in runs:
+# consecutive sets, and consecutive deletes, each go to SQLite in one
+# executemany, and its checks are read 256 keys per statement. A small write
+# keeps the statement-per-record path, the single-object commit's.
+BATCH_FROM = 32
+_IN_CHUNK = 256
+_SELECT_VERSIONS_CHUNK = SELECT_VERSIONS_IN.format(", ".join("?" * _IN_CHUNK))
+
+
+def _failed_checks_batched(
+    conn: sqlite3.Connection, write: AtomicWrite, now_ms: int
+) -> tuple[int, ...]:
+    """``_failed_checks`` for many checks: the rows are read in chunks of 256 keys."""
+    keys = list(dict.fromkeys(c.key for c in write.checks))
+    rows: dict[bytes, tuple[Any, Any]] = {}
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[start : start + _IN_CHUNK]
+        sql = (
+            _SELECT_VERSIONS_CHUNK
+            if len(chunk) == _IN_CHUNK
+            else SELECT_VERSIONS_IN.format(", ".join("?" * len(chunk)))
+        )
+        for key, version, expiration in conn.execute(sql, chunk):
+            rows[key] = (version, expiration)
+    failed: list[int] = []
+    for index, check in enumerate(write.checks):
+        row = rows.get(check.key)
+        current = None
+        if row is not None:
+            version, expiration = row
+            if not (
+                type(version) is int
+                and version >= 0
+                and (expiration is None or type(expiration) is int)
+            ):
+                raise damaged_row(check.key, b"", 1, version, expiration)
+            if expiration is None or expiration > now_ms:
+                current = versionstamp_from_counter(version)
+        if current != check.versionstamp:
+            failed.append(index)
+    return tuple(failed)
+
+
+def _apply_runs(
+    conn: sqlite3.Connection, mutations: Sequence[Mutation], counter: int
+) -> Sequence[Mutation]:
+    """Writes the leading sets and deletes of a large write in runs; returns the rest.
+
+    Runs keep the mutations' order, so a later mutation of a key still wins.
+    The first mutation of another kind (a sum, a versionstamped key) ends the
+    runs: it and everything after it are left to the caller's loop.
+    """
+    run: list[tuple[object, ...]] = []
+    run_kind: MutationKind | None = None
+    done = 0
+    for m in mutations:
+        kind = m.kind
+        if kind is not MutationKind.SET and kind is not MutationKind.DELETE:
+            break
+        if kind is not run_kind and run:
+            conn.executemany(UPSERT if run_kind is MutationKind.SET else DELETE, run)
+            run = []
+        run_kind = kind
+        if kind is MutationKind.SET:
+            run.append((m.key, m.value, m.encoding, counter, m.expire_at_ms))
+        else:
+            run.append((m.key,))
+        done += 1
+    if run:
+        conn.executemany(UPSERT if run_kind is MutationKind.SET else DELETE, run)
+    return mutations[done:]

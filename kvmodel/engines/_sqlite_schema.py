@@ -125,6 +125,8 @@ SELECT_LINKED = _SELECT_LINKED.format("")
 SELECT_LINKED_REVERSE = _SELECT_LINKED.format("DESC")
 SELECT_VERSION = "SELECT version, expiration_ms FROM kv WHERE k = ?"
 SELECT_VALUE = "SELECT v, v_encoding, expiration_ms FROM kv WHERE k = ?"
+# The checks of a large commit, read many keys at a time ({} is the placeholders).
+SELECT_VERSIONS_IN = "SELECT k, version, expiration_ms FROM kv WHERE k IN ({})"
 UPSERT = (
     "INSERT OR REPLACE INTO kv (k, v, v_encoding, version, expiration_ms) VALUES (?, ?, ?, ?, ?)"
 )

@@ -323,7 +323,15 @@ class Engine(Protocol):
 
     @property
     def limits(self) -> EngineLimits:
-        """The engine's limits; ``DEFAULT_LIMITS`` unless it holds less."""
+        """The most one commit on this engine can hold (``DEFAULT_LIMITS`` for Deno's).
+
+        A Kv enforces Deno's limits by default, tightened by these; opened with
+        larger ones (``limits="embedded"``), it enforces those only if every
+        number fits here, and refuses at open otherwise. An engine that can
+        hold larger commits declares larger numbers (the memory and SQLite
+        engines declare ``EngineLimits.embedded()``); one that holds less
+        declares smaller numbers, or ``max_operations``/``max_request_size``.
+        """
         ...
 
     @property

@@ -143,7 +143,7 @@ class ConnectEngine:
 
     @property
     def limits(self) -> EngineLimits:
-        """Deno KV's limits, which KV Connect servers enforce."""
+        """Deno KV's limits, which KV Connect servers enforce: this engine cannot lift them."""
         return attrs.evolve(DEFAULT_LIMITS, name="KV Connect")
 
     @property

@@ -234,7 +234,7 @@ class DenoFileEngine:
 
     @property
     def limits(self) -> EngineLimits:
-        """Deno's limits."""
+        """Deno's limits, which this engine cannot lift: Deno itself must read the file."""
         return _LIMITS
 
     @property

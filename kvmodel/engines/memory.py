@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import attrs
 from sortedcontainers import SortedDict, SortedList
 
 from kvmodel.engines.base import (
@@ -37,9 +38,12 @@ from kvmodel.engines.base import (
     versionstamped_key,
 )
 from kvmodel.errors import KvClosedError
-from kvmodel.limits import DEFAULT_LIMITS, EngineLimits
+from kvmodel.limits import EngineLimits
 
 __all__ = ["MemoryEngine"]
+
+# One commit applies under one lock; the embedded limits keep it well under a second.
+_LIMITS = attrs.evolve(EngineLimits.embedded(), name="the memory engine")
 
 _NUMERIC = (MutationKind.SUM, MutationKind.MIN, MutationKind.MAX)
 
@@ -125,8 +129,8 @@ class MemoryEngine:
 
     @property
     def limits(self) -> EngineLimits:
-        """Deno's limits: the memory engine holds anything they allow."""
-        return DEFAULT_LIMITS
+        """The most it holds: the embedded limits (a Kv enforces Deno's unless asked)."""
+        return _LIMITS
 
     @property
     def capabilities(self) -> EngineCapabilities:

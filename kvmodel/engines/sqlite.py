@@ -48,6 +48,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from kvmodel.engines._group_commit import GroupCommitter
 from kvmodel.engines._sqlite_commit import SqliteCommits
 from kvmodel.engines._sqlite_connections import INHERITED_FILES, LIVE_ENGINES, file_identity
@@ -74,6 +76,7 @@ from kvmodel.engines._sqlite_schema import (
     is_busy,
 )
 from kvmodel.engines.base import (
+    AtomicWrite,
     ChangeSignal,
     Clock,
     EngineCapabilities,
@@ -81,17 +84,7 @@ from kvmodel.engines.base import (
     RawEntry,
 )
 from kvmodel.errors import EngineError, InvalidArgumentError
-from kvmodel.limits import (
-    DEFAULT_LIMITS,
-    EngineLimits,
-)
-
-__all__ = [
-    "APPLICATION_ID",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "SqliteEngine",
-]
+from kvmodel.limits import EngineLimits
 
 __all__ = [
     "APPLICATION_ID",
@@ -133,6 +126,11 @@ class _SqliteWatchStream(PollingWatchStream):
 # The engine.
 
 
+def _write_weight(write: AtomicWrite) -> int:
+    """The records of a write, for the group commit's budget."""
+    return len(write.checks) + len(write.mutations) + len(write.enqueues)
+
+
 class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
     """A durable engine on one SQLite file, safe across threads and processes.
 
@@ -169,7 +167,10 @@ class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
     """
 
     capabilities = EngineCapabilities(durable=True, cross_process=True)
-    limits: EngineLimits = DEFAULT_LIMITS
+    # The most one commit may hold: the embedded limits, which one SQLite
+    # transaction writes in well under a second (a Kv enforces Deno's unless
+    # it is opened with limits="embedded").
+    limits: EngineLimits = attrs.evolve(EngineLimits.embedded(), name="SQLite")
 
     def __init__(
         self,
@@ -209,7 +210,7 @@ class SqliteEngine(SqliteReads, SqliteCommits, SqliteQueue):
         self._file_id: tuple[int, int] | None = None
         self._close_lock = threading.Lock()
         self._signal = ChangeSignal()
-        self._committer = GroupCommitter()
+        self._committer = GroupCommitter(weight=_write_weight)
         # Every open connection (pooled, in use, the poller's), so close() can
         # wait until all are closed and a forked child can disown them all.
         self._conns: set[sqlite3.Connection] = set()

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from kvmodel._atomic import lift_hint
 from kvmodel.errors import (
     EncodeError,
     InvalidArgumentError,
@@ -34,7 +35,15 @@ from kvmodel.orm._convert import Key, KeyPart
 from kvmodel.orm.index import IndexBase
 from kvmodel.orm.model import EXPIRY_FIELD, VERSION_FIELD, ModelInfo
 
-__all__ = ["Plan", "PlannedCheck", "PlannedEnqueue", "PlannedMutation", "Tracked", "plan_commit"]
+__all__ = [
+    "Plan",
+    "PlannedCheck",
+    "PlannedEnqueue",
+    "PlannedMutation",
+    "Tracked",
+    "plan_commit",
+    "session_advice",
+]
 
 
 class Tracked:
@@ -241,8 +250,12 @@ def plan_commit(
     tracked: list[Tracked],
     enqueues: list[PlannedEnqueue],
     limits: EngineLimits = DEFAULT_LIMITS,
+    capacity: EngineLimits | None = None,
 ) -> Plan:
     """Plans one atomic commit for the tracked objects (in the order given).
+
+    ``limits`` are the Kv's; ``capacity``, the engine's own, lets a message
+    about a commit that is too large say when ``limits="embedded"`` lifts it.
 
     Raises:
         InvalidArgumentError: an object's primary key was changed after loading.
@@ -363,20 +376,22 @@ def plan_commit(
         mutations.append(mutation)
         mutations.extend(ops_by_owner.get(id(t), ()))
         if len(checks) > limits.max_checks:
-            _too_large(t, "checks", len(checks), limits.max_checks, limits, alone)
+            _too_large(t, "checks", len(checks), "max_checks", limits, capacity, alone)
         if len(mutations) > max_writes:
             _too_large(
                 t,
                 "mutations and enqueues",
                 len(mutations) + len(enqueues),
-                limits.max_mutations,
+                "max_mutations",
                 limits,
+                capacity,
                 alone,
             )
     if len(enqueues) > limits.max_mutations:
         raise LimitExceededError(
             f"The session has {len(enqueues)} enqueued messages; {limits.name} allows at "
-            f"most {limits.max_mutations} mutations and enqueues in one commit.",
+            f"most {limits.max_mutations} mutations and enqueues in one commit."
+            + lift_hint("max_mutations", len(enqueues), limits, capacity),
             limit=limits.max_mutations,
             actual=len(enqueues),
         )
@@ -394,25 +409,78 @@ def _unstructure(t: Tracked) -> dict[str, Any]:
 
 
 def _too_large(
-    t: Tracked, what: str, actual: int, limit: int, limits: EngineLimits, alone: bool = False
+    t: Tracked,
+    what: str,
+    actual: int,
+    field: str,
+    limits: EngineLimits,
+    capacity: EngineLimits | None,
+    alone: bool = False,
 ) -> None:
+    limit: int = getattr(limits, field)
     if alone:
         # No batching helps one object: its own index entries are too many.
         raise LimitExceededError(
             f"{t.describe()} alone needs {actual} {what} (its document and the index entries "
             f"that change); {limits.name} allows at most {limit} in one commit. Give it fewer "
-            "elements in its each=True index fields, or change them over several commits.",
+            "elements in its each=True index fields, or change them over several commits."
+            + lift_hint(field, actual, limits, capacity),
             limit=limit,
             actual=actual,
         )
     raise LimitExceededError(
         f"Committing {t.describe()} brings the commit to {actual} {what}; {limits.name} "
-        f"allows at most {limit} in one commit. Commit the session in smaller batches, "
-        "or save many objects with km.bulk_save(kv, objs), which packs them into as "
-        "many commits as the limits need.",
+        f"allows at most {limit} in one commit. " + session_advice(limits, capacity, field, actual),
         limit=limit,
         actual=actual,
     )
+
+
+def session_advice(
+    limits: EngineLimits, capacity: EngineLimits | None, field: str = "", actual: int = 0
+) -> str:
+    """What to do about a session commit that is too large, on this Kv.
+
+    When the engine can hold the embedded limits (SQLite, memory), the Kv
+    enforces smaller ones, and the embedded ``field`` would hold ``actual``
+    (any commit-wide field when ``field`` is empty), the advice names
+    ``limits="embedded"`` first: it keeps the commit atomic, which batches
+    and ``bulk_save`` do not.
+    """
+    advice = (
+        "Commit the session in smaller batches, or save many objects with "
+        "km.bulk_save(kv, objs), which packs them into as many commits as the limits need."
+    )
+    if field:
+        lifts = bool(lift_hint(field, actual, limits, capacity))
+    else:
+        lifts = capacity is not None and any(
+            getattr(limits, f) < getattr(_EMBEDDED, f) <= getattr(capacity, f) for f in _COMMIT_WIDE
+        )
+    if lifts:
+        allows = _ALLOWS.get(field, _ALLOWS[""])
+        return (
+            "To commit it atomically, open the store with limits='embedded' "
+            f"(kvmodel.open_kv(path, limits='embedded')), which allows up to {allows} "
+            f"in one commit. Or {advice[0].lower()}{advice[1:]}"
+        )
+    return advice
+
+
+_EMBEDDED = EngineLimits.embedded()
+_COMMIT_WIDE = ("max_checks", "max_mutations", "max_total_mutation_size", "max_total_key_size")
+_ALLOWS = {
+    "max_checks": f"{_EMBEDDED.max_checks:,} checks",
+    "max_mutations": f"{_EMBEDDED.max_mutations:,} mutations and enqueues",
+    "max_total_mutation_size": (
+        f"{_EMBEDDED.max_total_mutation_size >> 20} MiB of total mutation size"
+    ),
+    "max_total_key_size": f"{_EMBEDDED.max_total_key_size >> 20} MiB of total key size",
+    "": (
+        f"{_EMBEDDED.max_checks:,} checks, {_EMBEDDED.max_mutations:,} mutations and "
+        f"{_EMBEDDED.max_total_mutation_size >> 20} MiB"
+    ),
+}
 
 
 def _value(parts: tuple[KeyPart, ...]) -> Any:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from kvmodel._atomic import lift_hint
 from kvmodel.errors import (
     ConflictError,
     DecodeError,
@@ -122,6 +123,7 @@ class _Packer:
     ) -> None:
         self.kv = kv
         self.limits = kv.limits
+        self.capacity = kv.engine.limits  # to name limits="embedded" where it lifts them
         self.progress = progress
         self.retry = retry
         self.saved = self.unchanged = self.deleted = self.skipped = self.commits = 0
@@ -145,7 +147,7 @@ class _Packer:
     def add(self, t: Tracked) -> None:
         """Plans ``t`` alone and adds it to the batch, committing the batch first if full."""
         try:
-            plan = plan_commit([t], [], self.limits)
+            plan = plan_commit([t], [], self.limits, self.capacity)
             if plan.empty:
                 self.unchanged += 1
                 return
@@ -174,7 +176,7 @@ class _Packer:
                         t.key,
                         f"{t.describe()} alone needs {checks} checks, {writes} mutations "
                         f"and about {payload} bytes, more than one commit on "
-                        f"{self.limits.name} allows.",
+                        f"{self.limits.name} allows." + self._lift(checks, writes, payload),
                     )
                 )
                 return
@@ -184,6 +186,18 @@ class _Packer:
         self.writes += writes
         self.payload += payload
         self.key_total += key_total
+
+    def _lift(self, checks: int, writes: int, payload: int) -> str:
+        """The sentence naming limits="embedded" when it would let one object fit."""
+        capacity = self.capacity
+        for field, actual in (
+            ("max_checks", checks),
+            ("max_mutations", writes),
+            ("max_total_mutation_size", payload),
+        ):
+            if actual > getattr(self.limits, field):
+                return lift_hint(field, actual, self.limits, capacity)
+        return ""
 
     def _fits(self, checks: int, writes: int, payload: int, key_total: int) -> bool:
         limits = self.limits

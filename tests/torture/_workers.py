@@ -2,8 +2,9 @@
 
 Each mode opens the SQLite file given on the command line, prints ``ready``
 once its Kv is open, and then works until it is killed (``commits``, ``orm``,
-``queue``, ``deadletter``) or until its time is up (``bank``, ``contention``,
-which print one JSON line of counts). The shared pieces (the ORM models, one
+``queue``, ``deadletter``), or until its time is up (``bank``, ``contention``,
+which print one JSON line of counts), or until its one commit of a
+10,000-object session returned (``large``). The shared pieces (the ORM models, one
 bank transfer, one audit, the contention operations, the rounds of listener
 kills and the wait on a watched key) live here too, so the in-process threads
 of the tests run exactly the code the processes run.
@@ -218,6 +219,46 @@ def run_orm(path: str, log_path: str, writer: str, seed: int) -> None:
                 append_durably(log, json.dumps(["ack", pk]))
             except km.ConflictError:  # unique e-mail taken, or a concurrent edit
                 append_durably(log, json.dumps(["fail", pk]))
+
+
+# -- large sessions ------------------------------------------------------------------
+
+LARGE_SESSION = 10_000
+"""Objects of the one session the large-session worker commits (under limits="embedded")."""
+
+
+class Tagged(km.Model, prefix="tagged"):
+    """A document with a unique and a multi-value index: five keys and two checks per object."""
+
+    id: str = km.field(primary_key=True)
+    slug: str
+    tags: list[str] = km.field(factory=list)
+
+    by_slug = km.Unique("slug")
+    by_tag = km.Index("tags", each=True)
+
+
+def tagged_batch(batch: str, n: int = LARGE_SESSION) -> list[Tagged]:
+    """The objects of one batch: ids and slugs carry the batch's name, every one is tagged it."""
+    return [
+        Tagged(id=f"{batch}-{i:05d}", slug=f"{batch}-s{i}", tags=[batch, f"t{i % 7}", f"u{i % 3}"])
+        for i in range(n)
+    ]
+
+
+def run_large(path: str, batch: str) -> None:
+    """Commits one session of LARGE_SESSION new objects, printing ``ready`` just before it.
+
+    The driver kills it at a random moment of the commit; ``committed`` is
+    printed once the commit returned.
+    """
+    kv = km.open_kv(path, limits="embedded")
+    session = km.Session(kv)
+    session.add_all(tagged_batch(batch))
+    print("ready", flush=True)
+    session.commit()
+    print("committed", flush=True)
+    kv.close()
 
 
 # -- bank ------------------------------------------------------------------------
@@ -453,6 +494,8 @@ def main(argv: list[str]) -> None:
         run_commits(args[0], args[1], args[2], int(args[3]), int(args[4]), int(args[5]))
     elif mode == "orm":
         run_orm(args[0], args[1], args[2], int(args[3]))
+    elif mode == "large":
+        run_large(args[0], args[1])
     elif mode == "bank":
         run_bank(args[0], float(args[1]), int(args[2]))
     elif mode == "queue":
