@@ -9,6 +9,7 @@ working for callers that do not know kvmodel::
     ├── EncodeError(KvError, TypeError)           a value msgpack cannot hold
     ├── DecodeError(KvError, ValueError)          stored bytes that are not a valid value or key
     ├── LimitExceededError(KvError, ValueError)   a Deno KV limit (.limit, .actual)
+    │   └── ScanLimitError(LimitExceededError)    a query read more than its max_scan
     ├── InvalidArgumentError(KvError, ValueError) selectors, cursors, durations, options
     ├── KvTypeError(KvError, TypeError)           sum/min/max on a value that is not a KvU64
     ├── KvClosedError(KvError)                    the Kv was closed
@@ -17,6 +18,7 @@ working for callers that do not know kvmodel::
     │   └── UniqueViolationError(ConflictError)   a unique index value is taken
     ├── ValidationError(KvError, ValueError)      a field value does not fit its declared type
     ├── IndexNotReadyError(KvError)               a query on an index that is still being built
+    ├── IndexRequiredError(KvError)               no declared index serves a query
     └── ModelDefinitionError(KvError)             a Model class is declared wrongly
 """
 
@@ -31,6 +33,7 @@ __all__ = [
     "EncodeError",
     "EngineError",
     "IndexNotReadyError",
+    "IndexRequiredError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "KvClosedError",
@@ -38,6 +41,7 @@ __all__ = [
     "KvTypeError",
     "LimitExceededError",
     "ModelDefinitionError",
+    "ScanLimitError",
     "UniqueViolationError",
     "ValidationError",
 ]
@@ -71,6 +75,15 @@ class LimitExceededError(KvError, ValueError):
         super().__init__(message)
         self.limit = limit
         self.actual = actual
+
+
+class ScanLimitError(LimitExceededError):
+    """A query read more entries than its ``max_scan`` allows before it finished.
+
+    Raised by the call (a page, ``first``, ``count``, ...) that went over; what
+    that call read is not returned. ``limit`` is the ``max_scan``, ``actual``
+    how many entries it had read.
+    """
 
 
 class InvalidArgumentError(KvError, ValueError):
@@ -171,3 +184,22 @@ class IndexNotReadyError(KvError):
     def __init__(self, message: str, *, index: str) -> None:
         super().__init__(message)
         self.index = index
+
+
+class IndexRequiredError(KvError):
+    """No ready index serves a query's conditions or order (``Model.query``).
+
+    Attributes:
+        model: the model's name (``"Order"``).
+        fields: the fields the query compares or orders by.
+        suggestion: an index declaration that would serve it
+            (``'by_status_total_cents = km.Index("status", "total_cents")'``).
+    """
+
+    def __init__(
+        self, message: str, *, model: str, fields: tuple[str, ...], suggestion: str
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.fields = fields
+        self.suggestion = suggestion
