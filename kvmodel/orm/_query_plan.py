@@ -74,6 +74,8 @@ Item = tuple[bytes, RawEntry]
 _ALL: list[Interval] = [(b"\x00", b"\xff")]
 _MAX_BRANCHES = 32
 _FIRST_BATCH = 100
+# Documents read by primary key in one snapshot (etcd allows 128 operations per transaction).
+_DOC_BATCH = 100
 
 
 # ---------------------------------------------------------------------------
@@ -539,17 +541,19 @@ class Filter(Node):
 class Intersect(Node):
     """Primary keys all children hold: a merge of streams in primary key order.
 
-    The first child reads documents; the others read index keys only. Each
-    stream advances past the positions below the highest head, so nothing
-    beyond the heads is held.
+    Every child reads index keys only; the documents of the keys all of them
+    hold are read afterwards, a batch of keys in one snapshot. Each stream
+    advances past the positions below the highest head, so nothing beyond the
+    heads and one batch of matches is held.
     """
 
     kind = ("pk",)
 
-    def __init__(self, children: list[Node]) -> None:
+    def __init__(self, children: list[Leaf], model_base: bytes) -> None:
         self.children = children
+        self.model_base = model_base
 
-    def items(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
+    def _matches(self, run: Run, after: bytes | None, want: int) -> Iterator[bytes]:
         streams = [c.items(run, after, want) for c in self.children]
         heads: list[Item | None] = [next(s, None) for s in streams]
         while all(h is not None for h in heads):
@@ -562,13 +566,38 @@ class Intersect(Node):
                 heads[i] = h
             if moved:
                 continue
-            first = heads[0]
-            assert first is not None
-            yield first
+            yield top
             heads = [next(s, None) for s in streams]
 
+    def items(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
+        batch = max(1, min(want, _DOC_BATCH))
+        pending: list[bytes] = []
+        matches = self._matches(run, after, want)
+        while True:
+            pos = next(matches, None)
+            if pos is not None:
+                pending.append(pos)
+                if len(pending) < batch:
+                    continue
+            if not pending:
+                return
+            keys = [self.model_base + p for p in pending]
+            reads = [ReadRange(k, k + b"\x00", 1) for k in keys]
+            found = run.kv.engine.snapshot_read(reads, consistency=Consistency.STRONG)
+            run.count(len(found))
+            for p, entries in zip(pending, found, strict=True):
+                if entries:
+                    yield p, entries[0]
+            pending = []
+            if pos is None:
+                return
+            batch = min(batch * 2, _DOC_BATCH)
+
     def describe(self, indent: str) -> list[str]:
-        lines = [f"{indent}intersect on the primary key (a streaming merge) of:"]
+        lines = [
+            f"{indent}intersect on the primary key (a streaming merge of index keys, then "
+            "the documents of the keys all hold) of:"
+        ]
         for c in self.children:
             lines.extend(c.describe(indent + "  "))
         return lines
@@ -764,7 +793,9 @@ class Candidate:
                 if n not in used and t.field == nxt and not t.each:
                     used.add(n)
                     self.ranged.append(t)
-                    self.intervals = _intersect(self.intervals or _ALL, t.intervals)
+                    self.intervals = _intersect(
+                        _ALL if self.intervals is None else self.intervals, t.intervals
+                    )
         self.residual = [t for n, t in enumerate(terms) if n not in used]
         self.usable = not (path.each and k == 0)
         self.narrowing = bool(self.eq or self.ranged)
@@ -903,13 +934,11 @@ def _plan_branch(
             chosen.append(c)
             covered |= ids
         if len(chosen) >= 2 and (best is None or len(covered) > len(best.eq) + len(best.ranged)):
-            leaves: list[Node] = [c.leaf(linked=(i == 0)) for i, c in enumerate(chosen)]
-            rest = [t for t in terms if id(t) not in covered]
-            node: Node = Intersect(leaves)
-            # Documents come from the first stream's snapshot: check every
-            # term the others served against it too.
-            others = [t for c in chosen[1:] for t in c.eq]
-            check = Residual(info, rest + others)
+            leaves = [c.leaf(linked=False) for c in chosen]
+            node: Node = Intersect(leaves, chosen[0].path.model_base)
+            # The documents are read after the index keys, at another
+            # snapshot: check every term against them again.
+            check = Residual(info, terms)
             return (Filter(node, check) if check else node), None
     if best is not None and (best.narrowing or not terms):
         leaf = best.leaf()
