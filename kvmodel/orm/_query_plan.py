@@ -35,6 +35,7 @@ ranges there, so paging re-reads nothing.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +77,8 @@ _MAX_BRANCHES = 32
 _FIRST_BATCH = 100
 # Documents read by primary key in one snapshot (etcd allows 128 operations per transaction).
 _DOC_BATCH = 100
+# The first read of a stream in an intersection; it doubles while the stream is read on.
+_SEEK_BATCH = 32
 
 
 # ---------------------------------------------------------------------------
@@ -538,6 +541,58 @@ class Filter(Node):
         return lines
 
 
+class _Seeker:
+    """One index stream of an intersection: a buffer of positions that seeks forward.
+
+    ``seek(p)`` returns the first position at or past ``p``: from the buffer
+    when it holds one, else by reading on from ``p``'s key (a jump over
+    everything in between, not a step through it).
+    """
+
+    __slots__ = ("batch", "buf", "done", "hi", "i", "leaf", "next_key", "run")
+
+    def __init__(self, leaf: Leaf, run: Run) -> None:
+        self.leaf = leaf
+        self.run = run
+        self.buf: list[bytes] = []
+        self.i = 0
+        self.next_key, self.hi = leaf.ranges[0] if leaf.ranges else (b"", b"")
+        self.done = not leaf.ranges
+        self.batch = _SEEK_BATCH
+
+    def seek(self, target: bytes | None) -> bytes | None:
+        leaf = self.leaf
+        while True:
+            buf = self.buf
+            if self.i < len(buf):
+                j = self.i if target is None else bisect.bisect_left(buf, target, self.i)
+                if j < len(buf):
+                    self.i = j
+                    return buf[j]
+            if self.done:
+                return None
+            start = self.next_key
+            if target is not None and leaf.clip and leaf.base + target > start:
+                # A jump: read a short batch there (a long one would mostly
+                # hold keys the next jump skips).
+                start = leaf.base + target
+                self.batch = _SEEK_BATCH
+            if start >= self.hi:
+                self.done = True
+                return None
+            kv = self.run.kv
+            read = ReadRange(start, self.hi, self.batch)
+            entries = kv.read_range(read, Consistency.STRONG)
+            self.run.count(len(entries))
+            self.buf = [leaf._position(e) for e in entries]
+            self.i = 0
+            if len(entries) < self.batch:
+                self.done = True
+            else:
+                self.next_key = entries[-1].key + b"\x00"
+                self.batch = min(self.batch * 2, kv.limits.max_list_batch)
+
+
 class Intersect(Node):
     """Primary keys all children hold: a merge of streams in primary key order.
 
@@ -554,22 +609,83 @@ class Intersect(Node):
         self.model_base = model_base
 
     def _matches(self, run: Run, after: bytes | None, want: int) -> Iterator[bytes]:
-        streams = [c.items(run, after, want) for c in self.children]
-        heads: list[Item | None] = [next(s, None) for s in streams]
-        while all(h is not None for h in heads):
-            top = max(h[0] for h in heads if h is not None)
-            moved = False
-            for i, h in enumerate(heads):
-                while h is not None and h[0] < top:
-                    h = next(streams[i], None)
-                    moved = True
-                heads[i] = h
-            if moved:
-                continue
-            yield top
-            heads = [next(s, None) for s in streams]
+        # Leapfrog: each stream in turn seeks the first position at or past
+        # the highest one seen; when all of them land on the same position,
+        # every stream holds that primary key.
+        seekers = [_Seeker(c, run) for c in self.children]
+        n = len(seekers)
+        target = None if after is None else after + b"\x00"  # the least position past it
+        while True:
+            first = seekers[0].seek(target)
+            if first is None:
+                return
+            target, agreed, k = first, 1, 1
+            while agreed < n:
+                pos = seekers[k % n].seek(target)
+                if pos is None:
+                    return
+                if pos == target:
+                    agreed += 1
+                else:
+                    target, agreed = pos, 1
+                k += 1
+            yield target
+            target += b"\x00"
 
     def items(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
+        if all(c.clip for c in self.children):
+            return self._probe(run, after, want)
+        return self._leapfrog(run, after, want)
+
+    def _probe(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
+        """Walks the sparsest stream and looks each of its keys up in the others.
+
+        The first batch of every stream shows which is sparsest (it ran out,
+        or its batch spans the most primary keys). Each batch of its keys is
+        then checked in one snapshot: the other streams' entries for those
+        primary keys, and the documents, read by key together, so a
+        returned document agrees with every index entry that matched it.
+        """
+        seekers = [_Seeker(c, run) for c in self.children]
+        start = None if after is None else after + b"\x00"
+        if any(s.seek(start) is None for s in seekers):
+            return
+        d = max(
+            range(len(seekers)),
+            key=lambda i: (
+                (True, -len(seekers[i].buf)) if seekers[i].done else (False, seekers[i].buf[-1])
+            ),
+        )
+        driver = seekers[d]
+        others = [c for i, c in enumerate(self.children) if i != d]
+        per = len(others) + 1
+        cap = max(1, _DOC_BATCH // per)
+        batch = max(1, min(want, cap))
+        engine = run.kv.engine
+        pos = driver.seek(start)
+        while pos is not None:
+            candidates: list[bytes] = []
+            while pos is not None and len(candidates) < batch:
+                candidates.append(pos)
+                pos = driver.seek(pos + b"\x00")
+            reads = []
+            for p in candidates:
+                for leaf in others:
+                    k = leaf.base + p
+                    reads.append(ReadRange(k, k + b"\x00", 1))
+                k = self.model_base + p
+                reads.append(ReadRange(k, k + b"\x00", 1))
+            found = engine.snapshot_read(reads, consistency=Consistency.STRONG)
+            run.count(len(reads))
+            for j, p in enumerate(candidates):
+                group = found[j * per : (j + 1) * per]
+                if all(group) and all(
+                    leaf.ranges[0][0] <= leaf.base + p < leaf.ranges[0][1] for leaf in others
+                ):
+                    yield p, group[-1][0]
+            batch = min(batch * 2, cap)
+
+    def _leapfrog(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
         batch = max(1, min(want, _DOC_BATCH))
         pending: list[bytes] = []
         matches = self._matches(run, after, want)
