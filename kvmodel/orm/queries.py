@@ -18,6 +18,8 @@ from kvmodel._options import positive_int
 from kvmodel._text import brief_repr
 from kvmodel.errors import InvalidArgumentError, KvError, KvTypeError
 from kvmodel.orm import _query_plan as qp
+from kvmodel.orm import _query_streams as qs
+from kvmodel.orm import _query_terms as qt
 from kvmodel.orm.conditions import Condition, F, and_
 from kvmodel.orm.model import model_info
 from kvmodel.orm.query import Page, _query_cursor, resolve_source
@@ -115,8 +117,8 @@ class Query(Generic[M]):
         self._limit = limit
         self._allow_scan = allow_scan
         self._max_scan = max_scan
-        self._last: qp.Run | None = None
-        self._bound = qp.bind(info, condition, order, self._text())
+        self._last: qs.Run | None = None
+        self._bound = qt.bind(info, condition, order, self._text())
 
     # -- building ----------------------------------------------------------------
 
@@ -177,8 +179,8 @@ class Query(Generic[M]):
             self._kv, self._bound, allow_scan=self._allow_scan, what=self._bound.text
         )
 
-    def _run(self) -> qp.Run:
-        run = qp.Run(self._kv, self._max_scan, self._bound.text)
+    def _run(self) -> qs.Run:
+        run = qs.Run(self._kv, self._max_scan, self._bound.text)
         self._last = run
         return run
 
@@ -188,7 +190,7 @@ class Query(Generic[M]):
         after = _decode_position(inner) if inner else None
         run = self._run()
         want = None if limit is None else limit + 1
-        items = list(qp.first_items(plan.node, run, after, want))
+        items = list(qs.first_items(plan.node, run, after, want))
         next_cursor = ""
         if limit is not None and len(items) > limit:
             items = items[:limit]
@@ -238,7 +240,7 @@ class Query(Generic[M]):
         """Whether at least one document matches (loads none)."""
         plan = self._plan()
         run = self._run()
-        found = next(qp.first_items(plan.node, run, None, 1), None) is not None
+        found = next(qs.first_items(plan.node, run, None, 1), None) is not None
         run.returned = int(found)
         return found
 
@@ -251,9 +253,9 @@ class Query(Generic[M]):
         plan = self._plan()
         run = self._run()
         if plan.exact_leaf is not None and self._limit is None:
-            n = qp.count_entries(run, plan.exact_leaf)
+            n = qs.count_entries(run, plan.exact_leaf)
         else:
-            n = sum(1 for _ in qp.first_items(plan.node, run, None, self._limit))
+            n = sum(1 for _ in qs.first_items(plan.node, run, None, self._limit))
         run.returned = n
         return n
 
