@@ -41,6 +41,7 @@ from kvmodel.errors import (
     IndexNotReadyError,
     IndexRequiredError,
 )
+from kvmodel.keys import decode_key
 from kvmodel.orm._catalog import READY, attach
 from kvmodel.orm._query_streams import (
     Concat,
@@ -320,12 +321,50 @@ def plan_query(kv: Kv, bound: Bound, *, allow_scan: bool, what: str) -> Plan:
         ) from None
 
 
+_MAX_SPLIT = 16
+
+
+def _plan_split(
+    bound: Bound, terms: list[Term], paths: list[Path], allow_scan: bool, what: str
+) -> tuple[Node, Leaf | None]:
+    """Plans a branch; when no index serves it, tries its ``in_`` as one equality per value.
+
+    ``status.in_(["paid", "shipped"])`` with ``order_by("created_at")`` is no
+    range of ``Index("status", "created_at")``, but each value is an equality
+    prefix with the order after it: the values' streams merge in that order.
+    """
+    try:
+        return _plan_branch(bound, terms, paths, False, what)
+    except IndexRequiredError as missing:
+        for n, term in enumerate(terms):
+            points = term.points
+            if points is None or not 1 < len(points) <= _MAX_SPLIT:
+                continue
+            subs: list[Node] = []
+            try:
+                for p in points:
+                    text = f"{term.field} == {decode_key(p)[0]!r} (of the in_)"
+                    one = Term(term.field, [(p, p + b"\xff")], p, False, text)
+                    sub, _ = _plan_split(
+                        bound, [*terms[:n], one, *terms[n + 1 :]], paths, False, what
+                    )
+                    subs.append(sub)
+            except IndexRequiredError:
+                continue
+            kinds = {s.kind for s in subs}
+            if len(kinds) == 1 and next(iter(kinds))[0] in ("pk", "field"):
+                return MergeUnion(subs, bool(bound.order and bound.order[1])), None
+        if not allow_scan:
+            raise missing from None
+    return _plan_branch(bound, terms, paths, True, what)
+
+
 def _plan(kv: Kv, bound: Bound, paths: list[Path], allow_scan: bool, what: str) -> Plan:
     info, order = bound.info, bound.order
     nodes: list[Node] = []
     exact: Leaf | None = None
     for terms in bound.branches:
-        node, exact = _plan_branch(bound, terms, paths, allow_scan, what)
+        node, exact = _plan_split(bound, terms, paths, allow_scan, what)
         nodes.append(node)
     if len(nodes) == 1:
         node = nodes[0]

@@ -17,6 +17,7 @@ from kvmodel._values import decode_value
 from kvmodel.engines.base import Consistency, RawEntry, ReadRange
 from kvmodel.errors import KvError, ScanLimitError
 from kvmodel.keys import encode_key
+from kvmodel.limits import MAX_GET_MANY_KEYS
 from kvmodel.orm._query_terms import Interval, Residual, Term, doc_form, field_kinds, part_bytes
 
 if TYPE_CHECKING:
@@ -43,10 +44,13 @@ Item = tuple[bytes, RawEntry]
 """A stream's ``(position, document)``."""
 
 _FIRST_BATCH = 100
-# Documents read by primary key in one snapshot (etcd allows 128 operations per transaction).
-_DOC_BATCH = 100
+# Keys read by key in one snapshot: Deno KV's get_many limit, which KV Connect
+# servers enforce on every snapshot read (and etcd allows 128 operations per transaction).
+_DOC_BATCH = MAX_GET_MANY_KEYS
 # The first read of a stream in an intersection; it doubles while the stream is read on.
 _SEEK_BATCH = 32
+# The first keys of each stream of an intersection, read to find a small side.
+_PROBE_BATCH = 128
 
 
 class Path:
@@ -242,7 +246,7 @@ class _Seeker:
 
     __slots__ = ("batch", "buf", "done", "hi", "i", "leaf", "next_key", "run")
 
-    def __init__(self, leaf: Leaf, run: Run) -> None:
+    def __init__(self, leaf: Leaf, run: Run, batch: int) -> None:
         self.leaf = leaf
         self.run = run
         self.buf: list[bytes] = []
@@ -251,7 +255,7 @@ class _Seeker:
         self.next_key: bytes = first[0]
         self.hi: bytes = first[1]
         self.done = not leaf.ranges
-        self.batch = _SEEK_BATCH
+        self.batch = batch
 
     def seek(self, target: bytes | None) -> bytes | None:
         leaf = self.leaf
@@ -287,12 +291,20 @@ class _Seeker:
 
 
 class Intersect(Node):
-    """Primary keys all children hold: a merge of streams in primary key order.
+    """Primary keys all children hold; every child lists its entries in primary key order.
 
-    Every child reads index keys only; the documents of the keys all of them
-    hold are read afterwards, a batch of keys in one snapshot. Each stream
-    advances past the positions below the highest head, so nothing beyond the
-    heads and one batch of matches is held.
+    Each stream's first keys are read (keys only, ``_PROBE_BATCH`` of them).
+    When a stream ends within them, it is the small side: it is read again
+    with its documents and the other streams' conditions are checked on those
+    documents (an index entry and its document are written in the same
+    commit, so this is the same test as looking the key up in the other
+    index, in the document's own snapshot). Otherwise the streams are merged
+    on the primary key, leapfrogging: each in turn seeks the first key at or
+    past the highest one seen, and a key all of them land on is a match whose
+    document is read afterwards, a batch of keys in one snapshot. Either way
+    nothing beyond one batch per stream is held.
+
+    The plan's filter checks every condition on the documents again.
     """
 
     kind = ("pk",)
@@ -301,111 +313,72 @@ class Intersect(Node):
         self.children = children
         self.model_base = model_base
 
-    def _matches(self, run: Run, after: bytes | None, want: int) -> Iterator[bytes]:
-        # Leapfrog: each stream in turn seeks the first position at or past
-        # the highest one seen; when all of them land on the same position,
-        # every stream holds that primary key.
-        seekers = [_Seeker(c, run) for c in self.children]
-        n = len(seekers)
-        target = None if after is None else after + b"\x00"  # the least position past it
-        while True:
-            first = seekers[0].seek(target)
-            if first is None:
-                return
-            target, agreed, k = first, 1, 1
-            while agreed < n:
-                pos = seekers[k % n].seek(target)
-                if pos is None:
-                    return
-                if pos == target:
-                    agreed += 1
-                else:
-                    target, agreed = pos, 1
-                k += 1
-            yield target
-            target += b"\x00"
-
     def items(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
-        if all(c.clip for c in self.children):
-            return self._probe(run, after, want)
-        return self._leapfrog(run, after, want)
-
-    def _probe(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
-        """Walks the sparsest stream and looks each of its keys up in the others.
-
-        The first batch of every stream shows which is sparsest (it ran out,
-        or its batch spans the most primary keys). Each batch of its keys is
-        then checked in one snapshot: the other streams' entries for those
-        primary keys, and the documents, read by key together, so a
-        returned document agrees with every index entry that matched it.
-        """
-        seekers = [_Seeker(c, run) for c in self.children]
-        start = None if after is None else after + b"\x00"
+        seekers = [_Seeker(c, run, _PROBE_BATCH) for c in self.children]
+        start = None if after is None else after + b"\x00"  # the least position past it
         if any(s.seek(start) is None for s in seekers):
-            return
-        d = max(
-            range(len(seekers)),
-            key=lambda i: (
-                (True, -len(seekers[i].buf)) if seekers[i].done else (False, seekers[i].buf[-1])
-            ),
-        )
-        driver = seekers[d]
-        others = [c for i, c in enumerate(self.children) if i != d]
-        per = len(others) + 1
-        cap = max(1, _DOC_BATCH // per)
-        batch = max(1, min(want, cap))
-        engine = run.kv.engine
-        pos = driver.seek(start)
-        while pos is not None:
-            candidates: list[bytes] = []
-            while pos is not None and len(candidates) < batch:
-                candidates.append(pos)
-                pos = driver.seek(pos + b"\x00")
-            reads = []
-            for p in candidates:
-                for leaf in others:
-                    k = leaf.base + p
-                    reads.append(ReadRange(k, k + b"\x00", 1))
-                k = self.model_base + p
-                reads.append(ReadRange(k, k + b"\x00", 1))
-            found = engine.snapshot_read(reads, consistency=Consistency.STRONG)
-            run.count(len(reads))
-            for j, p in enumerate(candidates):
-                group = found[j * per : (j + 1) * per]
-                if all(group) and all(
-                    leaf.ranges[0][0] <= leaf.base + p < leaf.ranges[0][1] for leaf in others
-                ):
-                    yield p, group[-1][0]
-            batch = min(batch * 2, cap)
+            return iter(())
+        small = [i for i, s in enumerate(seekers) if s.done]
+        if small:
+            i = min(small, key=lambda i: len(seekers[i].buf))
+            leaf = self.children[i]
+            linked = Leaf(
+                leaf.path,
+                leaf.ranges,
+                leaf.base,
+                reverse=False,
+                kind=leaf.kind,
+                pk_from_value=leaf.pk_from_value,
+                served=leaf.served,
+                clip=leaf.clip,
+            )
+            return linked.items(run, after, len(seekers[i].buf) + 1)
+        return self._merge(run, seekers, start, want)
 
-    def _leapfrog(self, run: Run, after: bytes | None, want: int) -> Iterator[Item]:
+    def _merge(
+        self, run: Run, seekers: list[_Seeker], target: bytes | None, want: int
+    ) -> Iterator[Item]:
         batch = max(1, min(want, _DOC_BATCH))
         pending: list[bytes] = []
-        matches = self._matches(run, after, want)
+        n = len(seekers)
+        engine = run.kv.engine
         while True:
-            pos = next(matches, None)
-            if pos is not None:
-                pending.append(pos)
+            match: bytes | None = None
+            first = seekers[0].seek(target)
+            if first is not None:
+                target, agreed, k = first, 1, 1
+                while agreed < n:
+                    pos = seekers[k % n].seek(target)
+                    if pos is None:
+                        break
+                    if pos == target:
+                        agreed += 1
+                    else:
+                        target, agreed = pos, 1
+                    k += 1
+                else:
+                    match = target
+            if match is not None:
+                pending.append(match)
+                target = match + b"\x00"
                 if len(pending) < batch:
                     continue
-            if not pending:
+            if pending:
+                keys = [self.model_base + p for p in pending]
+                reads = [ReadRange(k, k + b"\x00", 1) for k in keys]
+                found = engine.snapshot_read(reads, consistency=Consistency.STRONG)
+                run.count(len(found))
+                for p, entries in zip(pending, found, strict=True):
+                    if entries:
+                        yield p, entries[0]
+                pending = []
+            if match is None:
                 return
-            keys = [self.model_base + p for p in pending]
-            reads = [ReadRange(k, k + b"\x00", 1) for k in keys]
-            found = run.kv.engine.snapshot_read(reads, consistency=Consistency.STRONG)
-            run.count(len(found))
-            for p, entries in zip(pending, found, strict=True):
-                if entries:
-                    yield p, entries[0]
-            pending = []
-            if pos is None:
-                return
-            batch = min(batch * 2, _DOC_BATCH)
 
     def describe(self, indent: str) -> list[str]:
         lines = [
-            f"{indent}intersect on the primary key (a streaming merge of index keys, then "
-            "the documents of the keys all hold) of:"
+            f"{indent}intersect on the primary key (the small side read with its documents, "
+            "or a leapfrog merge of index keys, chosen on each stream's first keys) of:"
         ]
         for c in self.children:
             lines.extend(c.describe(indent + "  "))

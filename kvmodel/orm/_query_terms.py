@@ -107,11 +107,20 @@ class Term:
     ``each`` marks ``contains`` (any element of a collection field matches).
     """
 
-    __slots__ = ("each", "field", "intervals", "point", "text")
+    __slots__ = ("each", "field", "intervals", "point", "points", "text")
 
     def __init__(
-        self, field: str, intervals: list[Interval], point: bytes | None, each: bool, text: str
+        self,
+        field: str,
+        intervals: list[Interval],
+        point: bytes | None,
+        each: bool,
+        text: str,
+        points: list[bytes] | None = None,
     ) -> None:
+        # ``points``: the encoded values of an ``in_`` (the planner may read
+        # each as an equality, and merge them).
+        self.points = points
         self.field = field
         self.intervals = intervals
         self.point = point
@@ -197,7 +206,7 @@ def _bind_term(info: ModelInfo, cond: FieldCondition) -> Term:
         points = sorted({encoded(v) for v in cond.value})
         intervals = [(p, p + b"\xff") for p in points]
         point = points[0] if len(points) == 1 else None
-        return Term(cond.field, intervals, point, False, repr(cond))
+        return Term(cond.field, intervals, point, False, repr(cond), points)
     if op == "startswith":
         if kind.type_text != repr(str) and "str" not in kind.type_text:
             raise InvalidArgumentError(
