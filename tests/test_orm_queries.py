@@ -143,6 +143,9 @@ def test_scan_limit_error_carries_the_facts(kv: Kv) -> None:
     assert isinstance(info.value, km.LimitExceededError)
     assert info.value.limit == 3 and info.value.actual > 3
     assert "max_scan=3" in str(info.value)
+    # Entries count as examined, not as read ahead: the first open order matches.
+    found = Order.query(kv, F("title").startswith("b"), status="open", max_scan=1).first()
+    assert found is not None and found.id == 1
 
 
 def test_deleting_more_than_one_commit_holds_from_a_kv_deletes_nothing(kv: Kv) -> None:

@@ -187,8 +187,10 @@ class Leaf(Node):
                     pairs: list[tuple[RawEntry, RawEntry | None]] = [(e, e) for e in raw]
                 else:
                     pairs = kv.read_linked(read, Consistency.STRONG)
-                run.count(len(pairs))
                 for entry, doc in pairs:
+                    # Counted as examined, not as read: a batch reads ahead,
+                    # and max_scan bounds what the call needed.
+                    run.count(1)
                     pos = self._position(entry)
                     if after is not None and (pos <= after if not self.reverse else pos >= after):
                         continue

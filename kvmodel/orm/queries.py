@@ -233,8 +233,13 @@ class Query(Generic[M]):
 
     def first(self) -> M | None:
         """The first match in the query's order, or None."""
-        page = self._page(self._plan(), 1, None)
-        return page[0] if page else None
+        plan = self._plan()
+        run = self._run()
+        items = list(qs.first_items(plan.node, run, None, 1))  # no peek past it: no cursor
+        out: list[M] = []
+        load_documents(self._bound.info, [doc for _, doc in items], out, self._session)
+        run.returned = len(out)
+        return out[0] if out else None
 
     def exists(self) -> bool:
         """Whether at least one document matches (loads none)."""
