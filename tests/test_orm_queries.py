@@ -7,6 +7,7 @@ limits, pages) with filtering every document in Python.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -410,3 +411,44 @@ def _check_random_query(
         cursor = page.cursor
     assert paged == [o.id for o in got]
     kv.close()
+
+
+_TYPED = """
+from typing import assert_type
+
+import kvmodel as km
+from kvmodel import aio
+from kvmodel.aio import AsyncQuery
+
+
+class Order(km.Model, prefix="o"):
+    id: int = km.field(primary_key=True)
+    status: str
+    by_status = km.Index("status")
+
+
+async def check(kv: km.Kv, akv: aio.AsyncKv) -> None:
+    q = Order.query(kv, km.F("status") == "x", status="y").order_by("-id").limit(3)
+    assert_type(q, km.Query[Order])
+    assert_type(q.first(), Order | None)
+    assert_type(q.page(limit=2), km.Page[Order])
+    assert_type(next(iter(q)), Order)
+    aq = Order.query(akv, status="x")
+    assert_type(aq, AsyncQuery[Order])
+    assert_type(await aq.first(), Order | None)
+    assert_type(await aq.count(), int)
+    async for o in aq:
+        assert_type(o, Order)
+    assert_type(Order.by_status.find(kv, status="x"), km.Page[Order])
+"""
+
+
+def test_queries_are_typed_for_mypy(tmp_path: Path) -> None:
+    """mypy --strict sees Query[Order], AsyncQuery[Order] and Order results."""
+    api = pytest.importorskip("mypy.api")
+    source = tmp_path / "typed_queries.py"
+    source.write_text(_TYPED, encoding="utf-8")
+    out, err, status = api.run(
+        ["--strict", "--no-incremental", "--python-version", "3.11", str(source)]
+    )
+    assert status == 0, out + err
