@@ -156,6 +156,20 @@ def test_deleting_more_than_one_commit_holds_from_a_kv_deletes_nothing(kv: Kv) -
     assert Order.query(kv, status="old").count() == 120
 
 
+def test_or_branches_that_each_fix_the_order_field_are_not_merged_by_primary_key(
+    kv: Kv,
+) -> None:
+    with km.Session(kv) as s:
+        s.add_all(Order(id=i, status="x", total_cents=(i % 2) * 10) for i in range(6))
+    cond = ((F("status") == "x") & (F("total_cents") == 10)) | (
+        (F("status") == "x") & (F("total_cents") == 0)
+    )
+    with pytest.raises(km.IndexRequiredError):
+        Order.query(kv, cond).order_by("total_cents").first()
+    got = Order.query(kv, cond, allow_scan=True).order_by("total_cents")
+    assert [o.total_cents for o in got] == [0, 0, 0, 10, 10, 10]
+
+
 def test_an_or_in_an_order_no_index_serves_needs_allow_scan(kv: Kv) -> None:
     orders = _seed(kv)
     cond = (F("status") == "void") | F("tags").contains("t1")

@@ -324,6 +324,22 @@ def plan_query(kv: Kv, bound: Bound, *, allow_scan: bool, what: str) -> Plan:
 _MAX_SPLIT = 16
 
 
+def _mergeable(kinds: set[tuple[Any, ...]], order: tuple[str, bool] | None) -> bool:
+    """Whether streams of these kinds merge into the query's order by their positions.
+
+    Without a requested order, streams that share one (all in primary key
+    order, or all by one field) merge in it; with one, they must all be in
+    that field's order (a branch in primary key order whose equality fixes
+    the field is not: its neighbours' values interleave with it).
+    """
+    if len(kinds) != 1:
+        return False
+    (kind,) = kinds
+    if order is None:
+        return kind[0] in ("pk", "field")
+    return kind == ("field", order[0])
+
+
 def _plan_split(
     bound: Bound, terms: list[Term], paths: list[Path], allow_scan: bool, what: str
 ) -> tuple[Node, Leaf | None]:
@@ -351,8 +367,7 @@ def _plan_split(
                     subs.append(sub)
             except IndexRequiredError:
                 continue
-            kinds = {s.kind for s in subs}
-            if len(kinds) == 1 and next(iter(kinds))[0] in ("pk", "field"):
+            if _mergeable({s.kind for s in subs}, bound.order):
                 return MergeUnion(subs, bool(bound.order and bound.order[1])), None
         if not allow_scan:
             raise missing from None
@@ -370,9 +385,8 @@ def _plan(kv: Kv, bound: Bound, paths: list[Path], allow_scan: bool, what: str) 
         node = nodes[0]
     else:
         exact = None
-        kinds = {n.kind for n in nodes}
         reverse = bool(order and order[1])
-        if len(kinds) == 1 and next(iter(kinds))[0] in ("pk", "field"):
+        if _mergeable({n.kind for n in nodes}, order):
             node = MergeUnion(nodes, reverse)
         elif order is None:
             node = Concat(nodes, [Residual(info, terms) for terms in bound.branches])
