@@ -313,7 +313,14 @@ _field_values = {
 
 @st.composite
 def _condition(draw: st.DrawFn) -> tuple[km.Condition, object]:
-    field = draw(st.sampled_from(["status", "customer", "total_cents", "title", "tags"]))
+    field = draw(
+        st.sampled_from(["status", "customer", "total_cents", "title", "tags", "status+total"])
+    )
+    if field == "status+total":
+        # Equality on every field of by_status_total: a branch in primary key order.
+        sv, tv = draw(_field_values["status"]), draw(_field_values["total_cents"])
+        pair = (F("status") == sv) & (F("total_cents") == tv)
+        return pair, lambda o: o.status == sv and o.total_cents == tv
     if field == "tags":
         v = draw(st.sampled_from(["t0", "t1", "t2"]))
         return F("tags").contains(v), lambda o: v in o.tags
