@@ -9,6 +9,7 @@ working for callers that do not know kvmodel::
     ├── EncodeError(KvError, TypeError)           a value msgpack cannot hold
     ├── DecodeError(KvError, ValueError)          stored bytes that are not a valid value or key
     ├── LimitExceededError(KvError, ValueError)   a Deno KV limit (.limit, .actual)
+    │   └── ScanLimitError(LimitExceededError)    a query read more than its max_scan
     ├── InvalidArgumentError(KvError, ValueError) selectors, cursors, durations, options
     ├── KvTypeError(KvError, TypeError)           sum/min/max on a value that is not a KvU64
     ├── KvClosedError(KvError)                    the Kv was closed
@@ -18,6 +19,7 @@ working for callers that do not know kvmodel::
     ├── ValidationError(KvError, ValueError)      a field value does not fit its declared type
     ├── ReferentialIntegrityError(KvError)        a reference's on_delete or target refuses a commit
     ├── IndexNotReadyError(KvError)               a query on an index that is still being built
+    ├── IndexRequiredError(KvError)               no declared index serves a query
     └── ModelDefinitionError(KvError)             a Model class is declared wrongly
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "EncodeError",
     "EngineError",
     "IndexNotReadyError",
+    "IndexRequiredError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "KvClosedError",
@@ -40,6 +43,7 @@ __all__ = [
     "LimitExceededError",
     "ModelDefinitionError",
     "ReferentialIntegrityError",
+    "ScanLimitError",
     "UniqueViolationError",
     "ValidationError",
 ]
@@ -73,6 +77,15 @@ class LimitExceededError(KvError, ValueError):
         super().__init__(message)
         self.limit = limit
         self.actual = actual
+
+
+class ScanLimitError(LimitExceededError):
+    """A query read more entries than its ``max_scan`` allows before it finished.
+
+    Raised by the call (a page, ``first``, ``count``, ...) that went over; what
+    that call read is not returned. ``limit`` is the ``max_scan``, ``actual``
+    how many entries it had read.
+    """
 
 
 class InvalidArgumentError(KvError, ValueError):
@@ -193,3 +206,22 @@ class ReferentialIntegrityError(KvError):
         self.key = key
         self.field = field
         self.target = target
+
+
+class IndexRequiredError(KvError):
+    """No ready index serves a query's conditions or order (``Model.query``).
+
+    Attributes:
+        model: the model's name (``"Order"``).
+        fields: the fields the query compares or orders by.
+        suggestion: an index declaration that would serve it
+            (``'by_status_total_cents = km.Index("status", "total_cents")'``).
+    """
+
+    def __init__(
+        self, message: str, *, model: str, fields: tuple[str, ...], suggestion: str
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.fields = fields
+        self.suggestion = suggestion

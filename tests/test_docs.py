@@ -63,6 +63,7 @@ DOC_PAGES = [
     "docs/index.md",
     "docs/how-to/unique-constraints.md",
     "docs/how-to/add-an-index.md",
+    "docs/how-to/query-your-models.md",
     "docs/how-to/relate-models.md",
     "docs/how-to/evolve-a-model.md",
     "docs/how-to/retries.md",

@@ -21,6 +21,7 @@ from kvmodel.aio._kv import (
     open_kv,
 )
 from kvmodel.aio._model_watch import AsyncModelWatch, AsyncModelWatchMany
+from kvmodel.aio._query import AsyncQuery
 from kvmodel.aio._session import AsyncSession, transaction
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "AsyncListIterator",
     "AsyncModelWatch",
     "AsyncModelWatchMany",
+    "AsyncQuery",
     "AsyncSession",
     "AsyncWatchIterator",
     "OpeningKv",

@@ -16,6 +16,7 @@ from kvmodel.orm.check import (
     check_indexes,
     rebuild_indexes,
 )
+from kvmodel.orm.conditions import Condition, F, and_, or_
 from kvmodel.orm.evolve import (
     DocumentProblem,
     DocumentReport,
@@ -26,14 +27,17 @@ from kvmodel.orm.evolve import (
 )
 from kvmodel.orm.index import Index, Unique
 from kvmodel.orm.model import Model, field, new_id, upgrade, utcnow
+from kvmodel.orm.queries import Query
 from kvmodel.orm.query import Page
 from kvmodel.orm.refs import Ref
 from kvmodel.orm.session import Session, expires_at
 
 __all__ = [
     "BulkReport",
+    "Condition",
     "DocumentProblem",
     "DocumentReport",
+    "F",
     "Index",
     "IndexProblem",
     "IndexRepairs",
@@ -41,9 +45,11 @@ __all__ = [
     "MigrationReport",
     "Model",
     "Page",
+    "Query",
     "Ref",
     "Session",
     "Unique",
+    "and_",
     "bulk_delete",
     "bulk_save",
     "check_documents",
@@ -53,6 +59,7 @@ __all__ = [
     "field",
     "migrate",
     "new_id",
+    "or_",
     "rebuild_indexes",
     "register_type",
     "transaction",

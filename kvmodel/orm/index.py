@@ -275,6 +275,40 @@ class IndexBase(Generic[M]):
         self.info  # noqa: B018 -- prepares the converters
         return self._query_converters[position](value)
 
+    def _values_by_name(self, values: tuple[Any, ...], named: dict[str, Any]) -> tuple[Any, ...]:
+        """Query values given positionally or by field name, as one positional tuple.
+
+        Keywords name the index's fields (``find(kv, author_id=x)``) and must
+        cover a prefix of them, as positional values do.
+
+        Raises:
+            InvalidArgumentError: both kinds at once, an unknown field name, or
+                names that are not a prefix of the index's fields.
+        """
+        if not named:
+            return values
+        if values:
+            raise InvalidArgumentError(
+                f"{self.qualname} was given values both by position {values!r} and by name "
+                f"{sorted(named)!r}; give them one way (its fields are {self.fields!r})."
+            )
+        unknown = [n for n in named if n not in self.fields]
+        if unknown:
+            raise InvalidArgumentError(
+                f"{self.qualname} has no field {unknown[0]!r}; its fields are "
+                f"{self.fields!r}, and keywords name them."
+            )
+        prefix = self.fields[: len(named)]
+        if set(prefix) != set(named):
+            missing = next(f for f in prefix if f not in named)
+            raise InvalidArgumentError(
+                f"{self.qualname} indexes {self.fields!r} in that order; values for "
+                f"{sorted(named)!r} leave out {missing!r}, so they are not a prefix of its "
+                "fields. Give the earlier fields too, or use Model.query for other "
+                "combinations."
+            )
+        return tuple(named[f] for f in prefix)
+
     # -- queries -----------------------------------------------------------------
 
     @overload
@@ -287,6 +321,7 @@ class IndexBase(Generic[M]):
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
+        **named: Any,
     ) -> Page[M]: ...
     @overload
     def find(
@@ -298,6 +333,7 @@ class IndexBase(Generic[M]):
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
+        **named: Any,
     ) -> Awaitable[Page[M]]: ...
     def find(
         self,
@@ -308,6 +344,7 @@ class IndexBase(Generic[M]):
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
+        **named: Any,
     ) -> Page[M] | Awaitable[Page[M]]:
         """The documents whose first indexed fields equal ``values``, in index order.
 
@@ -324,6 +361,9 @@ class IndexBase(Generic[M]):
             start: inclusive lower bound of the next field.
             end: exclusive upper bound of the next field.
             limit: at most this many documents.
+            named: the same values by field name instead
+                (``Post.by_author.find(kv, author_id=x)``), for a prefix of
+                the fields.
             reverse: highest index values first.
             cursor: resume after the page that returned this ``.cursor``.
 
@@ -335,7 +375,7 @@ class IndexBase(Generic[M]):
         return query.find(
             self,
             source,
-            values,
+            self._values_by_name(values, named),
             start=start,
             end=end,
             limit=limit,
@@ -345,11 +385,21 @@ class IndexBase(Generic[M]):
 
     @overload
     def count(
-        self, source: Session | Kv, *values: Any, start: Any = None, end: Any = None
+        self,
+        source: Session | Kv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        **named: Any,
     ) -> int: ...
     @overload
     def count(
-        self, source: AsyncSession | AsyncKv, *values: Any, start: Any = None, end: Any = None
+        self,
+        source: AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        **named: Any,
     ) -> Awaitable[int]: ...
     def count(
         self,
@@ -357,6 +407,7 @@ class IndexBase(Generic[M]):
         *values: Any,
         start: Any = None,
         end: Any = None,
+        **named: Any,
     ) -> int | Awaitable[int]:
         """How many index entries match, as :meth:`find` would select them.
 
@@ -364,7 +415,7 @@ class IndexBase(Generic[M]):
         """
         from kvmodel.orm import query
 
-        return query.count(self, source, values, start=start, end=end)
+        return query.count(self, source, self._values_by_name(values, named), start=start, end=end)
 
     @overload
     def first(
@@ -374,6 +425,7 @@ class IndexBase(Generic[M]):
         start: Any = None,
         end: Any = None,
         reverse: bool = False,
+        **named: Any,
     ) -> M | None: ...
     @overload
     def first(
@@ -383,6 +435,7 @@ class IndexBase(Generic[M]):
         start: Any = None,
         end: Any = None,
         reverse: bool = False,
+        **named: Any,
     ) -> Awaitable[M | None]: ...
     def first(
         self,
@@ -391,6 +444,7 @@ class IndexBase(Generic[M]):
         start: Any = None,
         end: Any = None,
         reverse: bool = False,
+        **named: Any,
     ) -> M | Awaitable[M | None] | None:
         """The first document :meth:`find` would return (the last with ``reverse``), or None.
 
@@ -410,15 +464,32 @@ class IndexBase(Generic[M]):
         """
         from kvmodel.orm import query
 
-        return query.first(self, source, values, start=start, end=end, reverse=reverse)
+        return query.first(
+            self,
+            source,
+            self._values_by_name(values, named),
+            start=start,
+            end=end,
+            reverse=reverse,
+        )
 
     @overload
     def exists(
-        self, source: Session | Kv, *values: Any, start: Any = None, end: Any = None
+        self,
+        source: Session | Kv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        **named: Any,
     ) -> bool: ...
     @overload
     def exists(
-        self, source: AsyncSession | AsyncKv, *values: Any, start: Any = None, end: Any = None
+        self,
+        source: AsyncSession | AsyncKv,
+        *values: Any,
+        start: Any = None,
+        end: Any = None,
+        **named: Any,
     ) -> Awaitable[bool]: ...
     def exists(
         self,
@@ -426,11 +497,12 @@ class IndexBase(Generic[M]):
         *values: Any,
         start: Any = None,
         end: Any = None,
+        **named: Any,
     ) -> bool | Awaitable[bool]:
         """Whether :meth:`find` would return at least one document."""
         from kvmodel.orm import query
 
-        return query.exists(self, source, values, start=start, end=end)
+        return query.exists(self, source, self._values_by_name(values, named), start=start, end=end)
 
     def delete_where(
         self,
@@ -439,6 +511,7 @@ class IndexBase(Generic[M]):
         start: Any = None,
         end: Any = None,
         progress: Callable[[BulkReport], object] | None = None,
+        **named: Any,
     ) -> BulkReport:
         """Deletes every document that :meth:`find` selects, with all its index entries.
 
@@ -466,7 +539,14 @@ class IndexBase(Generic[M]):
         """
         from kvmodel.orm import bulk
 
-        return bulk.delete_where(self, kv, values, start=start, end=end, progress=progress)
+        return bulk.delete_where(
+            self,
+            kv,
+            self._values_by_name(values, named),
+            start=start,
+            end=end,
+            progress=progress,
+        )
 
 
 class Index(IndexBase[M]):
@@ -513,11 +593,13 @@ class Unique(IndexBase[M]):
         return self  # type: ignore[return-value]
 
     @overload
-    def get(self, source: Session | Kv, *values: Any) -> M | None: ...
+    def get(self, source: Session | Kv, *values: Any, **named: Any) -> M | None: ...
     @overload
-    def get(self, source: AsyncSession | AsyncKv, *values: Any) -> Awaitable[M | None]: ...
     def get(
-        self, source: Session | Kv | AsyncSession | AsyncKv, *values: Any
+        self, source: AsyncSession | AsyncKv, *values: Any, **named: Any
+    ) -> Awaitable[M | None]: ...
+    def get(
+        self, source: Session | Kv | AsyncSession | AsyncKv, *values: Any, **named: Any
     ) -> M | Awaitable[M | None] | None:
         """The document holding these values (one per field), or None.
 
@@ -528,4 +610,4 @@ class Unique(IndexBase[M]):
         """
         from kvmodel.orm import query
 
-        return query.unique_get(self, source, values)
+        return query.unique_get(self, source, self._values_by_name(values, named))

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, dataclass_transform, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, dataclass_transform, overload
 
 import attrs
 
@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from kvmodel._kv import Kv
     from kvmodel.aio._kv import AsyncKv
     from kvmodel.aio._model_watch import AsyncModelWatch, AsyncModelWatchMany
+    from kvmodel.aio._query import AsyncQuery
     from kvmodel.aio._session import AsyncSession
+    from kvmodel.orm.conditions import Condition
+    from kvmodel.orm.queries import Query
     from kvmodel.orm.query import Page
     from kvmodel.orm.session import Session
     from kvmodel.orm.watch import ModelWatch, ModelWatchMany
@@ -836,6 +839,75 @@ class Model(metaclass=ModelMeta):
 
         return list_documents(
             source, cls, pk, start=start, end=end, limit=limit, reverse=reverse, cursor=cursor
+        )
+
+    @overload
+    @classmethod
+    def query(
+        cls: type[M],
+        source: Session | Kv,
+        *conditions: Condition,
+        allow_scan: bool = False,
+        max_scan: int | None = None,
+        **equalities: Any,
+    ) -> Query[M]: ...
+    @overload
+    @classmethod
+    def query(
+        cls: type[M],
+        source: AsyncSession | AsyncKv,
+        *conditions: Condition,
+        allow_scan: bool = False,
+        max_scan: int | None = None,
+        **equalities: Any,
+    ) -> AsyncQuery[M]: ...
+    @classmethod
+    def query(
+        cls: type[M],
+        source: Session | Kv | AsyncSession | AsyncKv,
+        *conditions: Condition,
+        allow_scan: bool = False,
+        max_scan: int | None = None,
+        **equalities: Any,
+    ) -> Query[M] | AsyncQuery[M]:
+        """A query of this model's documents: conditions on fields, read through its indexes.
+
+        ``conditions`` are built with :class:`kvmodel.F` (``km.F("total") > 10``,
+        combined with ``&`` and ``|``); keywords are equalities
+        (``status="paid"``). The planner reads the ready index with the longest
+        equality prefix and a range or the order on its next field, merges two
+        indexes on the primary key for an AND, and checks what no index serves
+        in Python. See docs/how-to/query-your-models.md.
+
+        Args:
+            source: a Session (results join its identity map), a Kv (detached
+                objects), or their ``kvmodel.aio`` twins (then the query's
+                reading methods are awaited).
+            conditions: field conditions, AND-ed.
+            allow_scan: when no index serves the query, read every document
+                of the model (and sort in memory for an order no index
+                serves) instead of raising IndexRequiredError.
+            max_scan: at most this many entries read per call (a page,
+                ``first``, ``count``...); past it the call raises
+                :class:`kvmodel.ScanLimitError`.
+            equalities: ``field=value`` conditions.
+
+        Raises:
+            InvalidArgumentError: an unknown field, or a value that does not fit
+                its field (checked here, before anything is read).
+        """
+        from kvmodel.orm.queries import make_query
+        from kvmodel.orm.query import _sync_source
+
+        if _sync_source(source) is None:
+            from kvmodel.aio._query import make_async_query
+
+            return make_async_query(
+                cls, source, conditions, equalities, allow_scan=allow_scan, max_scan=max_scan
+            )
+        sync = cast("Session | Kv", source)
+        return make_query(
+            cls, sync, conditions, equalities, allow_scan=allow_scan, max_scan=max_scan
         )
 
     @overload
