@@ -280,6 +280,23 @@ def test_index_accessors_take_their_fields_by_keyword(kv: Kv) -> None:
     ):
         with pytest.raises(km.InvalidArgumentError, match=r"Order\.by_status_total"):
             bad()
+    with km.Session(kv) as s:
+        by_name = s.find(Order.by_status_total, status="paid", total_cents=0)
+        assert [o.id for o in by_name] == [o.id for o in s.find(Order.by_status_total, "paid", 0)]
+        with pytest.raises(km.InvalidArgumentError, match=r"no field 'nope'"):
+            s.find(Order.by_status_total, nope=0)
+
+
+def test_the_async_session_finds_by_keyword() -> None:
+    async def main() -> None:
+        async with await aio.open_kv() as kv:
+            async with aio.AsyncSession(kv) as s:
+                s.add_all([Order(id=i, status=STATUSES[i % 3], total_cents=i) for i in range(9)])
+            async with aio.AsyncSession(kv) as s:
+                page = await s.find(Order.by_status_total, status=STATUSES[0])
+                assert [o.id for o in page] == [0, 3, 6]
+
+    asyncio.run(main())
 
 
 def test_the_async_twin_awaits_the_same_results() -> None:

@@ -152,17 +152,21 @@ class AsyncSession:
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
+        **named: Any,
     ) -> Page[M]:
         """See :meth:`kvmodel.Session.find`."""
+        session = self._session
         return await self._kv.run(
-            self._session.find,
-            index,
-            *values,
-            start=start,
-            end=end,
-            limit=limit,
-            reverse=reverse,
-            cursor=cursor,
+            lambda: session.find(
+                index,
+                *values,
+                start=start,
+                end=end,
+                limit=limit,
+                reverse=reverse,
+                cursor=cursor,
+                **named,
+            )
         )
 
     async def commit(self) -> CommitResult | None:

@@ -538,12 +538,20 @@ class Session:
         limit: int | None = None,
         reverse: bool = False,
         cursor: str | None = None,
+        **named: Any,
     ) -> Page[M]:
-        """Queries an index; see :meth:`kvmodel.Index.find`."""
+        """Queries an index; see :meth:`kvmodel.Index.find` (values by position or by name)."""
         if self._closed:
             self._check_open()
         return index.find(
-            self, *values, start=start, end=end, limit=limit, reverse=reverse, cursor=cursor
+            self,
+            *values,
+            start=start,
+            end=end,
+            limit=limit,
+            reverse=reverse,
+            cursor=cursor,
+            **named,
         )
 
     def _load(self, info: ModelInfo, key: Key, value: Any, versionstamp: str | None) -> Any:
