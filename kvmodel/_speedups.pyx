@@ -535,6 +535,41 @@ def checked_point(key, tuple row):
     return _checked_entry_py(key, *row) if e is None else e  # the reference raises
 
 
+def checked_linked(list rows, now_ms):
+    """The (entry, linked document) pairs of SQLite's joined read of index entries:
+    :func:`kvmodel.engines._sqlite_rows.checked_linked`."""
+    cdef list out = []
+    cdef tuple row
+    for row in rows:
+        key = <object>PyTuple_GET_ITEM(row, 0)
+        value = <object>PyTuple_GET_ITEM(row, 1)
+        entry = _checked(
+            key,
+            value,
+            <object>PyTuple_GET_ITEM(row, 2),
+            <object>PyTuple_GET_ITEM(row, 3),
+            <object>PyTuple_GET_ITEM(row, 4),
+        )
+        if entry is None:
+            entry = _checked_entry_py(*row[:5])  # the reference raises
+        target = None
+        if <object>PyTuple_GET_ITEM(row, 9):
+            expiry = <object>PyTuple_GET_ITEM(row, 8)
+            target = _checked(
+                value,
+                <object>PyTuple_GET_ITEM(row, 5),
+                <object>PyTuple_GET_ITEM(row, 6),
+                <object>PyTuple_GET_ITEM(row, 7),
+                expiry,
+            )
+            if target is None:
+                target = _checked_entry_py(value, *row[5:9])  # the reference raises
+            if expiry is not None and expiry <= now_ms:
+                target = None
+        out.append((entry, target))
+    return out
+
+
 def new_entry(key, value, versionstamp):
     """``Entry(key, value, versionstamp)``, without the attrs ``__init__``'s setattr calls."""
     return _new_entry(key, value, versionstamp)

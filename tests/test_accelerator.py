@@ -268,6 +268,7 @@ def test_the_public_names_are_the_compiled_twins() -> None:
     assert keys.encode_key is not keys.encode_key_py
     assert keys.decode_key.__doc__ == keys.decode_key_py.__doc__
     assert km.Kv is not None and _list.decode_entries is not _list.decode_entries_py
+    assert _sqlite_rows.checked_linked is not _sqlite_rows.checked_linked_py
 
 
 def _probe(env: dict[str, str]) -> str:
@@ -539,6 +540,41 @@ def _point_rows(draw: st.DrawFn) -> tuple[Any, tuple[Any, ...]]:
 @given(_point_rows())
 def test_checked_point_agrees_with_the_reference(case: tuple[Any, tuple[Any, ...]]) -> None:
     _agree(_sqlite_rows.checked_point, _sqlite_rows.checked_point_py, *case)
+
+
+@st.composite
+def _linked_rows(draw: st.DrawFn) -> tuple[list[tuple[Any, ...]], int]:
+    """Joined index rows (entry, linked document, whether linked) and a read time,
+    some columns of either side damaged, some documents past their deadline."""
+    rows = []
+    for _ in range(draw(st.integers(0, 5))):
+        row: list[Any] = [
+            draw(st.binary(min_size=1, max_size=12)),
+            draw(st.binary(min_size=1, max_size=12)),
+            draw(st.sampled_from([1, 2, 3, 4])),
+            draw(st.integers(0, 2**64 - 1)),
+            draw(st.one_of(st.none(), st.integers(0, 2**40))),
+            draw(st.binary(max_size=20)),
+            draw(st.sampled_from([1, 2, 3, 4])),
+            draw(st.integers(0, 2**64 - 1)),
+            draw(st.one_of(st.none(), st.integers(0, 2000))),
+            draw(st.sampled_from([0, 1, 1])),
+        ]
+        if draw(st.integers(0, 3)) == 0:
+            row[draw(st.integers(0, 8))] = draw(_column)
+        rows.append(tuple(row))
+    return rows, draw(st.integers(0, 2000))
+
+
+@needs_accelerator
+@given(_linked_rows())
+@example(([(b"i", b"d", 1, 1, None, b"v", 1, 2, 1000, 1)], 1000))
+@example(([(b"i", b"d", 1, 1, None, "text", 1, 2, 5, 1)], 1000))
+@example(([(b"i", b"d", 1, 1, None, None, None, None, None, 0)], 0))
+def test_checked_linked_agrees_with_the_reference(
+    case: tuple[list[tuple[Any, ...]], int],
+) -> None:
+    _agree(_sqlite_rows.checked_linked, _sqlite_rows.checked_linked_py, *case)
 
 
 @needs_accelerator

@@ -6,7 +6,12 @@ import sqlite3
 from collections.abc import Sequence
 
 from kvmodel.engines._sqlite_connections import SqliteConnections
-from kvmodel.engines._sqlite_rows import checked_entries, checked_entry, checked_point
+from kvmodel.engines._sqlite_rows import (
+    checked_entries,
+    checked_entry,
+    checked_linked,
+    checked_point,
+)
 from kvmodel.engines._sqlite_schema import (
     BEGIN_READ,
     COMMIT,
@@ -103,18 +108,8 @@ class SqliteReads(SqliteConnections):
     ) -> list[tuple[RawEntry, RawEntry | None]]:
         now_ms = self._now_ms()
         sql = SELECT_LINKED_REVERSE if r.reverse else SELECT_LINKED
-        out: list[tuple[RawEntry, RawEntry | None]] = []
-        for k, v, enc, ver, exp, tv, tenc, tver, texp, linked in conn.execute(
-            sql, (r.start, r.end, now_ms, r.limit)
-        ):
-            entry = checked_entry(k, v, enc, ver, exp)
-            target = None
-            if linked:
-                target = checked_entry(v, tv, tenc, tver, texp)
-                if texp is not None and texp <= now_ms:
-                    target = None
-            out.append((entry, target))
-        return out
+        rows = conn.execute(sql, (r.start, r.end, now_ms, r.limit)).fetchall()
+        return checked_linked(rows, now_ms)
 
     def _read_points(
         self, conn: sqlite3.Connection, ranges: Sequence[ReadRange]

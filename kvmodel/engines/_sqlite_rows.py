@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from typing import Any
 
 import msgpack
 
@@ -120,8 +121,32 @@ def checked_point(key: bytes, row: tuple[object, object, object, object]) -> Raw
     return checked_entry(key, *row)
 
 
+def checked_linked(
+    rows: list[tuple[Any, ...]], now_ms: int
+) -> list[tuple[RawEntry, RawEntry | None]]:
+    """The (entry, linked document) pairs of a joined read of index entries.
+
+    Each row is an index entry's (key, value, encoding, version, expiry), then
+    its linked document's (value, encoding, version, expiry) and whether there
+    is one; the document's key is the entry's value. A document past its
+    deadline at ``now_ms`` is None, but its row is still checked first.
+    The pure-Python reference of the accelerator's twin of the same name.
+    """
+    out: list[tuple[RawEntry, RawEntry | None]] = []
+    for k, v, enc, ver, exp, tv, tenc, tver, texp, linked in rows:
+        entry = checked_entry(k, v, enc, ver, exp)
+        target = None
+        if linked:
+            target = checked_entry(v, tv, tenc, tver, texp)
+            if texp is not None and texp <= now_ms:
+                target = None
+        out.append((entry, target))
+    return out
+
+
 checked_entries_py = checked_entries
 checked_point_py = checked_point
+checked_linked_py = checked_linked
 if speedups is not None:
     speedups.install_row_checks(
         checked_entry=checked_entry,
@@ -132,6 +157,7 @@ if speedups is not None:
     )
     checked_entries = speedups.checked_entries
     checked_point = speedups.checked_point
+    checked_linked = speedups.checked_linked
 
 
 def damaged_row(
