@@ -278,9 +278,9 @@ def _table_args(request: Request) -> dict[str, Any]:
     }
 
 
-async def entries(browser: Browser, request: Request) -> Response:
-    args = _table_args(request)
-    page = await run_in_threadpool(
+async def _entries_page(browser: Browser, args: dict[str, Any]) -> _data.Page:
+    """The table page the arguments ask for, read off the event loop."""
+    return await run_in_threadpool(
         _data.entries_page,
         browser.kv,
         args["prefix"],
@@ -288,6 +288,11 @@ async def entries(browser: Browser, request: Request) -> Response:
         after=args["after"],
         limit=args["limit"],
     )
+
+
+async def entries(browser: Browser, request: Request) -> Response:
+    args = _table_args(request)
+    page = await _entries_page(browser, args)
     return browser.page("entries.html", page=page, args=args)
 
 
@@ -494,14 +499,7 @@ async def entries_events(browser: Browser, request: Request) -> Response:
         idle = 0.0
         while not await request.is_disconnected():
             try:
-                page = await run_in_threadpool(
-                    _data.entries_page,
-                    browser.kv,
-                    args["prefix"],
-                    start=args["start"],
-                    after=args["after"],
-                    limit=args["limit"],
-                )
+                page = await _entries_page(browser, args)
             except KvError:
                 return  # the Kv closed
             seen = tuple((r.key_text, r.versionstamp, r.expires) for r in page.rows)
