@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kvmodel.aio._kv import AsyncKv
-from kvmodel.aio._session import AsyncSession
 from kvmodel.orm.conditions import Condition
 from kvmodel.orm.queries import Query, make_query
-from kvmodel.orm.query import Page, _not_a_source
+from kvmodel.orm.query import Page, async_source
 
 if TYPE_CHECKING:
     from kvmodel.orm.model import Model
@@ -107,13 +106,7 @@ def make_async_query(
     max_scan: int | None,
 ) -> AsyncQuery[M]:
     """What :meth:`kvmodel.Model.query` builds for an AsyncKv or an AsyncSession."""
-    sync: Any
-    if isinstance(source, AsyncSession):
-        kv, sync = source.kv, source.sync
-    elif isinstance(source, AsyncKv):
-        kv, sync = source, source.sync
-    else:
-        raise _not_a_source(source)
+    kv, sync = async_source(source)
     query = make_query(
         model, sync, conditions, equalities, allow_scan=allow_scan, max_scan=max_scan
     )

@@ -120,17 +120,24 @@ def run_async(source: object, query: Callable[[Session | Kv], T]) -> Coroutine[A
     Raises:
         KvTypeError: ``source`` is not a query source at all.
     """
+    kv, sync = async_source(source)
+    return kv.run(query, sync)
+
+
+def async_source(source: object) -> tuple[AsyncKv, Session | Kv]:
+    """The AsyncKv of an async source and the sync source its calls run on.
+
+    Raises:
+        KvTypeError: ``source`` is neither an ``AsyncKv`` nor an ``AsyncSession``.
+    """
     from kvmodel.aio._kv import AsyncKv
     from kvmodel.aio._session import AsyncSession
 
-    sync: Session | Kv
     if isinstance(source, AsyncSession):
-        kv, sync = source.kv, source.sync
-    elif isinstance(source, AsyncKv):
-        kv, sync = source, source.sync
-    else:
-        raise _not_a_source(source)
-    return kv.run(query, sync)
+        return source.kv, source.sync
+    if isinstance(source, AsyncKv):
+        return source, source.sync
+    raise _not_a_source(source)
 
 
 def _selector(
