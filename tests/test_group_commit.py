@@ -89,9 +89,11 @@ def test_a_lone_commit_runs_at_once_as_a_group_of_one() -> None:
     assert (committer.groups, committer.commits) == (3, 3)
 
 
-def test_commits_arriving_during_a_commit_form_the_next_group_in_order() -> None:
-    """Followers queued behind a running leader are served together by the next leader."""
-    committer: GroupCommitter[int, int] = GroupCommitter()
+def _run_behind_a_leader(
+    committer: GroupCommitter[int, int], leader: int, followers: list[int]
+) -> tuple[Gate, dict[int, object]]:
+    """Submits ``leader``, holds its commit open while ``followers`` queue one by one
+    behind it, then lets everything run; the gate's groups and each caller's result."""
     gate = Gate()
     results: dict[int, object] = {}
 
@@ -101,18 +103,25 @@ def test_commits_arriving_during_a_commit_form_the_next_group_in_order() -> None
         except ValueError as exc:
             results[i] = str(exc)
 
-    first = threading.Thread(target=submit, args=(0,))
+    first = threading.Thread(target=submit, args=(leader,))
     first.start()
     gate.entered.wait(30)
-    others = []
-    for i in range(1, 6):
+    threads = []
+    for n, i in enumerate(followers):
         t = threading.Thread(target=submit, args=(i,))
         t.start()
-        others.append(t)
-        wait_until(lambda i=i: len(committer._queue) == i + 1)  # type: ignore[misc]
+        threads.append(t)
+        wait_until(lambda n=n: len(committer._queue) == n + 2)  # type: ignore[misc]
     gate.release.set()
-    for t in [first, *others]:
+    for t in [first, *threads]:
         t.join(30)
+    return gate, results
+
+
+def test_commits_arriving_during_a_commit_form_the_next_group_in_order() -> None:
+    """Followers queued behind a running leader are served together by the next leader."""
+    committer: GroupCommitter[int, int] = GroupCommitter()
+    gate, results = _run_behind_a_leader(committer, 0, [1, 2, 3, 4, 5])
     assert gate.groups == [[0], [1, 2, 3, 4, 5]]
     # Each caller gets its own result; an exception in its place goes to it alone.
     assert results == {0: 0, 1: "odd 1", 2: 20, 3: "odd 3", 4: 40, 5: "odd 5"}
@@ -122,29 +131,9 @@ def test_commits_arriving_during_a_commit_form_the_next_group_in_order() -> None
 def test_a_group_stops_at_its_weight_budget_but_always_holds_its_leader() -> None:
     """With a weight budget, the next leader takes only the queue's head that fits it."""
     committer: GroupCommitter[int, int] = GroupCommitter(weight=lambda i: i, max_weight=100)
-    gate = Gate()
-    results: dict[int, object] = {}
-
-    def submit(i: int) -> None:
-        try:
-            results[i] = committer.submit(i, gate)
-        except ValueError as exc:
-            results[i] = str(exc)
-
-    first = threading.Thread(target=submit, args=(2,))
-    first.start()
-    gate.entered.wait(30)
     # Queued behind the running commit: 40 + 50 fit 100, 60 starts a group of
     # its own, and 200 (over the budget alone) still runs, as a group of one.
-    threads = []
-    for n, i in enumerate([40, 50, 60, 200, 10]):
-        t = threading.Thread(target=submit, args=(i,))
-        t.start()
-        threads.append(t)
-        wait_until(lambda n=n: len(committer._queue) == n + 2)  # type: ignore[misc]
-    gate.release.set()
-    for t in [first, *threads]:
-        t.join(30)
+    gate, results = _run_behind_a_leader(committer, 2, [40, 50, 60, 200, 10])
     assert gate.groups == [[2], [40, 50], [60], [200], [10]]
     assert results == {2: 20, 40: 400, 50: 500, 60: 600, 200: 2000, 10: 100}
 
