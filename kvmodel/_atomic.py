@@ -51,6 +51,8 @@ __all__ = [
     "DEFAULT_BACKOFF_SCHEDULE_MS",
     "AtomicBuilder",
     "AtomicOperation",
+    "COMMIT_WIDE_LIMITS",
+    "EMBEDDED_LIMITS",
     "check_commit_limits",
     "lift_hint",
 ]
@@ -344,7 +346,15 @@ def _too_many(
     )
 
 
-_EMBEDDED = EngineLimits.embedded()
+EMBEDDED_LIMITS = EngineLimits.embedded()
+"""What ``limits="embedded"`` asks for, to say when it would lift a limit."""
+COMMIT_WIDE_LIMITS = (
+    "max_checks",
+    "max_mutations",
+    "max_total_mutation_size",
+    "max_total_key_size",
+)
+"""The EngineLimits fields that bound a whole commit (the ones ``limits="embedded"`` lifts)."""
 
 
 def lift_hint(field: str, actual: int, limits: EngineLimits, capacity: EngineLimits | None) -> str:
@@ -356,7 +366,7 @@ def lift_hint(field: str, actual: int, limits: EngineLimits, capacity: EngineLim
     """
     if capacity is None:
         return ""
-    lifted = getattr(_EMBEDDED, field)
+    lifted = getattr(EMBEDDED_LIMITS, field)
     if getattr(limits, field) < lifted <= getattr(capacity, field) and actual <= lifted:
         return (
             f" Open the store with limits='embedded' (kvmodel.open_kv(path, "

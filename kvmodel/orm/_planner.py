@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from kvmodel._atomic import lift_hint
+from kvmodel._atomic import COMMIT_WIDE_LIMITS, EMBEDDED_LIMITS, lift_hint
 from kvmodel.errors import (
     EncodeError,
     InvalidArgumentError,
@@ -451,13 +451,8 @@ def session_advice(
         "Commit the session in smaller batches, or save many objects with "
         "km.bulk_save(kv, objs), which packs them into as many commits as the limits need."
     )
-    if field:
-        lifts = bool(lift_hint(field, actual, limits, capacity))
-    else:
-        lifts = capacity is not None and any(
-            getattr(limits, f) < getattr(_EMBEDDED, f) <= getattr(capacity, f) for f in _COMMIT_WIDE
-        )
-    if lifts:
+    fields = (field,) if field else COMMIT_WIDE_LIMITS
+    if any(lift_hint(f, actual, limits, capacity) for f in fields):
         allows = _ALLOWS.get(field, _ALLOWS[""])
         return (
             "To commit it atomically, open the store with limits='embedded' "
@@ -467,8 +462,7 @@ def session_advice(
     return advice
 
 
-_EMBEDDED = EngineLimits.embedded()
-_COMMIT_WIDE = ("max_checks", "max_mutations", "max_total_mutation_size", "max_total_key_size")
+_EMBEDDED = EMBEDDED_LIMITS
 _ALLOWS = {
     "max_checks": f"{_EMBEDDED.max_checks:,} checks",
     "max_mutations": f"{_EMBEDDED.max_mutations:,} mutations and enqueues",
