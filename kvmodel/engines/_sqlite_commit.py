@@ -19,7 +19,7 @@ whole group, as it would have failed each of its writes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -42,6 +42,7 @@ from kvmodel.engines._sqlite_schema import (
 )
 from kvmodel.engines.base import (
     AtomicWrite,
+    Check,
     CommitOutcome,
     Mutation,
     MutationKind,
@@ -200,11 +201,19 @@ class SqliteCommits(SqliteConnections):
     ) -> tuple[int, ...]:
         """The indexes of the write's checks that do not hold (an expired key is absent)."""
         checks = write.checks
+        row_of: Callable[[bytes], tuple[Any, Any] | None]
         if len(checks) >= BATCH_FROM:
-            return _failed_checks_batched(conn, write, now_ms)
+            row_of = _version_rows(conn, checks).get  # 256 keys per statement
+        else:
+            select = conn.execute
+
+            def row_of(key: bytes) -> tuple[Any, Any] | None:
+                row: tuple[Any, Any] | None = select(SELECT_VERSION, (key,)).fetchone()
+                return row
+
         failed: list[int] = []
         for index, check in enumerate(checks):
-            row = conn.execute(SELECT_VERSION, (check.key,)).fetchone()
+            row = row_of(check.key)
             current = None
             if row is not None and not (
                 type(row[0]) is int and row[0] >= 0 and (row[1] is None or type(row[1]) is int)
@@ -270,11 +279,11 @@ _IN_CHUNK = 256
 _SELECT_VERSIONS_CHUNK = SELECT_VERSIONS_IN.format(", ".join("?" * _IN_CHUNK))
 
 
-def _failed_checks_batched(
-    conn: sqlite3.Connection, write: AtomicWrite, now_ms: int
-) -> tuple[int, ...]:
-    """``_failed_checks`` for many checks: the rows are read in chunks of 256 keys."""
-    keys = list(dict.fromkeys(c.key for c in write.checks))
+def _version_rows(
+    conn: sqlite3.Connection, checks: Sequence[Check]
+) -> dict[bytes, tuple[Any, Any]]:
+    """The (version, expiry) row of each checked key that has one, read 256 keys per statement."""
+    keys = list(dict.fromkeys(c.key for c in checks))
     rows: dict[bytes, tuple[Any, Any]] = {}
     for start in range(0, len(keys), _IN_CHUNK):
         chunk = keys[start : start + _IN_CHUNK]
@@ -285,23 +294,7 @@ def _failed_checks_batched(
         )
         for key, version, expiration in conn.execute(sql, chunk):
             rows[key] = (version, expiration)
-    failed: list[int] = []
-    for index, check in enumerate(write.checks):
-        row = rows.get(check.key)
-        current = None
-        if row is not None:
-            version, expiration = row
-            if not (
-                type(version) is int
-                and version >= 0
-                and (expiration is None or type(expiration) is int)
-            ):
-                raise damaged_row(check.key, b"", 1, version, expiration)
-            if expiration is None or expiration > now_ms:
-                current = versionstamp_from_counter(version)
-        if current != check.versionstamp:
-            failed.append(index)
-    return tuple(failed)
+    return rows
 
 
 def _apply_runs(
